@@ -1,0 +1,33 @@
+"""Where the kernels run and with which block sizes: one place for launch configs.
+
+Block sizes for the pointwise step kernels are not tuned yet (no GPU
+measurement has been taken for this project); they are the usual
+bandwidth-kernel choice of a few thousand elements per program. The
+interpreter runs programs one after another in Python, so there we use as few,
+as large programs as possible.
+"""
+import os
+
+import triton
+
+
+def interpreting() -> bool:
+    """True when Triton kernels run through the CPU interpreter."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def pointwise_blocks(n_rows: int, n_units: int) -> tuple[int, int]:
+    """(BLOCK_B, BLOCK_H) for a step kernel over an (n_rows, n_units) tile."""
+    if interpreting():
+        return (triton.next_power_of_2(max(n_rows, 1)), triton.next_power_of_2(max(n_units, 1)))
+    block_h = min(triton.next_power_of_2(max(n_units, 1)), 128)
+    block_b = min(triton.next_power_of_2(max(n_rows, 1)), max(1, 2048 // block_h))
+    return block_b, block_h
+
+
+def compute_dtype(tensor_dtype):
+    """Gate math runs in float32, or float64 when the module is float64 (gradcheck)."""
+    import torch
+    import triton.language as tl
+
+    return tl.float64 if tensor_dtype == torch.float64 else tl.float32

@@ -1,0 +1,114 @@
+"""Fused GRU step kernels (stepwise backend). Gate order is torch's: r, z, n.
+
+    r = sigmoid(gx_r + rec_r) ; z = sigmoid(gx_z + rec_z)
+    n = tanh(gx_n + r * rec_n)          (rec includes b_hh, so b_hn sits inside r * .)
+    h_t = (1 - z) * n + z * h_{t-1}
+
+Backward, from dh (output gradient plus the carried recurrent gradient):
+    dn = dh (1 - z) (1 - n^2);  dz = dh (h_{t-1} - n) z (1 - z);  dr = dn rec_n r (1 - r)
+    d gx = [dr, dz, dn],  d rec = [dr, dz, dn * r],  dh_{t-1} = dh * z + d rec @ W_hh
+"""
+import triton
+import triton.language as tl
+
+from .activations import sigmoid, tanh
+from .config import compute_dtype, pointwise_blocks
+from .tiles import load_gate, store_gate, tile_index
+
+
+@triton.jit
+def gru_step_fwd_kernel(
+    gx_ptr, rec_ptr,  # (n, 3H): x W_ih^T + b_ih and h W_hh^T + b_hh
+    h_state_ptr,  # (B, H) recurrent state, read and updated in place for rows < n
+    y_ptr,  # (n, H) output rows
+    gates_ptr,  # (n, 4H) r, z, n, rec_n for backward
+    n_rows, H,
+    stride_gx, stride_rec, stride_hs, stride_y, stride_gates,
+    SAVE: tl.constexpr, COMPUTE: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+):
+    rows, units, mask = tile_index(BLOCK_B, BLOCK_H, n_rows, H)
+    r = sigmoid(load_gate(gx_ptr, rows, units, stride_gx, 0, H, mask, COMPUTE)
+                + load_gate(rec_ptr, rows, units, stride_rec, 0, H, mask, COMPUTE))
+    z = sigmoid(load_gate(gx_ptr, rows, units, stride_gx, 1, H, mask, COMPUTE)
+                + load_gate(rec_ptr, rows, units, stride_rec, 1, H, mask, COMPUTE))
+    rec_n = load_gate(rec_ptr, rows, units, stride_rec, 2, H, mask, COMPUTE)
+    n = tanh(load_gate(gx_ptr, rows, units, stride_gx, 2, H, mask, COMPUTE) + r * rec_n)
+    h_prev = load_gate(h_state_ptr, rows, units, stride_hs, 0, H, mask, COMPUTE)
+    h = (1.0 - z) * n + z * h_prev
+    store_gate(h_state_ptr, rows, units, stride_hs, 0, H, h, mask)
+    store_gate(y_ptr, rows, units, stride_y, 0, H, h, mask)
+    if SAVE:
+        store_gate(gates_ptr, rows, units, stride_gates, 0, H, r, mask)
+        store_gate(gates_ptr, rows, units, stride_gates, 1, H, z, mask)
+        store_gate(gates_ptr, rows, units, stride_gates, 2, H, n, mask)
+        store_gate(gates_ptr, rows, units, stride_gates, 3, H, rec_n, mask)
+
+
+@triton.jit
+def gru_step_bwd_kernel(
+    dy_ptr, dh_rec_ptr,  # (n, H) output gradient rows; (B, H) carried gradient, in/out
+    gates_ptr,  # (n, 4H) r, z, n, rec_n saved by forward
+    h_prev_ptr, n_prev, h0_ptr,  # h_{t-1}: rows < n_prev from the previous step's output, others h0
+    dgx_ptr, drec_ptr,  # (n, 3H) gradients of the input and recurrent pre-activations (out)
+    n_rows, H,
+    stride_dy, stride_dhr, stride_gates, stride_hp, stride_h0, stride_dgx, stride_drec,
+    COMPUTE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+):
+    rows, units, mask = tile_index(BLOCK_B, BLOCK_H, n_rows, H)
+    dh = load_gate(dy_ptr, rows, units, stride_dy, 0, H, mask, COMPUTE)
+    dh += load_gate(dh_rec_ptr, rows, units, stride_dhr, 0, H, mask, COMPUTE)
+    r = load_gate(gates_ptr, rows, units, stride_gates, 0, H, mask, COMPUTE)
+    z = load_gate(gates_ptr, rows, units, stride_gates, 1, H, mask, COMPUTE)
+    n = load_gate(gates_ptr, rows, units, stride_gates, 2, H, mask, COMPUTE)
+    rec_n = load_gate(gates_ptr, rows, units, stride_gates, 3, H, mask, COMPUTE)
+    from_prev = rows < n_prev
+    h_prev = tl.where(
+        from_prev,
+        load_gate(h_prev_ptr, rows, units, stride_hp, 0, H, mask & from_prev, COMPUTE),
+        load_gate(h0_ptr, rows, units, stride_h0, 0, H, mask & (rows >= n_prev), COMPUTE),
+    )
+
+    d_n = dh * (1.0 - z) * (1.0 - n * n)
+    d_z = dh * (h_prev - n) * z * (1.0 - z)
+    d_r = d_n * rec_n * r * (1.0 - r)
+    store_gate(dgx_ptr, rows, units, stride_dgx, 0, H, d_r, mask)
+    store_gate(dgx_ptr, rows, units, stride_dgx, 1, H, d_z, mask)
+    store_gate(dgx_ptr, rows, units, stride_dgx, 2, H, d_n, mask)
+    store_gate(drec_ptr, rows, units, stride_drec, 0, H, d_r, mask)
+    store_gate(drec_ptr, rows, units, stride_drec, 1, H, d_z, mask)
+    store_gate(drec_ptr, rows, units, stride_drec, 2, H, d_n * r, mask)
+    store_gate(dh_rec_ptr, rows, units, stride_dhr, 0, H, dh * z, mask)
+
+
+def gru_step_fwd(gx, rec, h_state, y, gates):
+    """One GRU step over the first `gx.shape[0]` rows; h_state (B, H) updated in place."""
+    n, H = gx.shape[0], h_state.shape[1]
+    if n == 0:
+        return
+    block_b, block_h = pointwise_blocks(n, H)
+    save = gates is not None
+    grid = (triton.cdiv(n, block_b), triton.cdiv(H, block_h))
+    gru_step_fwd_kernel[grid](
+        gx, rec, h_state, y, gates if save else gx,
+        n, H,
+        gx.stride(0), rec.stride(0), h_state.stride(0), y.stride(0), gates.stride(0) if save else 0,
+        SAVE=save, COMPUTE=compute_dtype(gx.dtype), BLOCK_B=block_b, BLOCK_H=block_h,
+    )
+
+
+def gru_step_bwd(dy, dh_rec, gates, h_prev, n_prev, h0, dgx, drec):
+    """Backward of one GRU step; dh_rec rows < n become dh * z (the caller adds d rec @ W_hh)."""
+    n, H = dy.shape[0], dh_rec.shape[1]
+    if n == 0:
+        return
+    block_b, block_h = pointwise_blocks(n, H)
+    grid = (triton.cdiv(n, block_b), triton.cdiv(H, block_h))
+    gru_step_bwd_kernel[grid](
+        dy, dh_rec, gates, h_prev if h_prev is not None else h0, n_prev, h0, dgx, drec,
+        n, H,
+        dy.stride(0), dh_rec.stride(0), gates.stride(0),
+        h_prev.stride(0) if h_prev is not None else 0, h0.stride(0),
+        dgx.stride(0), drec.stride(0),
+        COMPUTE=compute_dtype(dy.dtype), BLOCK_B=block_b, BLOCK_H=block_h,
+    )

@@ -1,0 +1,148 @@
+"""Fused LSTM step kernels (stepwise backend): gates, cell and hidden update.
+
+Per timestep the recurrent GEMM `h_{t-1} @ W_hh^T` runs on cuBLAS (torch);
+these kernels fuse everything pointwise around it. Gate order is torch's:
+i, f, g, o.
+
+    forward:  i, f, o = sigmoid(.), g = tanh(.)   of  gx + rec
+              c_t = f * c_{t-1} + i * g ;  m_t = o * tanh(c_t)
+    backward: from dm_t (= dh_t, or dh_t @ W_hr with a projection) and the
+              carried dc, the pre-activation gradient of all four gates,
+              and dc_{t-1} = dc * f.
+"""
+import triton
+import triton.language as tl
+
+from .activations import sigmoid, tanh
+from .config import compute_dtype, pointwise_blocks
+from .tiles import load_gate, store_gate, tile_index
+
+
+@triton.jit
+def lstm_step_fwd_kernel(
+    gx_ptr, rec_ptr,  # (n, 4H): input part (both biases folded in) and recurrent part
+    c_ptr,  # (B, H) cell state in COMPUTE dtype, updated in place for rows < n
+    m_ptr, h_state_ptr,  # (n, H) output rows; (B, H) recurrent state (unprojected case)
+    gates_ptr, c_save_ptr,  # (n, 4H) activated gates, (n, H) cell states, for backward
+    n_rows, H,
+    stride_gx, stride_rec, stride_c, stride_m, stride_hs, stride_gates, stride_cs,
+    WRITE_H_STATE: tl.constexpr, SAVE: tl.constexpr, COMPUTE: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+):
+    rows, units, mask = tile_index(BLOCK_B, BLOCK_H, n_rows, H)
+    pre_i = load_gate(gx_ptr, rows, units, stride_gx, 0, H, mask, COMPUTE)
+    pre_f = load_gate(gx_ptr, rows, units, stride_gx, 1, H, mask, COMPUTE)
+    pre_g = load_gate(gx_ptr, rows, units, stride_gx, 2, H, mask, COMPUTE)
+    pre_o = load_gate(gx_ptr, rows, units, stride_gx, 3, H, mask, COMPUTE)
+    pre_i += load_gate(rec_ptr, rows, units, stride_rec, 0, H, mask, COMPUTE)
+    pre_f += load_gate(rec_ptr, rows, units, stride_rec, 1, H, mask, COMPUTE)
+    pre_g += load_gate(rec_ptr, rows, units, stride_rec, 2, H, mask, COMPUTE)
+    pre_o += load_gate(rec_ptr, rows, units, stride_rec, 3, H, mask, COMPUTE)
+    i, f, g, o = sigmoid(pre_i), sigmoid(pre_f), tanh(pre_g), sigmoid(pre_o)
+
+    c_prev = load_gate(c_ptr, rows, units, stride_c, 0, H, mask, COMPUTE)
+    c = f * c_prev + i * g
+    m = o * tanh(c)
+    store_gate(c_ptr, rows, units, stride_c, 0, H, c, mask)
+    store_gate(m_ptr, rows, units, stride_m, 0, H, m, mask)
+    if WRITE_H_STATE:
+        store_gate(h_state_ptr, rows, units, stride_hs, 0, H, m, mask)
+    if SAVE:
+        store_gate(gates_ptr, rows, units, stride_gates, 0, H, i, mask)
+        store_gate(gates_ptr, rows, units, stride_gates, 1, H, f, mask)
+        store_gate(gates_ptr, rows, units, stride_gates, 2, H, g, mask)
+        store_gate(gates_ptr, rows, units, stride_gates, 3, H, o, mask)
+        store_gate(c_save_ptr, rows, units, stride_cs, 0, H, c, mask)
+
+
+@triton.jit
+def lstm_step_bwd_kernel(
+    dm_ptr, dh_rec_ptr,  # (n, H) output gradient rows; (B, H) gradient carried from step t+1
+    dc_ptr,  # (B, H) carried cell gradient in COMPUTE dtype, updated in place
+    gates_ptr, c_save_ptr,  # (n, 4H), (n, H) saved by forward for this step
+    c_prev_ptr, n_prev, c0_ptr,  # c_{t-1}: rows < n_prev from the previous step, others from c0
+    dgates_ptr,  # (n, 4H) pre-activation gate gradients (out)
+    n_rows, H,
+    stride_dm, stride_dhr, stride_dc, stride_gates, stride_cs, stride_cp, stride_c0, stride_dg,
+    ADD_DH_REC: tl.constexpr, COMPUTE: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+):
+    rows, units, mask = tile_index(BLOCK_B, BLOCK_H, n_rows, H)
+    dm = load_gate(dm_ptr, rows, units, stride_dm, 0, H, mask, COMPUTE)
+    if ADD_DH_REC:
+        dm += load_gate(dh_rec_ptr, rows, units, stride_dhr, 0, H, mask, COMPUTE)
+    i = load_gate(gates_ptr, rows, units, stride_gates, 0, H, mask, COMPUTE)
+    f = load_gate(gates_ptr, rows, units, stride_gates, 1, H, mask, COMPUTE)
+    g = load_gate(gates_ptr, rows, units, stride_gates, 2, H, mask, COMPUTE)
+    o = load_gate(gates_ptr, rows, units, stride_gates, 3, H, mask, COMPUTE)
+    c = load_gate(c_save_ptr, rows, units, stride_cs, 0, H, mask, COMPUTE)
+    from_prev = rows < n_prev
+    c_prev = tl.where(
+        from_prev,
+        load_gate(c_prev_ptr, rows, units, stride_cp, 0, H, mask & from_prev, COMPUTE),
+        load_gate(c0_ptr, rows, units, stride_c0, 0, H, mask & (rows >= n_prev), COMPUTE),
+    )
+
+    tanh_c = tanh(c)
+    dc = load_gate(dc_ptr, rows, units, stride_dc, 0, H, mask, COMPUTE)
+    dc += dm * o * (1.0 - tanh_c * tanh_c)
+    d_i = dc * g * i * (1.0 - i)
+    d_f = dc * c_prev * f * (1.0 - f)
+    d_g = dc * i * (1.0 - g * g)
+    d_o = dm * tanh_c * o * (1.0 - o)
+    store_gate(dgates_ptr, rows, units, stride_dg, 0, H, d_i, mask)
+    store_gate(dgates_ptr, rows, units, stride_dg, 1, H, d_f, mask)
+    store_gate(dgates_ptr, rows, units, stride_dg, 2, H, d_g, mask)
+    store_gate(dgates_ptr, rows, units, stride_dg, 3, H, d_o, mask)
+    store_gate(dc_ptr, rows, units, stride_dc, 0, H, dc * f, mask)
+
+
+def lstm_step_fwd(gx, rec, c, m, h_state, gates, c_save):
+    """One LSTM step over the first `gx.shape[0]` batch rows.
+
+    gx, rec: (n, 4H); c: (B, H) state, updated in place; m: (n, H) output rows;
+    h_state: (B, H) recurrent state or None (projected layers set it themselves);
+    gates, c_save: (n, 4H), (n, H) for backward, or None when nothing is saved.
+    """
+    n, H = gx.shape[0], c.shape[1]
+    if n == 0:
+        return
+    block_b, block_h = pointwise_blocks(n, H)
+    save = gates is not None
+    grid = (triton.cdiv(n, block_b), triton.cdiv(H, block_h))
+    lstm_step_fwd_kernel[grid](
+        gx, rec, c, m, h_state if h_state is not None else m,
+        gates if save else gx, c_save if save else c,
+        n, H,
+        gx.stride(0), rec.stride(0), c.stride(0), m.stride(0),
+        h_state.stride(0) if h_state is not None else 0,
+        gates.stride(0) if save else 0, c_save.stride(0) if save else 0,
+        WRITE_H_STATE=h_state is not None, SAVE=save, COMPUTE=compute_dtype(gx.dtype),
+        BLOCK_B=block_b, BLOCK_H=block_h,
+    )
+
+
+def lstm_step_bwd(dm, dh_rec, dc, gates, c_save, c_prev, n_prev, c0, dgates):
+    """Backward of one LSTM step over the first `dm.shape[0]` rows.
+
+    dm: (n, H) gradient of the step's output rows; dh_rec: (B, H) gradient
+    carried through the recurrence, added to dm when given (None when the
+    caller already folded it in, as the projected path does); dc: (B, H)
+    carried cell gradient, replaced in place by dc_{t-1}; c_prev / c0: where
+    c_{t-1} lives (rows < n_prev in c_prev, the rest in c0); dgates: (n, 4H) out.
+    """
+    n, H = dm.shape[0], dc.shape[1]
+    if n == 0:
+        return
+    block_b, block_h = pointwise_blocks(n, H)
+    grid = (triton.cdiv(n, block_b), triton.cdiv(H, block_h))
+    lstm_step_bwd_kernel[grid](
+        dm, dh_rec if dh_rec is not None else dm, dc, gates, c_save,
+        c_prev if c_prev is not None else c0, n_prev, c0, dgates,
+        n, H,
+        dm.stride(0), dh_rec.stride(0) if dh_rec is not None else 0, dc.stride(0),
+        gates.stride(0), c_save.stride(0),
+        c_prev.stride(0) if c_prev is not None else 0, c0.stride(0), dgates.stride(0),
+        ADD_DH_REC=dh_rec is not None, COMPUTE=compute_dtype(dm.dtype),
+        BLOCK_B=block_b, BLOCK_H=block_h,
+    )

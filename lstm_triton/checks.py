@@ -1,0 +1,66 @@
+"""Argument checks: the exception types nn.LSTM / nn.GRU raise, with messages that
+say what to change. Everything is checked before any kernel runs."""
+import torch
+
+
+def check_input(name, x, input_size, weight_dtype, packed):
+    if not packed and x.dim() not in (2, 3):
+        raise ValueError(
+            f"{name}: Expected input to be 2D (unbatched: seq_len, input_size) or 3D "
+            f"(batched), got {x.dim()}D instead; reshape the input.")
+    if not (x.is_floating_point() or x.is_complex()):
+        raise ValueError(
+            f"{name}: input dtype {x.dtype} is not floating point; convert it with "
+            f"input.to({weight_dtype}).")
+    if x.dtype != weight_dtype:
+        raise ValueError(
+            f"RNN input dtype ({x.dtype}) does not match weight dtype ({weight_dtype}). "
+            f"Convert input: input.to({weight_dtype}), or convert model: model.to({x.dtype})")
+    if x.shape[-1] != input_size:
+        raise RuntimeError(
+            f"input.size(-1) must be equal to input_size. Expected {input_size}, got "
+            f"{x.shape[-1]}; pass inputs with {input_size} features or build the module with "
+            f"input_size={x.shape[-1]}.")
+
+
+def check_length(seq_len):
+    if seq_len == 0:
+        raise RuntimeError("Expected sequence length to be larger than 0 in RNN; "
+                           "pass at least one timestep.")
+
+
+def check_state_dims(name, states, batched):
+    """hx / (hx, cx) must have one dimension more than unbatched when input is batched."""
+    want = 3 if batched else 2
+    dims = tuple(s.dim() for s in states)
+    if any(d != want for d in dims):
+        kind = "batched 3-D" if batched else "unbatched 2-D"
+        got = ", ".join(f"{d}-D" for d in dims)
+        raise RuntimeError(
+            f"For {kind} input, {name} should also be {want}-D but got ({got}) tensors; "
+            f"give states of shape (num_layers * num_directions,{' batch,' if batched else ''} "
+            f"hidden).")
+
+
+def check_state(label, state, expected, dtype):
+    if tuple(state.shape) != tuple(expected):
+        raise RuntimeError(
+            f"Expected {label} size {tuple(expected)}, got {list(state.shape)}: the state is "
+            f"(num_layers * num_directions, batch, hidden).")
+    if state.dtype != dtype:
+        raise RuntimeError(
+            f"{label} dtype {state.dtype} does not match input dtype {dtype}; "
+            f"convert it with .to({dtype}).")
+
+
+def check_device(x, weight, *states):
+    for t in (x, *states):
+        if t.device != weight.device:
+            raise RuntimeError(
+                f"Input and parameter tensors are not at the same device, found input tensor at "
+                f"{t.device} and parameter tensor at {weight.device}; move them with "
+                f".to({weight.device}).")
+
+
+def is_unsupported_dtype(dtype):
+    return dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64)

@@ -1,0 +1,134 @@
+"""One layer-direction as a pair of custom operators (`torch.library`).
+
+The module calls `rnn_layer` once per layer and direction. Registering it as
+a custom op with a fake (shape-only) implementation and an autograd formula
+lets `torch.compile(fullgraph=True)` see each layer as a single opaque op
+instead of tracing into Triton launches. Backward is a custom op too, so the
+compiled backward graph holds it as one node.
+
+Arguments shared by both ops:
+  cell: "lstm" | "gru";  backend: "stepwise" | "persistent"
+  x: (N, I) time-major packed rows;  batch_sizes: (T,) int64 on the CPU, or None
+  for a padded batch (then T = N // B);  h0: (B, P);  c0: (B, H) (LSTM) or None
+  reverse: run the time loop backwards (second direction of a bidirectional layer)
+"""
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import stepwise
+from .schedule import Schedule
+
+
+def _backend_module(backend: str):
+    if backend == "stepwise":
+        return stepwise
+    if backend == "persistent":
+        from . import persistent
+
+        return persistent
+    raise ValueError(f"unknown backend {backend!r}")
+
+
+@torch.library.custom_op("lstm_triton::rnn_layer", mutates_args=())
+def rnn_layer(
+    cell: str, backend: str, x: Tensor, batch_sizes: Optional[Tensor], h0: Tensor,
+    c0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+    b_hh: Optional[Tensor], w_hr: Optional[Tensor], reverse: bool, save: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Returns (y, h_n, c_n, saved_0, saved_1, saved_2); unused slots are empty tensors."""
+    impl = _backend_module(backend)
+    sched = Schedule.build(batch_sizes, x.shape[0], h0.shape[0], reverse)
+    if cell == "lstm":
+        return impl.lstm_forward(x, sched, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, save)
+    y, h_n, gates = impl.gru_forward(x, sched, h0, w_ih, w_hh, b_ih, b_hh, save)
+    empty = x.new_empty(0)
+    return y, h_n, empty.clone(), gates, empty.clone(), empty.clone()
+
+
+@rnn_layer.register_fake
+def _(cell, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, save):
+    n_rows, hidden = x.shape[0], w_hh.shape[0] // (4 if cell == "lstm" else 3)
+    y = x.new_empty(n_rows, h0.shape[1])
+    empty = x.new_empty(0)
+    if cell == "gru":
+        gates = x.new_empty(n_rows, 4 * hidden) if save else empty
+        return y, h0.new_empty(h0.shape), empty.clone(), gates, empty.clone(), empty.clone()
+    state = stepwise.state_dtype(x.dtype)
+    return (
+        y, h0.new_empty(h0.shape), c0.new_empty(c0.shape),
+        x.new_empty(n_rows, 4 * hidden) if save else empty,
+        x.new_empty(n_rows, hidden, dtype=state) if save else empty.clone(),
+        x.new_empty(n_rows, hidden) if (save and w_hr is not None) else empty.clone(),
+    )
+
+
+@torch.library.custom_op("lstm_triton::rnn_layer_backward", mutates_args=())
+def rnn_layer_backward(
+    cell: str, backend: str, dy: Tensor, dh_n: Tensor, dc_n: Optional[Tensor], x: Tensor,
+    batch_sizes: Optional[Tensor], h0: Tensor, c0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
+    w_hr: Optional[Tensor], y: Tensor, saved_0: Tensor, saved_1: Tensor, saved_2: Tensor,
+    reverse: bool, has_bias: bool, need_dx: bool,
+) -> list[Tensor]:
+    """Returns [dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr]; empty where not applicable."""
+    impl = _backend_module(backend)
+    sched = Schedule.build(batch_sizes, x.shape[0], h0.shape[0], reverse)
+    if cell == "lstm":
+        grads = impl.lstm_backward(dy, dh_n, dc_n, x, sched, h0, c0, w_ih, w_hh, w_hr, y,
+                                   saved_0, saved_1, saved_2, has_bias, need_dx)
+    else:
+        dx, dh0, dw_ih, dw_hh, db_ih, db_hh = impl.gru_backward(
+            dy, dh_n, x, sched, h0, w_ih, w_hh, y, saved_0, has_bias, need_dx)
+        grads = (dx, dh0, None, dw_ih, dw_hh, db_ih, db_hh, None)
+    return [g if g is not None else x.new_empty(0) for g in grads]
+
+
+@rnn_layer_backward.register_fake
+def _(cell, backend, dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y,
+      saved_0, saved_1, saved_2, reverse, has_bias, need_dx):
+    empty = x.new_empty(0)
+    lstm, proj = cell == "lstm", w_hr is not None
+    return [
+        x.new_empty(x.shape) if need_dx else empty.clone(),
+        h0.new_empty(h0.shape),
+        c0.new_empty(c0.shape) if lstm else empty.clone(),
+        w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape),
+        w_hh.new_empty(w_hh.shape[0]) if has_bias else empty.clone(),
+        w_hh.new_empty(w_hh.shape[0]) if has_bias else empty.clone(),
+        w_hr.new_empty(w_hr.shape) if proj else empty.clone(),
+    ]
+
+
+def _setup_context(ctx, inputs, output):
+    (cell, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, save) = inputs
+    y, _, _, saved_0, saved_1, saved_2 = output
+    ctx.save_for_backward(x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, saved_0, saved_1, saved_2)
+    ctx.cell, ctx.backend, ctx.reverse, ctx.save = cell, backend, reverse, save
+    ctx.has_bias = b_ih is not None
+
+
+def _backward(ctx, dy, dh_n, dc_n, *_unused_saved_grads):
+    if not ctx.save:
+        raise RuntimeError(
+            "lstm_triton: this forward ran without saving for backward (it saw no input "
+            "requiring grad); run it with torch.enable_grad() and inputs that require grad.")
+    x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, saved_0, saved_1, saved_2 = ctx.saved_tensors
+    dy = torch.zeros_like(y) if dy is None else dy.contiguous()
+    dh_n = torch.zeros_like(h0) if dh_n is None else dh_n.contiguous()
+    if ctx.cell == "lstm":
+        dc_n = torch.zeros_like(c0) if dc_n is None else dc_n.contiguous()
+    else:
+        dc_n = None
+    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = rnn_layer_backward(
+        ctx.cell, ctx.backend, dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y,
+        saved_0, saved_1, saved_2, ctx.reverse, ctx.has_bias, ctx.needs_input_grad[2])
+    lstm, has_bias = ctx.cell == "lstm", ctx.has_bias
+    return (
+        None, None, dx if ctx.needs_input_grad[2] else None, None, dh0, dc0 if lstm else None,
+        dw_ih, dw_hh, db_ih if has_bias else None, db_hh if has_bias else None,
+        dw_hr if w_hr is not None else None, None, None,
+    )
+
+
+rnn_layer.register_autograd(_backward, setup_context=_setup_context)

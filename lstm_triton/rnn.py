@@ -1,0 +1,196 @@
+"""TritonLSTM and TritonGRU: drop-ins for nn.LSTM / nn.GRU.
+
+They subclass torch's modules, so parameter names, shapes, initialisation
+order, state_dict, repr, .to() and isinstance are torch's own; only forward
+changes. One driver serves both cells: input layout (batch_first, unbatched,
+PackedSequence), checks, autocast, the layer/direction/dropout loop and state
+handling. The cell-specific part is which custom op slot carries c.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence
+
+from . import checks, reference
+from .dispatch import choose_backend, validate_backend
+from .ops import rnn_layer
+from .schedule import Schedule
+
+
+def autocast_dtype(cell, device_type, dtype):
+    """The dtype nn.LSTM / nn.GRU run in under autocast, or None for no cast.
+
+    On CUDA, torch casts cuDNN RNNs (LSTM and GRU) to float16 whatever the
+    autocast dtype (aten/src/ATen/cudnn/AutocastRNN.cpp hard-codes kHalf). On
+    the CPU, autocast lists `lstm` (cast to the CPU autocast dtype) but not `gru`.
+    """
+    if dtype == torch.float64 or not torch.is_autocast_enabled(device_type):
+        return None
+    if device_type == "cuda":
+        return torch.float16
+    if device_type == "cpu" and cell == "lstm":
+        return torch.get_autocast_dtype("cpu")
+    return None
+
+
+class _TritonRNNDriver:
+    """Mixin holding the forward shared by TritonLSTM and TritonGRU."""
+
+    cell: str  # "lstm" | "gru"
+
+    def _init_backend(self, backend):
+        validate_backend(backend)
+        self.backend = backend
+
+    def extra_repr(self):
+        return super().extra_repr() + f", backend={self.backend!r}"
+
+    def _layer_weights(self, layer, direction):
+        suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+        get = lambda name: getattr(self, name + suffix, None)  # noqa: E731
+        return (get("weight_ih"), get("weight_hh"), get("bias_ih") if self.bias else None,
+                get("bias_hh") if self.bias else None,
+                get("weight_hr") if getattr(self, "proj_size", 0) > 0 else None)
+
+    def _run(self, input, hx):
+        name = type(self).__name__
+        lstm = self.cell == "lstm"
+        packed = isinstance(input, PackedSequence)
+        weight = self.weight_ih_l0
+        if packed:
+            x, batch_sizes, sorted_indices, unsorted_indices = input
+            batched = True
+        else:
+            x, batch_sizes, sorted_indices, unsorted_indices = input, None, None, None
+            batched = x.dim() == 3
+        checks.check_input(name, x, self.input_size, weight.dtype, packed)
+        if not packed:
+            if not batched:
+                x = x.unsqueeze(1)
+            elif self.batch_first:
+                x = x.transpose(0, 1)
+            checks.check_length(x.shape[0])
+        batch = int(batch_sizes[0]) if packed else x.shape[1]
+
+        n_dir = 2 if self.bidirectional else 1
+        proj = getattr(self, "proj_size", 0)
+        out_size = proj if proj > 0 else self.hidden_size
+        h_shape = (self.num_layers * n_dir, batch, out_size)
+        c_shape = (self.num_layers * n_dir, batch, self.hidden_size)
+        states = self._initial_states(hx, batched, x, h_shape, c_shape, lstm)
+        if packed and sorted_indices is not None:
+            states = [s.index_select(1, sorted_indices) for s in states]
+
+        cast = autocast_dtype(self.cell, x.device.type, x.dtype)
+        dtype = cast or x.dtype
+        rows = x.reshape(-1, x.shape[-1]) if not packed else x
+        rows = rows.to(dtype).contiguous()
+        states = [s.to(dtype) for s in states]
+        backend = choose_backend(self.backend, x.device)
+
+        if batch == 0:
+            out, finals = rows.new_zeros(rows.shape[0], n_dir * out_size), states
+        else:
+            out, finals = self._layers(rows, batch_sizes, states, backend, cast)
+
+        if packed:
+            output = PackedSequence(out, batch_sizes, sorted_indices, unsorted_indices)
+            if unsorted_indices is not None:
+                finals = [s.index_select(1, unsorted_indices) for s in finals]
+        else:
+            output = out.view(x.shape[0], batch, -1)
+            if not batched:
+                output = output.squeeze(1)
+                finals = [s.squeeze(1) for s in finals]
+            elif self.batch_first:
+                output = output.transpose(0, 1)
+        return output, (tuple(finals) if lstm else finals[0])
+
+    def _initial_states(self, hx, batched, x, h_shape, c_shape, lstm):
+        if hx is None:
+            zeros = lambda shape: x.new_zeros(shape)  # noqa: E731
+            return [zeros(h_shape), zeros(c_shape)] if lstm else [zeros(h_shape)]
+        states = list(hx) if lstm else [hx]
+        if lstm and len(states) != 2:
+            raise RuntimeError("LSTM expects hx as a tuple (h_0, c_0); pass both states.")
+        checks.check_state_dims("hx and cx" if lstm else "hx", states, batched)
+        if not batched:
+            states = [s.unsqueeze(1) for s in states]
+        labels = ("hidden[0]", "hidden[1]") if lstm else ("hidden",)
+        for label, s, shape in zip(labels, states, (h_shape, c_shape)):
+            checks.check_state(label, s, shape, x.dtype)
+        checks.check_device(x, self.weight_ih_l0, *states)
+        return states
+
+    def _layers(self, rows, batch_sizes, states, backend, cast):
+        lstm = self.cell == "lstm"
+        n_dir = 2 if self.bidirectional else 1
+        h_all, c_all = [], []
+        layer_input = rows
+        for layer in range(self.num_layers):
+            outs = []
+            for direction in range(n_dir):
+                k = layer * n_dir + direction
+                weights = [w.to(cast) if (cast is not None and w is not None) else w
+                           for w in self._layer_weights(layer, direction)]
+                h0 = states[0][k]
+                c0 = states[1][k] if lstm else None
+                y, h_n, c_n = self._layer(layer_input, batch_sizes, h0, c0, weights,
+                                          direction == 1, backend)
+                outs.append(y)
+                h_all.append(h_n)
+                c_all.append(c_n)
+            layer_input = torch.cat(outs, dim=1) if n_dir == 2 else outs[0]
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                layer_input = F.dropout(layer_input, self.dropout, training=True)
+        finals = [torch.stack(h_all)] + ([torch.stack(c_all)] if lstm else [])
+        return layer_input, finals
+
+    def _layer(self, x, batch_sizes, h0, c0, weights, reverse, backend):
+        w_ih, w_hh, b_ih, b_hh, w_hr = weights
+        lstm = self.cell == "lstm"
+        h0 = h0.contiguous()
+        c0 = c0.contiguous() if lstm else None
+        if backend == "reference":
+            sched = Schedule.build(batch_sizes, x.shape[0], h0.shape[0], reverse)
+            if lstm:
+                return reference.lstm_layer(x, sched, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+            y, h_n = reference.gru_layer(x, sched, h0, w_ih, w_hh, b_ih, b_hh)
+            return y, h_n, None
+        tensors = [x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr]
+        save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+        y, h_n, c_n, *_ = rnn_layer(
+            self.cell, backend, x, batch_sizes, h0, c0, w_ih.contiguous(), w_hh.contiguous(),
+            b_ih, b_hh, w_hr.contiguous() if w_hr is not None else None, reverse, save)
+        return y, h_n, (c_n if lstm else None)
+
+
+class TritonLSTM(_TritonRNNDriver, nn.LSTM):
+    """Drop-in `nn.LSTM` on Triton kernels.
+
+    Same constructor (plus keyword-only `backend`), parameters, state_dict and
+    forward contract as `torch.nn.LSTM`: `output, (h_n, c_n) = lstm(input, (h_0, c_0))`.
+    backend: "auto" | "stepwise" | "persistent" | "reference" (see lstm_triton.dispatch).
+    """
+
+    cell = "lstm"
+
+    def __init__(self, *args, backend="auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_backend(backend)
+
+    def forward(self, input, hx=None):
+        return self._run(input, hx)
+
+
+class TritonGRU(_TritonRNNDriver, nn.GRU):
+    """Drop-in `nn.GRU` on Triton kernels: `output, h_n = gru(input, h_0)`."""
+
+    cell = "gru"
+
+    def __init__(self, *args, backend="auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_backend(backend)
+
+    def forward(self, input, hx=None):
+        return self._run(input, hx)

@@ -1,0 +1,144 @@
+"""Stepwise backend: one layer-direction, cuBLAS GEMMs around fused Triton step kernels.
+
+Forward: one GEMM projects the inputs of all timesteps (`x @ W_ih^T` plus
+biases, n_gates*H wide); then per step one recurrent GEMM `h @ W_hh^T` and one
+fused pointwise kernel. Backward: per step one fused pointwise kernel and the
+recurrent GEMM `dgates @ W_hh`; the weight gradients and dx are big GEMMs over
+all steps after the loop (never per-step weight GEMMs).
+
+What forward saves for backward (`save=True`):
+  LSTM: activated gates (N, 4H) in the input dtype, cell states (N, H) in the
+        compute dtype, and the unprojected outputs m (N, H) when proj_size > 0.
+  GRU:  r, z, n and the recurrent part of n (N, 4H) in the input dtype.
+Backward recomputes nothing else; h_{t-1} is read from the outputs y and h0.
+"""
+import torch
+
+from .kernels.gru_pointwise import gru_step_bwd, gru_step_fwd
+from .kernels.lstm_pointwise import lstm_step_bwd, lstm_step_fwd
+from .schedule import Schedule
+
+
+def state_dtype(dtype):
+    """Carried cell state / gradient: float32 for half types, else the dtype itself."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def input_projection(x, w_ih, bias):
+    """(N, I) @ (G*H, I)^T + bias for all timesteps at once: one cuBLAS GEMM."""
+    if bias is None:
+        return x @ w_ih.t()
+    return torch.addmm(bias, x, w_ih.t())
+
+
+def previous_states(y, h0, sched: Schedule):
+    """(N, P) state each row's step started from: the previous step's output or h0."""
+    batch = h0.shape[0]
+    if all(b == batch for b in sched.batch_sizes):  # padded batch: a shift of y
+        if sched.reverse:
+            return torch.cat([y[batch:], h0])
+        return torch.cat([h0, y[: y.shape[0] - batch]])
+    return torch.cat([y, h0]).index_select(0, sched.previous_index(y.device))
+
+
+def column_sum(dg):
+    """Bias gradient, summed in float32 for half types (deterministic: no atomics)."""
+    return dg.sum(0, dtype=state_dtype(dg.dtype)).to(dg.dtype)
+
+
+def _prev_rows(tensor, sched, t):
+    rows, n_prev = sched.previous(t)
+    return (tensor[rows] if rows is not None else None), n_prev
+
+
+# ---------------------------------------------------------------------------- LSTM
+def lstm_forward(x, sched, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, save):
+    """Returns y (N, P), h_n (B, P), c_n (B, H), gates, c_all, m_all (empty when unused)."""
+    n_rows, batch, hidden = x.shape[0], h0.shape[0], w_hh.shape[0] // 4
+    proj = w_hr is not None
+    bias = None if b_ih is None else b_ih + b_hh
+    gx = input_projection(x, w_ih, bias)  # (N, 4H)
+    h_state = h0.clone()  # (B, P)
+    c_state = c0.to(state_dtype(x.dtype)).clone()  # (B, H)
+    y = x.new_empty(n_rows, h0.shape[1])
+    m_all = x.new_empty(n_rows, hidden) if proj else y
+    gates = x.new_empty(n_rows, 4 * hidden) if save else None
+    c_all = c_state.new_empty(n_rows, hidden) if save else None
+    rec = x.new_empty(batch, 4 * hidden)
+    for t in sched.order():
+        rows, bs = sched.rows(t), sched.batch_sizes[t]
+        torch.mm(h_state[:bs], w_hh.t(), out=rec[:bs])
+        lstm_step_fwd(gx[rows], rec[:bs], c_state, m_all[rows], None if proj else h_state,
+                      gates[rows] if save else None, c_all[rows] if save else None)
+        if proj:
+            torch.mm(m_all[rows], w_hr.t(), out=y[rows])
+            h_state[:bs] = y[rows]
+    empty = x.new_empty(0)
+    return (y, h_state, c_state.to(x.dtype),
+            gates if save else empty, c_all if save else empty, m_all if proj and save else empty)
+
+
+def lstm_backward(dy, dh_n, dc_n, x, sched, h0, c0, w_ih, w_hh, w_hr, y, gates, c_all, m_all,
+                  has_bias, need_dx):
+    """Gradients (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr); None where not applicable."""
+    n_rows, hidden = x.shape[0], c0.shape[1]
+    proj = w_hr is not None
+    dh_rec = dh_n.clone()  # (B, P) gradient flowing into the state of the step being undone
+    dc = dc_n.to(state_dtype(x.dtype)).clone()  # (B, H)
+    c0_state = c0.to(dc.dtype)
+    dgates = x.new_empty(n_rows, 4 * hidden)
+    dh_all = x.new_empty(n_rows, h0.shape[1]) if proj else None
+    dm_buf = x.new_empty(h0.shape[0], hidden) if proj else None
+    for t in reversed(sched.order()):
+        rows, bs = sched.rows(t), sched.batch_sizes[t]
+        c_prev, n_prev = _prev_rows(c_all, sched, t)
+        if proj:
+            torch.add(dy[rows], dh_rec[:bs], out=dh_all[rows])
+            torch.mm(dh_all[rows], w_hr, out=dm_buf[:bs])
+            dm, dh_carried = dm_buf[:bs], None
+        else:
+            dm, dh_carried = dy[rows], dh_rec
+        lstm_step_bwd(dm, dh_carried, dc, gates[rows], c_all[rows], c_prev, n_prev, c0_state,
+                      dgates[rows])
+        torch.mm(dgates[rows], w_hh, out=dh_rec[:bs])
+    h_prev = previous_states(y, h0, sched)
+    db = column_sum(dgates) if has_bias else None
+    return (dgates @ w_ih if need_dx else None, dh_rec, dc.to(x.dtype),
+            dgates.t() @ x, dgates.t() @ h_prev, db, None if db is None else db.clone(),
+            dh_all.t() @ m_all if proj else None)
+
+
+# ----------------------------------------------------------------------------- GRU
+def gru_forward(x, sched, h0, w_ih, w_hh, b_ih, b_hh, save):
+    """Returns y (N, H), h_n (B, H), gates (N, 4H: r, z, n, rec_n; empty when unused)."""
+    n_rows, batch, hidden = x.shape[0], h0.shape[0], h0.shape[1]
+    gx = input_projection(x, w_ih, b_ih)  # (N, 3H); b_hh stays with the recurrent part
+    h_state = h0.clone()
+    y = x.new_empty(n_rows, hidden)
+    gates = x.new_empty(n_rows, 4 * hidden) if save else None
+    rec = x.new_empty(batch, 3 * hidden)
+    for t in sched.order():
+        rows, bs = sched.rows(t), sched.batch_sizes[t]
+        if b_hh is None:
+            torch.mm(h_state[:bs], w_hh.t(), out=rec[:bs])
+        else:
+            torch.addmm(b_hh, h_state[:bs], w_hh.t(), out=rec[:bs])
+        gru_step_fwd(gx[rows], rec[:bs], h_state, y[rows], gates[rows] if save else None)
+    return y, h_state, gates if save else x.new_empty(0)
+
+
+def gru_backward(dy, dh_n, x, sched, h0, w_ih, w_hh, y, gates, has_bias, need_dx):
+    """Gradients (dx, dh0, dw_ih, dw_hh, db_ih, db_hh)."""
+    n_rows, hidden = x.shape[0], h0.shape[1]
+    dh_rec = dh_n.clone()
+    dgx = x.new_empty(n_rows, 3 * hidden)
+    drec = x.new_empty(n_rows, 3 * hidden)
+    for t in reversed(sched.order()):
+        rows, bs = sched.rows(t), sched.batch_sizes[t]
+        h_prev, n_prev = _prev_rows(y, sched, t)
+        gru_step_bwd(dy[rows], dh_rec, gates[rows], h_prev, n_prev, h0, dgx[rows], drec[rows])
+        dh_rec[:bs].addmm_(drec[rows], w_hh)
+    h_prev_all = previous_states(y, h0, sched)
+    return (dgx @ w_ih if need_dx else None, dh_rec,
+            dgx.t() @ x, drec.t() @ h_prev_all,
+            column_sum(dgx) if has_bias else None, column_sum(drec) if has_bias else None)
