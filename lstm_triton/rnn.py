@@ -98,7 +98,7 @@ class _TritonRNNDriver:
             if unsorted_indices is not None:
                 finals = [s.index_select(1, unsorted_indices) for s in finals]
         else:
-            output = out.view(x.shape[0], batch, -1)
+            output = out.view(x.shape[0], batch, out.shape[-1])
             if not batched:
                 output = output.squeeze(1)
                 finals = [s.squeeze(1) for s in finals]

@@ -1,0 +1,107 @@
+"""Bad input raises what nn.LSTM / nn.GRU raise; NaN, empty batches and strided
+inputs behave as in torch."""
+import pytest
+import torch
+from torch import nn
+
+from lstm_triton import TritonGRU, TritonLSTM
+from rnn_testing import as_tuple, assert_close
+
+L, B, H = 2, 3, 5
+
+
+def lstm_state(*shape, dtype=torch.float32):
+    return (torch.randn(*shape, dtype=dtype), torch.randn(*shape, dtype=dtype))
+
+
+# (name, cell, input, hx): each must fail in torch and in ours with the same exception type.
+BAD = [
+    ("wrong-feature-size", "lstm", lambda: torch.randn(4, B, 6), None),
+    ("1-D-input", "lstm", lambda: torch.randn(4), None),
+    ("4-D-input", "lstm", lambda: torch.randn(4, B, 4, 1), None),
+    ("h0-wrong-batch", "lstm", lambda: torch.randn(4, B, 4),
+     lambda: (torch.randn(L, B + 1, H), torch.randn(L, B, H))),
+    ("h0-wrong-layers", "lstm", lambda: torch.randn(4, B, 4),
+     lambda: (torch.randn(L + 1, B, H), torch.randn(L + 1, B, H))),
+    ("c0-wrong-size", "lstm", lambda: torch.randn(4, B, 4),
+     lambda: (torch.randn(L, B, H), torch.randn(L, B, H + 1))),
+    ("2-D-state-for-batched-input", "lstm", lambda: torch.randn(4, B, 4),
+     lambda: (torch.randn(B, H), torch.randn(B, H))),
+    ("3-D-state-for-unbatched-input", "lstm", lambda: torch.randn(4, 4),
+     lambda: lstm_state(L, 1, H)),
+    ("input-dtype-mismatch", "lstm", lambda: torch.randn(4, B, 4, dtype=torch.float64), None),
+    ("integer-input", "lstm", lambda: torch.randint(0, 3, (4, B, 4)), None),
+    ("empty-sequence", "lstm", lambda: torch.randn(0, B, 4), None),
+    ("empty-unbatched-sequence", "lstm", lambda: torch.randn(0, 4), None),
+    ("gru-wrong-feature-size", "gru", lambda: torch.randn(4, B, 3), None),
+    ("gru-h0-wrong-batch", "gru", lambda: torch.randn(4, B, 4), lambda: torch.randn(L, 2, H)),
+    ("gru-3-D-input-2-D-state", "gru", lambda: torch.randn(4, B, 4), lambda: torch.randn(L, H)),
+    ("gru-integer-input", "gru", lambda: torch.randint(0, 3, (4, B, 4)), None),
+    ("gru-empty-sequence", "gru", lambda: torch.randn(0, B, 4), None),
+]
+
+
+@pytest.mark.parametrize("name, cell, make_x, make_hx", [pytest.param(*c, id=c[0]) for c in BAD])
+def test_bad_input_raises_what_torch_raises(name, cell, make_x, make_hx):
+    torch_cls, our_cls = (nn.LSTM, TritonLSTM) if cell == "lstm" else (nn.GRU, TritonGRU)
+    theirs, ours = torch_cls(4, H, num_layers=L), our_cls(4, H, num_layers=L, backend="stepwise")
+    x, hx = make_x(), make_hx() if make_hx else None
+    with pytest.raises(Exception) as torch_error:
+        theirs(x, hx)
+    with pytest.raises(torch_error.type) as our_error:
+        ours(x, hx)
+    assert len(str(our_error.value)) > 20, "the message must say what to change"
+
+
+def test_state_dtype_mismatch_is_a_runtime_error_naming_the_fix():
+    m = TritonLSTM(4, H, backend="stepwise")
+    hx = lstm_state(1, B, H, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match=r"\.to\(torch\.float32\)"):
+        m(torch.randn(4, B, 4), hx)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_empty_batch_returns_empty_outputs_like_torch(cell):
+    torch_cls, our_cls = (nn.LSTM, TritonLSTM) if cell == "lstm" else (nn.GRU, TritonGRU)
+    x = torch.randn(4, 0, 3)
+    expected_out, expected_finals = torch_cls(3, H, num_layers=L, bidirectional=True)(x)
+    out, finals = our_cls(3, H, num_layers=L, bidirectional=True, backend="stepwise")(x)
+    assert out.shape == expected_out.shape
+    for f, e in zip(as_tuple(finals), as_tuple(expected_finals)):
+        assert f.shape == e.shape
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_nan_propagates_per_row_as_in_torch(cell):
+    """A NaN in one sequence poisons that sequence from its timestep on, nothing else."""
+    torch_cls, our_cls = (nn.LSTM, TritonLSTM) if cell == "lstm" else (nn.GRU, TritonGRU)
+    ours = our_cls(3, H, backend="stepwise", dtype=torch.float64)
+    theirs = torch_cls(3, H, dtype=torch.float64)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(5, B, 3, dtype=torch.float64)
+    x[2, 1, 0] = float("nan")
+    out, finals = ours(x)
+    expected, expected_finals = theirs(x)
+    assert torch.equal(out.isnan(), expected.isnan())
+    assert out[:, 0].isfinite().all() and out[:2, 1].isfinite().all() and out[2:, 1].isnan().all()
+    assert_close(out, expected, torch.float64, "output")
+    for f, e in zip(as_tuple(finals), as_tuple(expected_finals)):
+        assert torch.equal(f.isnan(), e.isnan())
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_non_contiguous_inputs_and_states(cell):
+    torch_cls, our_cls = (nn.LSTM, TritonLSTM) if cell == "lstm" else (nn.GRU, TritonGRU)
+    ours = our_cls(3, H, num_layers=L, backend="stepwise", dtype=torch.float64)
+    theirs = torch_cls(3, H, num_layers=L, dtype=torch.float64)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(3, 6, 5, dtype=torch.float64).transpose(0, 2)[::1, ::2]  # (5, 3, 3) strided
+    assert not x.is_contiguous()
+    h0 = torch.randn(B, L, 2 * H, dtype=torch.float64).transpose(0, 1)[..., ::2]
+    hx = (h0, torch.randn(L, B, H, dtype=torch.float64).transpose(1, 2).transpose(1, 2)) \
+        if cell == "lstm" else h0
+    out, finals = ours(x, hx)
+    expected, expected_finals = theirs(x, hx)
+    assert_close(out, expected, torch.float64, "output")
+    for f, e in zip(as_tuple(finals), as_tuple(expected_finals)):
+        assert_close(f, e, torch.float64, "final state")
