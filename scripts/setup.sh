@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs what lstm_triton needs on a fresh machine, and nothing that is already there.
+#   scripts/setup.sh test   -> the package + test tools
+#   scripts/setup.sh lab    -> the package + benchmark-lab tools
+# An installed torch is never replaced. Without one, torch==2.13.0 is installed: on the
+# project's CPU machines that is the CPU build lying on disk (a bare `torch` would pull
+# the multi-GB CUDA build). The GPU image has torch and triton already, and no network.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+py=${PYTHON:-python3}
+role=${1:-test}
+
+if ! "$py" -c "import torch" 2>/dev/null; then
+  "$py" -m pip install -q "torch==2.13.0"
+fi
+
+missing=()
+need() { "$py" -c "import $1" 2>/dev/null || missing+=("$2"); }
+need triton "triton>=3.6"
+need pytest "pytest>=8"
+need hypothesis "hypothesis>=6"
+need tqdm "tqdm>=4"
+need pandas "pandas>=2"
+need matplotlib "matplotlib>=3.7"
+if [ "$role" = lab ]; then
+  need pytest_benchmark "pytest-benchmark>=4"
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  "$py" -m pip install -q "${missing[@]}"
+fi
+
+# The package itself, editable, without touching dependencies. --no-build-isolation
+# works offline (the GPU image); a machine whose setuptools is too old for it builds
+# in isolation instead.
+if ! "$py" -c "import lstm_triton.kernels" 2>/dev/null; then
+  "$py" -m pip install -q --no-deps --no-build-isolation -e . 2>/dev/null \
+    || "$py" -m pip install -q --no-deps -e .
+fi
