@@ -1,0 +1,155 @@
+"""TritonLSTMCell and TritonGRUCell: drop-ins for nn.LSTMCell / nn.GRUCell.
+
+A cell call is a one-step layer: it runs `ops.rnn_layer` (the same custom op
+the multi-step modules use) on the B rows of a single timestep. So a call is
+one input GEMM, one recurrent GEMM and the same fused pointwise step kernel
+(kernels/lstm_pointwise.py, kernels/gru_pointwise.py), forward and backward,
+and it compiles as one op under torch.compile like the layers do.
+
+They subclass torch's cells, so parameters, initialisation, state_dict and
+the call contract are torch's: `h, c = cell(x, (h, c))`, `h = gru_cell(x, h)`,
+batched (B, I) or unbatched (I,) input, hx optional (zeros).
+"""
+import torch
+from torch import nn
+
+from . import reference
+from .dispatch import choose_backend, validate_backend
+from .ops import rnn_layer
+from .schedule import Schedule
+
+
+def cell_autocast_dtype(device_type, dtype):
+    """The dtype nn.LSTMCell / nn.GRUCell compute in under autocast, or None for no autocast.
+
+    CUDA autocast casts `lstm_cell` / `gru_cell` to the autocast dtype. CPU
+    autocast does not list them: torch's cells then return the input's dtype
+    (their GEMMs autocast, the pointwise part promotes back), so we run in it.
+    """
+    if not torch.is_autocast_enabled(device_type) or dtype == torch.float64:
+        return None
+    if device_type == "cuda":
+        return torch.get_autocast_dtype("cuda")
+    return dtype
+
+
+class _TritonCellDriver:
+    """Mixin holding the forward shared by TritonLSTMCell and TritonGRUCell."""
+
+    cell: str  # "lstm" | "gru"
+
+    def _init_backend(self, backend):
+        validate_backend(backend)
+        self.backend = backend
+
+    def extra_repr(self):
+        return super().extra_repr() + f", backend={self.backend!r}"
+
+    def _check(self, x, states):
+        name = type(self).__name__
+        if x.dim() not in (1, 2):
+            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {x.dim()}D instead; "
+                             f"pass (batch, input_size) or (input_size,).")
+        for k, s in enumerate(states):
+            if s.dim() not in (1, 2):
+                what = f"hx[{k}]" if self.cell == "lstm" else "hidden"
+                raise ValueError(f"{name}: Expected {what} to be 1D or 2D, got {s.dim()}D "
+                                 f"instead; pass (batch, hidden_size) or (hidden_size,).")
+        if x.shape[-1] != self.input_size:
+            raise RuntimeError(
+                f"input has inconsistent input_size: got {x.shape[-1]} expected "
+                f"{self.input_size}; pass inputs with {self.input_size} features.")
+        for k, s in enumerate(states):
+            if s.dim() != x.dim():
+                raise RuntimeError(
+                    f"{name}: hx[{k}] is {s.dim()}-D but the input is {x.dim()}-D; give states "
+                    f"of shape {'(batch, hidden_size)' if x.dim() == 2 else '(hidden_size,)'}.")
+            if x.dim() == 2 and s.shape[0] != x.shape[0]:
+                raise RuntimeError(
+                    f"Input batch size {x.shape[0]} doesn't match hidden{k} batch size "
+                    f"{s.shape[0]}; give states with {x.shape[0]} rows.")
+            if s.shape[-1] != self.hidden_size:
+                raise RuntimeError(
+                    f"hidden{k} has inconsistent hidden_size: got {s.shape[-1]}, expected "
+                    f"{self.hidden_size}.")
+        autocasting = torch.is_autocast_enabled(x.device.type)
+        for t, what in [(x, "input")] + [(s, f"hx[{k}]") for k, s in enumerate(states)]:
+            if not t.is_floating_point():
+                raise RuntimeError(f"{name}: {what} dtype {t.dtype} is not floating point; "
+                                   f"convert it with .to({self.weight_ih.dtype}).")
+            if t.dtype != self.weight_ih.dtype and not autocasting:
+                raise RuntimeError(
+                    f"{name}: {what} dtype ({t.dtype}) does not match weight dtype "
+                    f"({self.weight_ih.dtype}); convert it with .to({self.weight_ih.dtype}) "
+                    f"or the module with .to({t.dtype}).")
+            if t.device != self.weight_ih.device:
+                raise RuntimeError(
+                    f"{name}: {what} is on {t.device} but the parameters are on "
+                    f"{self.weight_ih.device}; move it with .to({self.weight_ih.device}).")
+
+    def _step(self, x, states):
+        """Checks, layout and dtype; returns the new states (h,) or (h, c)."""
+        lstm = self.cell == "lstm"
+        self._check(x, states)
+        batched = x.dim() == 2
+        if not batched:
+            x = x.unsqueeze(0)
+            states = [s.unsqueeze(0) for s in states]
+        if not states:
+            zeros = x.new_zeros(x.shape[0], self.hidden_size)
+            states = [zeros, zeros] if lstm else [zeros]
+        dtype = cell_autocast_dtype(x.device.type, x.dtype) or x.dtype
+        cast = (lambda t: t if t is None or t.dtype == dtype else t.to(dtype))  # noqa: E731
+        weights = [cast(w) for w in (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)]
+        x, states = cast(x).contiguous(), [cast(s).contiguous() for s in states]
+        h0, c0 = states[0], (states[1] if lstm else None)
+
+        backend = choose_backend(self.backend, x.device)
+        if backend == "reference":
+            sched = Schedule.build(None, x.shape[0], x.shape[0], False)
+            if lstm:
+                _, h, c = reference.lstm_layer(x, sched, h0, c0, *weights)
+                new = (h, c)
+            else:
+                new = (reference.gru_layer(x, sched, h0, *weights)[1],)
+        else:
+            w_ih, w_hh, b_ih, b_hh = weights
+            tensors = [x, h0, c0, *weights]
+            save = torch.is_grad_enabled() and any(
+                t is not None and t.requires_grad for t in tensors)
+            _, h, c, *_ = rnn_layer(self.cell, backend, x, None, h0, c0, w_ih.contiguous(),
+                                    w_hh.contiguous(), b_ih, b_hh, None, False, save)
+            new = (h, c) if lstm else (h,)
+        return new if batched else tuple(s.squeeze(0) for s in new)
+
+
+class TritonLSTMCell(_TritonCellDriver, nn.LSTMCell):
+    """Drop-in `nn.LSTMCell`: `h_1, c_1 = cell(input, (h_0, c_0))`, one fused step per call.
+
+    backend: "auto" | "stepwise" | "reference" (see lstm_triton.dispatch); a
+    single step has no time loop, so "persistent" gains nothing here.
+    """
+
+    cell = "lstm"
+
+    def __init__(self, *args, backend="auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_backend(backend)
+
+    def forward(self, input, hx=None):
+        if hx is not None and len(hx) != 2:
+            raise RuntimeError("TritonLSTMCell expects hx as a tuple (h_0, c_0); pass both.")
+        return self._step(input, list(hx) if hx is not None else [])
+
+
+class TritonGRUCell(_TritonCellDriver, nn.GRUCell):
+    """Drop-in `nn.GRUCell`: `h_1 = cell(input, h_0)`, one fused step per call."""
+
+    cell = "gru"
+
+    def __init__(self, *args, backend="auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_backend(backend)
+
+    def forward(self, input, hx=None):
+        return self._step(input, [hx] if hx is not None else [])[0]

@@ -1,0 +1,168 @@
+"""TritonLSTMCell / TritonGRUCell against nn.LSTMCell / nn.GRUCell.
+
+Float64 values and every gradient (input, h, c, each parameter) over a few
+chained steps, unbatched input, hx absent, gradcheck, the module contract
+(parameters, init, state_dict) and bad input raising torch's exception types.
+"""
+import pytest
+import torch
+from rnn_testing import KERNEL_BACKENDS, assert_close
+from torch import nn
+
+from lstm_triton import TritonGRUCell, TritonLSTMCell, stepwise
+from lstm_triton.kernels import gru_pointwise, lstm_pointwise
+
+DTYPE = torch.float64
+I, H = 3, 5
+CELLS = {"lstm": (TritonLSTMCell, nn.LSTMCell), "gru": (TritonGRUCell, nn.GRUCell)}
+
+
+def twin_cells(cell, bias=True, dtype=DTYPE, backend="stepwise"):
+    triton_cls, torch_cls = CELLS[cell]
+    module = triton_cls(I, H, bias=bias, dtype=dtype, backend=backend)
+    oracle = torch_cls(I, H, bias=bias, dtype=torch.float64)
+    oracle.load_state_dict({k: v.to(torch.float64) for k, v in module.state_dict().items()})
+    return module, oracle
+
+
+def leaf(*shape):
+    return torch.randn(*shape, dtype=DTYPE, requires_grad=True)
+
+
+def unroll(module, xs, hx):
+    """A decoder-style loop of cell calls; returns the states after every step."""
+    outs = []
+    for x in xs:
+        hx = module(x, hx)
+        outs.append(hx if isinstance(hx, tuple) else (hx,))
+    return outs
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("bias", [pytest.param(True, id="bias"), pytest.param(False, id="nobias")])
+@pytest.mark.parametrize("with_state", [pytest.param(True, id="hx"), pytest.param(False, id="no-hx")])
+@pytest.mark.parametrize("batch_shape", [pytest.param((3,), id="B3"), pytest.param((), id="unbatched"),
+                                         pytest.param((1,), id="B1")])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_cell_matches_torch(cell, batch_shape, with_state, bias, backend):
+    module, oracle = twin_cells(cell, bias, backend=backend)
+    xs = [leaf(*batch_shape, I) for _ in range(3)]
+    states = [leaf(*batch_shape, H) for _ in range(2 if cell == "lstm" else 1)] if with_state else []
+    hx = None if not with_state else (tuple(states) if cell == "lstm" else states[0])
+
+    got, want = unroll(module, xs, hx), unroll(oracle, xs, hx)
+    weights = [[torch.randn(batch_shape + (H,), dtype=DTYPE) for _ in step] for step in want]
+    losses = [sum((s * w).sum() for step, ws in zip(outs, weights) for s, w in zip(step, ws))
+              for outs in (got, want)]
+    for step, (g_step, w_step) in enumerate(zip(got, want)):
+        for k, (g, w) in enumerate(zip(g_step, w_step)):
+            assert g.shape == w.shape and g.dtype == w.dtype
+            assert_close(g, w, DTYPE, f"step {step} state {k}")
+
+    names = [f"x{t}" for t in range(len(xs))] + [f"hx[{k}]" for k in range(len(states))]
+    inputs = xs + states
+    grads = torch.autograd.grad(losses[0], inputs + list(module.parameters()))
+    ref_grads = torch.autograd.grad(losses[1], inputs + list(oracle.parameters()))
+    names += [n for n, _ in module.named_parameters()]
+    for name, g, w in zip(names, grads, ref_grads, strict=True):
+        assert_close(g, w, DTYPE, f"grad of {name}")
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_cell_gradcheck(cell):
+    module, _ = twin_cells(cell)
+    x, h, c = leaf(2, I), leaf(2, H), leaf(2, H)
+    params = list(module.parameters())
+
+    names = [n for n, _ in module.named_parameters()]
+
+    def fn(x, h, c, *weights):
+        hx = (h, c) if cell == "lstm" else h
+        return torch.func.functional_call(module, dict(zip(names, weights)), (x, hx))
+
+    weights = [p.detach().clone().requires_grad_() for p in module.parameters()]
+    assert torch.autograd.gradcheck(fn, (x, h, c, *weights), eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_cell_is_a_torch_cell(cell):
+    triton_cls, torch_cls = CELLS[cell]
+    torch.manual_seed(3)
+    module = triton_cls(I, H)
+    torch.manual_seed(3)
+    plain = torch_cls(I, H)
+    assert isinstance(module, torch_cls)
+    assert module.state_dict().keys() == plain.state_dict().keys()
+    for name, p in plain.state_dict().items():
+        assert torch.equal(module.state_dict()[name], p), f"same init for {name}"
+    fresh = triton_cls(I, H)
+    fresh.load_state_dict(plain.state_dict())
+    assert "backend='auto'" in repr(module)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_cell_runs_the_shared_step_kernels(cell, monkeypatch):
+    """One call = the layers' fused step kernel once forward and once backward."""
+    module, _ = twin_cells(cell)
+    kernels = gru_pointwise if cell == "gru" else lstm_pointwise
+    calls = []
+    for name in (f"{cell}_step_fwd", f"{cell}_step_bwd"):
+        original = getattr(kernels, name)
+        assert getattr(stepwise, name) is original
+
+        def counted(*args, _name=name, _original=original, **kwargs):
+            calls.append(_name)
+            return _original(*args, **kwargs)
+        monkeypatch.setattr(stepwise, name, counted)
+    out = module(leaf(2, I))
+    (out[0] if isinstance(out, tuple) else out).sum().backward()
+    assert calls == [f"{cell}_step_fwd", f"{cell}_step_bwd"]
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_cell_empty_batch(cell):
+    module, oracle = twin_cells(cell)
+    x = torch.randn(0, I, dtype=DTYPE)
+    got, want = module(x), oracle(x)
+    got, want = (got, want) if cell == "lstm" else ((got,), (want,))
+    assert [g.shape for g in got] == [w.shape for w in want]
+
+
+BAD_INPUTS = [
+    # input shape, state shape (None: no hx), exception type, message
+    pytest.param((2, 2, I), None, ValueError, r"Expected input to be 1D or 2D, got 3D",
+                 id="3d-input"),
+    pytest.param((2, I + 1), None, RuntimeError, rf"inconsistent input_size: got {I + 1}",
+                 id="feature-size"),
+    pytest.param((2, I), (3, H), RuntimeError, r"Input batch size 2 doesn't match hidden0 batch "
+                 r"size 3", id="state-batch"),
+    pytest.param((2, I), (2, H + 1), RuntimeError, rf"inconsistent hidden_size: got {H + 1}",
+                 id="state-size"),
+    pytest.param((2, I), (2, 2, H), ValueError, r"Expected (hx\[0\]|hidden) to be 1D or 2D",
+                 id="3d-state"),
+]
+
+
+@pytest.mark.parametrize("x_shape, h_shape, error, message", BAD_INPUTS)
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_cell_bad_input_raises_like_torch(cell, x_shape, h_shape, error, message):
+    module, oracle = twin_cells(cell)
+    x = torch.randn(x_shape, dtype=DTYPE)
+    hx = None
+    if h_shape is not None:
+        h = torch.randn(h_shape, dtype=DTYPE)
+        hx = (h, torch.randn(h_shape, dtype=DTYPE)) if cell == "lstm" else h
+    with pytest.raises(error):
+        oracle(x, hx)
+    with pytest.raises(error, match=message):
+        module(x, hx)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_cell_dtype_mismatch_raises_like_torch(cell):
+    module, oracle = twin_cells(cell)
+    x = torch.randn(2, I, dtype=torch.float32)
+    with pytest.raises(RuntimeError):
+        oracle(x)
+    with pytest.raises(RuntimeError, match=r"does not match weight dtype.*\.to\(torch.float64\)"):
+        module(x)
