@@ -1,5 +1,6 @@
 """lstm_triton: drop-in nn.LSTM / nn.GRU on Triton kernels."""
 from .cells import TritonGRUCell, TritonLSTMCell
+from .patch import patch, unpatch
 from .rnn import TritonGRU, TritonLSTM
 
-__all__ = ["TritonLSTM", "TritonGRU", "TritonLSTMCell", "TritonGRUCell"]
+__all__ = ["TritonLSTM", "TritonGRU", "TritonLSTMCell", "TritonGRUCell", "patch", "unpatch"]
