@@ -1,9 +1,109 @@
-"""Persistent backend: not built yet (issue 6)."""
+"""Persistent backend: one layer-direction, the whole time loop in one Triton launch.
+
+Same functions, arguments, saved tensors and return conventions as stepwise.py,
+so forward and backward may each run on either backend:
+  - the input projection of all steps is one GEMM before the loop
+    (stepwise.input_projection);
+  - the recurrence runs in kernels/persistent_lstm.py / persistent_gru.py: each
+    program keeps its slice of W_hh (and the cell state) on chip for every step
+    and the grid meets once per step (kernels/grid_sync.py);
+  - the weight gradients and dx are GEMMs over the per-step gate gradients after
+    the loop (stepwise.previous_states, stepwise.column_sum).
+
+What forward saves is stepwise's: LSTM activated gates (N, 4H) and cell states
+(N, H); GRU r, z, n, rec_n (N, 4H). Backward recomputes nothing.
+
+Fallbacks to stepwise (see dispatch.persistent_plan): layers the persistent
+kernel does not serve (LSTM proj_size > 0, very large batches, devices without
+Triton), warned once per reason; and a launch whose grid barrier failed (the
+grid was not co-resident, e.g. a GPU shared with other work), warned each time.
+"""
+import warnings
+
+from . import stepwise
+from .dispatch import persistent_plan
+from .kernels.persistent_gru import gru_persistent_bwd, gru_persistent_fwd
+from .kernels.persistent_lstm import lstm_persistent_bwd, lstm_persistent_fwd
+
+BARRIER_FAILED = ("the grid barrier of the persistent launch timed out (its programs were not "
+                  "all resident at once: is the GPU shared with other work?)")
+_warned = set()
 
 
-def _missing(*_args, **_kwargs):
-    raise NotImplementedError(
-        "backend='persistent' is not implemented yet; use backend='stepwise' or 'auto'.")
+def _fallback(what, reason):
+    """Say that `what` runs on stepwise: static reasons once, barrier failures every time."""
+    if reason == BARRIER_FAILED or reason not in _warned:
+        _warned.add(reason)
+        warnings.warn(f"lstm_triton: backend='persistent' {what} runs on the stepwise backend: "
+                      f"{reason}", RuntimeWarning, stacklevel=3)
 
 
-lstm_forward = lstm_backward = gru_forward = gru_backward = _missing
+def _plan(cell, x, h0, hidden):
+    return persistent_plan(cell, x.device, x.dtype, h0.shape[0], hidden, h0.shape[1])
+
+
+# ---------------------------------------------------------------------------- LSTM
+def lstm_forward(x, sched, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, save):
+    """Returns y (N, P), h_n (B, P), c_n (B, H), gates, c_all, m_all (empty when unused)."""
+    plan, reason = _plan("lstm", x, h0, c0.shape[1])
+    if plan is not None:
+        bias = None if b_ih is None else b_ih + b_hh
+        gx = stepwise.input_projection(x, w_ih, bias)  # (N, 4H)
+        out = lstm_persistent_fwd(gx, sched, h0, c0, w_hh, save, plan)
+        if out is not None:
+            y, h_n, c_n, gates, c_all = out
+            empty = x.new_empty(0)
+            return (y, h_n, c_n, gates if save else empty.clone(),
+                    c_all if save else empty.clone(), empty)
+        reason = BARRIER_FAILED
+    _fallback("LSTM forward", reason)
+    return stepwise.lstm_forward(x, sched, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, save)
+
+
+def lstm_backward(dy, dh_n, dc_n, x, sched, h0, c0, w_ih, w_hh, w_hr, y, gates, c_all, m_all,
+                  has_bias, need_dx):
+    """Gradients (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr); None where not applicable."""
+    plan, reason = _plan("lstm", x, h0, c0.shape[1])
+    if plan is not None:
+        out = lstm_persistent_bwd(dy, dh_n, dc_n, sched, c0, w_hh, gates, c_all, plan)
+        if out is not None:
+            dgates, dh0, dc0 = out  # (N, 4H), (B, H), (B, H)
+            h_prev = stepwise.previous_states(y, h0, sched)
+            db = stepwise.column_sum(dgates) if has_bias else None
+            return (dgates @ w_ih if need_dx else None, dh0, dc0, dgates.t() @ x,
+                    dgates.t() @ h_prev, db, None if db is None else db.clone(), None)
+        reason = BARRIER_FAILED
+    _fallback("LSTM backward", reason)
+    return stepwise.lstm_backward(dy, dh_n, dc_n, x, sched, h0, c0, w_ih, w_hh, w_hr, y, gates,
+                                  c_all, m_all, has_bias, need_dx)
+
+
+# ----------------------------------------------------------------------------- GRU
+def gru_forward(x, sched, h0, w_ih, w_hh, b_ih, b_hh, save):
+    """Returns y (N, H), h_n (B, H), gates (N, 4H: r, z, n, rec_n; empty when unused)."""
+    plan, reason = _plan("gru", x, h0, h0.shape[1])
+    if plan is not None:
+        gx = stepwise.input_projection(x, w_ih, b_ih)  # (N, 3H); b_hh stays in the kernel
+        out = gru_persistent_fwd(gx, sched, h0, w_hh, b_hh, save, plan)
+        if out is not None:
+            y, h_n, gates = out
+            return y, h_n, gates if save else x.new_empty(0)
+        reason = BARRIER_FAILED
+    _fallback("GRU forward", reason)
+    return stepwise.gru_forward(x, sched, h0, w_ih, w_hh, b_ih, b_hh, save)
+
+
+def gru_backward(dy, dh_n, x, sched, h0, w_ih, w_hh, y, gates, has_bias, need_dx):
+    """Gradients (dx, dh0, dw_ih, dw_hh, db_ih, db_hh)."""
+    plan, reason = _plan("gru", x, h0, h0.shape[1])
+    if plan is not None:
+        out = gru_persistent_bwd(dy, dh_n, sched, h0, w_hh, y, gates, plan)
+        if out is not None:
+            dgx, drec, dh0 = out  # (N, 3H), (N, 3H), (B, H)
+            h_prev = stepwise.previous_states(y, h0, sched)
+            return (dgx @ w_ih if need_dx else None, dh0, dgx.t() @ x, drec.t() @ h_prev,
+                    stepwise.column_sum(dgx) if has_bias else None,
+                    stepwise.column_sum(drec) if has_bias else None)
+        reason = BARRIER_FAILED
+    _fallback("GRU backward", reason)
+    return stepwise.gru_backward(dy, dh_n, x, sched, h0, w_ih, w_hh, y, gates, has_bias, need_dx)

@@ -1,0 +1,119 @@
+"""Launch plans for the persistent kernels: grid, block sizes, resident or streamed W_hh.
+
+Nothing here is tuned: no GPU measurement exists for this project yet. Every
+limit is derived from the device's own properties, never from a model name:
+
+  grid      one program per slice of BLOCK_H hidden units, and never more programs
+            than SMs. One program per SM is co-resident on an idle GPU whatever the
+            kernel's register / shared-memory use (a compiled program always fits one
+            SM), so the grid barrier can complete; on a busy GPU the bounded barrier
+            (grid_sync.py) fails and the launcher falls back instead of hanging.
+  BLOCK_H   the smallest power of two >= 16 (tl.dot's minimum) that keeps the grid
+            within the SM count: as many programs as possible share the weight reads.
+  BLOCK_B   the batch padded to a power of two >= 16 (tl.dot's minimum).
+  resident  W_hh slice (K x n_gates*BLOCK_H) loaded once before the time loop when
+            it fits in a quarter of one SM's register file (the rest holds the
+            accumulators, state and dot operands); otherwise streamed from L2 in
+            BLOCK_K chunks every step.
+
+Under the interpreter (CPU tests) programs run one after another, so a barrier
+with two programs would wait forever: the plan is a single program whose
+BLOCK_H covers every hidden unit.
+"""
+from dataclasses import dataclass, replace
+
+import torch
+import triton
+
+from .config import interpreting
+
+# Matmul modes (persistent_tiles.rec_dot).
+DOT_NATIVE, DOT_IEEE_F32, DOT_FMA = 0, 1, 2
+
+# Spins of the grid barrier before a program gives up. One spin is two atomic
+# reads from L2 (~1 us on a GPU), so this is of the order of a second: far longer
+# than any step, short enough that a grid that cannot meet drains quickly.
+SPIN_LIMIT = 1 << 20
+
+MIN_DOT = 16  # tl.dot needs every dimension >= 16
+
+
+@dataclass(frozen=True)
+class PersistentPlan:
+    grid: int  # programs
+    block_b: int  # padded batch rows
+    block_h: int  # hidden units per program
+    block_k: int  # K-chunk of the streamed matmul
+    resident: bool  # W_hh slice held across the time loop
+    dot: int  # DOT_* mode
+    num_warps: int
+    spin_limit: int = SPIN_LIMIT
+
+
+def dot_mode(dtype, device) -> int:
+    if dtype == torch.float64:
+        return DOT_FMA
+    if dtype == torch.float32:
+        return DOT_IEEE_F32
+    if dtype == torch.bfloat16 and device.type == "cpu":
+        return DOT_IEEE_F32  # the interpreter's bfloat16 tl.dot returns garbage
+    return DOT_NATIVE
+
+
+def _pow2(n: int, floor: int = MIN_DOT) -> int:
+    return max(floor, triton.next_power_of_2(max(n, 1)))
+
+
+def _gpu_budget(device):
+    """(SM count, bytes of one SM's register file) read from the device."""
+    props = torch.cuda.get_device_properties(device)
+    regs = getattr(props, "regs_per_multiprocessor", None)
+    if not regs:  # older torch: ask Triton's driver instead
+        regs = triton.runtime.driver.active.utils.get_device_properties(
+            device.index if device.index is not None else torch.cuda.current_device()
+        )["max_num_regs"]
+    return props.multi_processor_count, 4 * regs
+
+
+def plan(n_gates: int, device, dtype, batch: int, hidden: int):
+    """(PersistentPlan, None) when a persistent launch can serve this layer, else (None, reason).
+
+    The recurrent state is (batch, hidden): no projection (proj_size) here.
+    """
+    dot = dot_mode(dtype, device)
+    block_b = _pow2(batch)
+    if device.type == "cpu":
+        if not interpreting():
+            return None, "Triton kernels need CUDA tensors or TRITON_INTERPRET=1"
+        return PersistentPlan(grid=1, block_b=block_b, block_h=_pow2(hidden), block_k=MIN_DOT,
+                              resident=True, dot=dot, num_warps=4), None
+    if device.type != "cuda":
+        return None, f"no persistent kernel for device type {device.type!r}"
+    n_sm, reg_bytes = _gpu_budget(device)
+    block_h = _pow2(triton.cdiv(hidden, n_sm))
+    grid = triton.cdiv(hidden, block_h)
+    # Per-program state kept in registers: n_gates accumulators + c/h + a gate tile,
+    # float32, (block_b x block_h) each. Beyond half the register file the batch is
+    # better served by stepwise's cuBLAS GEMMs (compute-bound, not latency-bound).
+    state_bytes = (n_gates + 3) * block_b * block_h * 4
+    if state_bytes > reg_bytes // 2:
+        return None, (f"batch {batch} needs {state_bytes} bytes of per-program state, more than "
+                      f"half of one SM's {reg_bytes}-byte register file")
+    # Forward holds K = hidden rows of n_gates gate slices, backward K = n_gates * hidden
+    # rows of one slice: the same weights, padded differently.
+    padded = max(_pow2(hidden) * n_gates, _pow2(n_gates * hidden))
+    weight_bytes = padded * block_h * torch.tensor([], dtype=dtype).element_size()
+    resident = dot != DOT_FMA and weight_bytes <= reg_bytes // 4
+    return PersistentPlan(grid=grid, block_b=block_b, block_h=block_h, block_k=64,
+                          resident=resident, dot=dot, num_warps=4), None
+
+
+def streamed(p: PersistentPlan, block_k: int = MIN_DOT) -> PersistentPlan:
+    """The same plan with W_hh streamed from L2 in `block_k` chunks (tests; OutOfResources)."""
+    return replace(p, resident=False, block_k=block_k)
+
+
+def schedule_tensors(sched, device):
+    """(batch_sizes int32 (T,), offsets int64 (T,)) of a Schedule, for the kernels' masks."""
+    return (torch.tensor(sched.batch_sizes, dtype=torch.int32, device=device),
+            torch.tensor(sched.offsets, dtype=torch.int64, device=device))

@@ -1,0 +1,223 @@
+"""Persistent GRU kernels: the whole time loop of one layer-direction in one launch.
+
+Same structure as persistent_lstm.py (read its docstring): each program owns
+BLOCK_H hidden units, all three gates r, z, n of them, and meets the grid once
+per step; y is the exchange buffer of h_{t-1}. Forward per step:
+    rec_q = h_{t-1} @ W_hh[q*H + units, :]^T + b_hh[q*H + units]     (q = r, z, n)
+    r = sigmoid(gx_r + rec_r) ; z = sigmoid(gx_z + rec_z) ; n = tanh(gx_n + r * rec_n)
+    h = (1 - z) * n + z * h_{t-1}        (own slice of h_{t-1} kept in registers)
+Backward carries dh in registers; per step undone
+    dh[rows < bs of the step undone before] += drec[those rows] @ W_hh[:, units]
+then the pointwise GRU backward (kernels/gru_pointwise.py gives the formulas),
+writing dgx and drec (N, 3H): the outputs for the weight-gradient GEMMs after
+the loop, and drec is the recurrence's exchange buffer.
+"""
+import triton
+import triton.language as tl
+
+from .activations import sigmoid, tanh
+from .config import compute_dtype
+from .grid_sync import barrier_failed, grid_barrier, new_sync_state
+from .persistent_config import PersistentPlan, schedule_tensors
+from .persistent_tiles import load_rows, load_w_tile, rec_dot, step_at, step_rows, stream_matmul
+from .tiles import load_gate, store_gate
+
+
+@triton.jit
+def _gru_bias(b_hh_ptr, q, H, units, unit_ok, HAS_BHH: tl.constexpr, COMPUTE: tl.constexpr):
+    """(1, BLOCK_H) slice of b_hh for gate q, zero without bias."""
+    if HAS_BHH:
+        b = tl.load(b_hh_ptr + q * H + units, mask=unit_ok, other=0.0).to(COMPUTE)
+    else:
+        b = tl.zeros(units.shape, COMPUTE)
+    return b
+
+
+@triton.jit(do_not_specialize=["T", "spin_limit"])
+def gru_persistent_fwd_kernel(
+    gx_ptr,  # (N, 3H) x W_ih^T + b_ih of every step
+    h0_ptr,  # (B, H)
+    w_hh_ptr, b_hh_ptr,  # (3H, H), (3H,)
+    y_ptr,  # (N, H) out, and h_{t-1} of the next step
+    h_n_ptr,  # (B, H) out
+    gates_ptr,  # (N, 4H) r, z, n, rec_n: out when SAVE
+    bs_ptr, off_ptr, sync_ptr,
+    T, B, H,
+    stride_gx, stride_h0, stride_w, stride_y, stride_hn, stride_gates, spin_limit,
+    REVERSE: tl.constexpr, SAVE: tl.constexpr, HAS_BHH: tl.constexpr, RESIDENT: tl.constexpr,
+    DOT: tl.constexpr, COMPUTE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+    BLOCK_K: tl.constexpr, K_PAD: tl.constexpr,
+):
+    row = tl.arange(0, BLOCK_B).to(tl.int64)[:, None]  # (BLOCK_B, 1)
+    units = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)[None, :]  # (1, BLOCK_H)
+    unit_ok = units < H
+    state_mask = (row < B) & unit_ok
+    h = load_gate(h0_ptr, row, units, stride_h0, 0, H, state_mask, COMPUTE)  # (BLOCK_B, BLOCK_H)
+    b_r = _gru_bias(b_hh_ptr, 0, H, units, unit_ok, HAS_BHH, COMPUTE)
+    b_z = _gru_bias(b_hh_ptr, 1, H, units, unit_ok, HAS_BHH, COMPUTE)
+    b_n = _gru_bias(b_hh_ptr, 2, H, units, unit_ok, HAS_BHH, COMPUTE)
+    if RESIDENT:  # this program's W_hh^T slices, (K_PAD, BLOCK_H) per gate, for all steps
+        ks = tl.arange(0, K_PAD)
+        w_r = load_w_tile(w_hh_ptr, ks, H, units, unit_ok, 1, stride_w)
+        w_z = load_w_tile(w_hh_ptr, ks, H, H + units, unit_ok, 1, stride_w)
+        w_n = load_w_tile(w_hh_ptr, ks, H, 2 * H + units, unit_ok, 1, stride_w)
+    n_prog = tl.num_programs(0)
+    ok = tl.load(sync_ptr + 1) == 0
+    s = 0
+    while (s < T) & ok:
+        ok = grid_barrier(sync_ptr, (s + 1) * n_prog, spin_limit)
+        bs, off = step_rows(bs_ptr, off_ptr, step_at(s, T, REVERSE), T)
+        bs_p, off_p = step_rows(bs_ptr, off_ptr, step_at(s - 1, T, REVERSE), T)
+        n_prev = tl.minimum(bs_p, bs)
+        if RESIDENT:
+            h_prev = load_rows(y_ptr, off_p, n_prev, stride_y, h0_ptr, stride_h0, bs,
+                               row, ks[None, :], H)  # (BLOCK_B, K_PAD)
+            rec_r = rec_dot(h_prev, w_r, tl.zeros((BLOCK_B, BLOCK_H), COMPUTE) + b_r, DOT)
+            rec_z = rec_dot(h_prev, w_z, tl.zeros((BLOCK_B, BLOCK_H), COMPUTE) + b_z, DOT)
+            rec_n = rec_dot(h_prev, w_n, tl.zeros((BLOCK_B, BLOCK_H), COMPUTE) + b_n, DOT)
+        else:
+            rec_r = stream_matmul(tl.zeros((BLOCK_B, BLOCK_H), COMPUTE) + b_r, y_ptr, off_p,
+                                  n_prev, stride_y, h0_ptr, stride_h0, bs, row, w_hh_ptr, units,
+                                  unit_ok, 1, stride_w, H, BLOCK_K, DOT)
+            rec_z = stream_matmul(tl.zeros((BLOCK_B, BLOCK_H), COMPUTE) + b_z, y_ptr, off_p,
+                                  n_prev, stride_y, h0_ptr, stride_h0, bs, row, w_hh_ptr,
+                                  H + units, unit_ok, 1, stride_w, H, BLOCK_K, DOT)
+            rec_n = stream_matmul(tl.zeros((BLOCK_B, BLOCK_H), COMPUTE) + b_n, y_ptr, off_p,
+                                  n_prev, stride_y, h0_ptr, stride_h0, bs, row, w_hh_ptr,
+                                  2 * H + units, unit_ok, 1, stride_w, H, BLOCK_K, DOT)
+        active = row < bs
+        mask = active & unit_ok
+        rows = off + row
+        r = sigmoid(load_gate(gx_ptr, rows, units, stride_gx, 0, H, mask, COMPUTE) + rec_r)
+        z = sigmoid(load_gate(gx_ptr, rows, units, stride_gx, 1, H, mask, COMPUTE) + rec_z)
+        n = tanh(load_gate(gx_ptr, rows, units, stride_gx, 2, H, mask, COMPUTE) + r * rec_n)
+        h_new = (1.0 - z) * n + z * h
+        store_gate(y_ptr, rows, units, stride_y, 0, H, h_new, mask)
+        if SAVE:
+            store_gate(gates_ptr, rows, units, stride_gates, 0, H, r, mask)
+            store_gate(gates_ptr, rows, units, stride_gates, 1, H, z, mask)
+            store_gate(gates_ptr, rows, units, stride_gates, 2, H, n, mask)
+            store_gate(gates_ptr, rows, units, stride_gates, 3, H, rec_n, mask)
+        h = tl.where(active, h_new, h)
+        s += 1
+    store_gate(h_n_ptr, row, units, stride_hn, 0, H, h, state_mask)
+
+
+@triton.jit(do_not_specialize=["T", "spin_limit"])
+def gru_persistent_bwd_kernel(
+    dy_ptr, dh_n_ptr,  # (N, H), (B, H)
+    gates_ptr,  # (N, 4H) r, z, n, rec_n saved by forward
+    y_ptr, h0_ptr,  # h_{t-1}: previous step's rows of y, or h0
+    w_hh_ptr,  # (3H, H)
+    dgx_ptr, drec_ptr,  # (N, 3H) out: gradients of the input and recurrent pre-activations
+    dh0_ptr,  # (B, H) out
+    bs_ptr, off_ptr, sync_ptr,
+    T, B, H,
+    stride_dy, stride_dhn, stride_gates, stride_y, stride_h0, stride_w, stride_dgx,
+    stride_drec, stride_dh0, spin_limit,
+    REVERSE: tl.constexpr, RESIDENT: tl.constexpr, DOT: tl.constexpr, COMPUTE: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, K_PAD: tl.constexpr,
+):
+    row = tl.arange(0, BLOCK_B).to(tl.int64)[:, None]
+    units = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)[None, :]
+    unit_ok = units < H
+    state_mask = (row < B) & unit_ok
+    dh = load_gate(dh_n_ptr, row, units, stride_dhn, 0, H, state_mask, COMPUTE)  # carried dh
+    K = 3 * H
+    if RESIDENT:  # W_hh[:, units]: (K_PAD, BLOCK_H) for all steps
+        ks = tl.arange(0, K_PAD)
+        w = load_w_tile(w_hh_ptr, ks, K, units, unit_ok, stride_w, 1)
+    n_prog = tl.num_programs(0)
+    ok = tl.load(sync_ptr + 1) == 0
+    s = 0
+    while (s < T + 1) & ok:  # iteration T only finishes dh0
+        ok = grid_barrier(sync_ptr, (s + 1) * n_prog, spin_limit)
+        j = T - 1 - s  # forward position of the step undone now
+        bs, off = step_rows(bs_ptr, off_ptr, step_at(j, T, REVERSE), T)
+        bs_p, off_p = step_rows(bs_ptr, off_ptr, step_at(j - 1, T, REVERSE), T)
+        bs_n, off_n = step_rows(bs_ptr, off_ptr, step_at(j + 1, T, REVERSE), T)  # undone before
+        zero = tl.zeros((BLOCK_B, BLOCK_H), COMPUTE)
+        if RESIDENT:
+            drec_next = load_rows(drec_ptr, off_n, bs_n, stride_drec, drec_ptr, 0, bs_n,
+                                  row, ks[None, :], K)  # (BLOCK_B, K_PAD)
+            rec = rec_dot(drec_next, w, zero, DOT)
+        else:
+            rec = stream_matmul(zero, drec_ptr, off_n, bs_n, stride_drec, drec_ptr, 0, bs_n, row,
+                                w_hh_ptr, units, unit_ok, stride_w, 1, K, BLOCK_K, DOT)
+        dh = tl.where(row < bs_n, dh + rec, dh)
+
+        active = row < bs
+        mask = active & unit_ok
+        rows = off + row
+        dh_t = load_gate(dy_ptr, rows, units, stride_dy, 0, H, mask, COMPUTE) + dh
+        r = load_gate(gates_ptr, rows, units, stride_gates, 0, H, mask, COMPUTE)
+        z = load_gate(gates_ptr, rows, units, stride_gates, 1, H, mask, COMPUTE)
+        n = load_gate(gates_ptr, rows, units, stride_gates, 2, H, mask, COMPUTE)
+        rec_n = load_gate(gates_ptr, rows, units, stride_gates, 3, H, mask, COMPUTE)
+        h_prev = load_rows(y_ptr, off_p, tl.minimum(bs_p, bs), stride_y, h0_ptr, stride_h0,
+                           bs, row, units, H).to(COMPUTE)
+        d_n = dh_t * (1.0 - z) * (1.0 - n * n)
+        d_z = dh_t * (h_prev - n) * z * (1.0 - z)
+        d_r = d_n * rec_n * r * (1.0 - r)
+        store_gate(dgx_ptr, rows, units, stride_dgx, 0, H, d_r, mask)
+        store_gate(dgx_ptr, rows, units, stride_dgx, 1, H, d_z, mask)
+        store_gate(dgx_ptr, rows, units, stride_dgx, 2, H, d_n, mask)
+        store_gate(drec_ptr, rows, units, stride_drec, 0, H, d_r, mask)
+        store_gate(drec_ptr, rows, units, stride_drec, 1, H, d_z, mask)
+        store_gate(drec_ptr, rows, units, stride_drec, 2, H, d_n * r, mask)
+        dh = tl.where(active, dh_t * z, dh)
+        s += 1
+    store_gate(dh0_ptr, row, units, stride_dh0, 0, H, dh, state_mask)
+
+
+def gru_persistent_fwd(gx, sched, h0, w_hh, b_hh, save, plan: PersistentPlan):
+    """Recurrence of one GRU layer-direction from its input projection gx (N, 3H, with b_ih).
+
+    Returns (y (N, H), h_n (B, H), gates (N, 4H) | None), or None when the barrier failed.
+    """
+    n_rows, (batch, hidden) = gx.shape[0], h0.shape
+    bs, off = schedule_tensors(sched, gx.device)
+    sync = new_sync_state(gx.device)
+    y = gx.new_empty(n_rows, hidden)
+    h_n = h0.new_empty(batch, hidden)
+    gates = gx.new_empty(n_rows, 4 * hidden) if save else None
+    gru_persistent_fwd_kernel[(plan.grid,)](
+        gx, h0, w_hh, b_hh if b_hh is not None else w_hh, y, h_n, gates if save else gx,
+        bs, off, sync,
+        sched.steps, batch, hidden,
+        gx.stride(0), h0.stride(0), w_hh.stride(0), y.stride(0), h_n.stride(0),
+        gates.stride(0) if save else 0, plan.spin_limit,
+        REVERSE=sched.reverse, SAVE=save, HAS_BHH=b_hh is not None, RESIDENT=plan.resident,
+        DOT=plan.dot, COMPUTE=compute_dtype(gx.dtype), BLOCK_B=plan.block_b,
+        BLOCK_H=plan.block_h, BLOCK_K=plan.block_k,
+        K_PAD=max(16, triton.next_power_of_2(hidden)), num_warps=plan.num_warps,
+    )
+    if barrier_failed(sync):
+        return None
+    return y, h_n, gates
+
+
+def gru_persistent_bwd(dy, dh_n, sched, h0, w_hh, y, gates, plan: PersistentPlan):
+    """Backward recurrence of one GRU layer-direction.
+
+    Returns (dgx (N, 3H), drec (N, 3H), dh0 (B, H)), or None when the barrier failed.
+    """
+    n_rows, (batch, hidden) = dy.shape[0], h0.shape
+    bs, off = schedule_tensors(sched, dy.device)
+    sync = new_sync_state(dy.device)
+    dgx, drec = dy.new_empty(n_rows, 3 * hidden), dy.new_empty(n_rows, 3 * hidden)
+    dh0 = dh_n.new_empty(batch, hidden)
+    gru_persistent_bwd_kernel[(plan.grid,)](
+        dy, dh_n, gates, y, h0, w_hh, dgx, drec, dh0,
+        bs, off, sync,
+        sched.steps, batch, hidden,
+        dy.stride(0), dh_n.stride(0), gates.stride(0), y.stride(0), h0.stride(0),
+        w_hh.stride(0), dgx.stride(0), drec.stride(0), dh0.stride(0), plan.spin_limit,
+        REVERSE=sched.reverse, RESIDENT=plan.resident, DOT=plan.dot,
+        COMPUTE=compute_dtype(dy.dtype), BLOCK_B=plan.block_b, BLOCK_H=plan.block_h,
+        BLOCK_K=plan.block_k, K_PAD=max(16, triton.next_power_of_2(3 * hidden)),
+        num_warps=plan.num_warps,
+    )
+    if barrier_failed(sync):
+        return None
+    return dgx, drec, dh0

@@ -1,0 +1,237 @@
+"""Persistent LSTM kernels: the whole time loop of one layer-direction in one launch.
+
+Each program owns BLOCK_H hidden units (all four gates i, f, g, o of them) and
+every batch row (padded to BLOCK_B). Per step, forward:
+    pre = gx[rows of t] + h_{t-1} @ W_hh[q*H + units, :]^T      (q = i, f, g, o)
+    c = f * c + i * g ;  m = o * tanh(c)    -> y[rows of t, units]
+and one grid barrier. h_{t-1} is read from the rows of y written at the
+previous step (rows that start at t, possible in the reverse direction of a
+packed batch, read h0), so y itself is the exchange buffer: its rows are
+written once and never overwritten, so no double buffer is needed. c, and the
+own slice of h (for h_n), stay in registers; rows past a step's batch size
+keep their state, as in the stepwise backend.
+
+Backward undoes the steps in reverse order, carrying dh and dc in registers:
+    dh[rows < bs of the step undone before] = dgates[those rows] @ W_hh[:, units]
+then the pointwise LSTM backward of the step. The gate gradients (N, 4H) are
+both the output (for the weight-gradient GEMMs after the loop) and the
+exchange buffer of the recurrence. One extra iteration after the last step
+produces dh0.
+
+The launchers return None when the grid barrier failed (grid not co-resident);
+the caller then reruns the stepwise backend.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from .activations import sigmoid, tanh
+from .config import compute_dtype
+from .grid_sync import barrier_failed, grid_barrier, new_sync_state
+from .persistent_config import PersistentPlan, schedule_tensors
+from .persistent_tiles import load_rows, load_w_tile, rec_dot, step_at, step_rows, stream_matmul
+from .tiles import load_gate, store_gate
+
+
+@triton.jit(do_not_specialize=["T", "spin_limit"])
+def lstm_persistent_fwd_kernel(
+    gx_ptr,  # (N, 4H) x W_ih^T + b_ih + b_hh of every step
+    h0_ptr, c0_ptr,  # (B, H) initial states
+    w_hh_ptr,  # (4H, H)
+    y_ptr,  # (N, H) out, and h_{t-1} of the next step
+    h_n_ptr, c_n_ptr,  # (B, H) out
+    gates_ptr, c_save_ptr,  # (N, 4H) activated gates, (N, H) cell states: out when SAVE
+    bs_ptr, off_ptr, sync_ptr,  # (T,) batch sizes, (T,) first rows, int32[2] barrier state
+    T, B, H,
+    stride_gx, stride_h0, stride_c0, stride_w, stride_y, stride_hn, stride_cn,
+    stride_gates, stride_cs, spin_limit,
+    REVERSE: tl.constexpr, SAVE: tl.constexpr, RESIDENT: tl.constexpr, DOT: tl.constexpr,
+    COMPUTE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+    BLOCK_K: tl.constexpr, K_PAD: tl.constexpr,
+):
+    row = tl.arange(0, BLOCK_B).to(tl.int64)[:, None]  # (BLOCK_B, 1) batch row
+    units = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)[None, :]  # (1, BLOCK_H)
+    unit_ok = units < H
+    state_mask = (row < B) & unit_ok
+    c = load_gate(c0_ptr, row, units, stride_c0, 0, H, state_mask, COMPUTE)  # (BLOCK_B, BLOCK_H)
+    h = load_gate(h0_ptr, row, units, stride_h0, 0, H, state_mask, COMPUTE)
+    if RESIDENT:  # this program's W_hh^T slices, (K_PAD, BLOCK_H) per gate, for all steps
+        ks = tl.arange(0, K_PAD)
+        w_i = load_w_tile(w_hh_ptr, ks, H, units, unit_ok, 1, stride_w)
+        w_f = load_w_tile(w_hh_ptr, ks, H, H + units, unit_ok, 1, stride_w)
+        w_g = load_w_tile(w_hh_ptr, ks, H, 2 * H + units, unit_ok, 1, stride_w)
+        w_o = load_w_tile(w_hh_ptr, ks, H, 3 * H + units, unit_ok, 1, stride_w)
+    n_prog = tl.num_programs(0)
+    ok = tl.load(sync_ptr + 1) == 0
+    s = 0
+    while (s < T) & ok:
+        ok = grid_barrier(sync_ptr, (s + 1) * n_prog, spin_limit)
+        bs, off = step_rows(bs_ptr, off_ptr, step_at(s, T, REVERSE), T)
+        bs_p, off_p = step_rows(bs_ptr, off_ptr, step_at(s - 1, T, REVERSE), T)
+        n_prev = tl.minimum(bs_p, bs)  # rows continuing from the previous step; others from h0
+        zero = tl.zeros((BLOCK_B, BLOCK_H), COMPUTE)
+        if RESIDENT:
+            h_prev = load_rows(y_ptr, off_p, n_prev, stride_y, h0_ptr, stride_h0, bs,
+                               row, ks[None, :], H)  # (BLOCK_B, K_PAD)
+            pre_i = rec_dot(h_prev, w_i, zero, DOT)
+            pre_f = rec_dot(h_prev, w_f, zero, DOT)
+            pre_g = rec_dot(h_prev, w_g, zero, DOT)
+            pre_o = rec_dot(h_prev, w_o, zero, DOT)
+        else:
+            pre_i = stream_matmul(zero, y_ptr, off_p, n_prev, stride_y, h0_ptr, stride_h0, bs, row,
+                                  w_hh_ptr, units, unit_ok, 1, stride_w, H, BLOCK_K, DOT)
+            pre_f = stream_matmul(zero, y_ptr, off_p, n_prev, stride_y, h0_ptr, stride_h0, bs, row,
+                                  w_hh_ptr, H + units, unit_ok, 1, stride_w, H, BLOCK_K, DOT)
+            pre_g = stream_matmul(zero, y_ptr, off_p, n_prev, stride_y, h0_ptr, stride_h0, bs, row,
+                                  w_hh_ptr, 2 * H + units, unit_ok, 1, stride_w, H, BLOCK_K, DOT)
+            pre_o = stream_matmul(zero, y_ptr, off_p, n_prev, stride_y, h0_ptr, stride_h0, bs, row,
+                                  w_hh_ptr, 3 * H + units, unit_ok, 1, stride_w, H, BLOCK_K, DOT)
+        active = row < bs
+        mask = active & unit_ok
+        rows = off + row  # packed rows of step t (int64)
+        pre_i += load_gate(gx_ptr, rows, units, stride_gx, 0, H, mask, COMPUTE)
+        pre_f += load_gate(gx_ptr, rows, units, stride_gx, 1, H, mask, COMPUTE)
+        pre_g += load_gate(gx_ptr, rows, units, stride_gx, 2, H, mask, COMPUTE)
+        pre_o += load_gate(gx_ptr, rows, units, stride_gx, 3, H, mask, COMPUTE)
+        i, f, g, o = sigmoid(pre_i), sigmoid(pre_f), tanh(pre_g), sigmoid(pre_o)
+        c_new = f * c + i * g
+        m = o * tanh(c_new)
+        store_gate(y_ptr, rows, units, stride_y, 0, H, m, mask)
+        if SAVE:
+            store_gate(gates_ptr, rows, units, stride_gates, 0, H, i, mask)
+            store_gate(gates_ptr, rows, units, stride_gates, 1, H, f, mask)
+            store_gate(gates_ptr, rows, units, stride_gates, 2, H, g, mask)
+            store_gate(gates_ptr, rows, units, stride_gates, 3, H, o, mask)
+            store_gate(c_save_ptr, rows, units, stride_cs, 0, H, c_new, mask)
+        c = tl.where(active, c_new, c)
+        h = tl.where(active, m, h)
+        s += 1
+    store_gate(h_n_ptr, row, units, stride_hn, 0, H, h, state_mask)
+    store_gate(c_n_ptr, row, units, stride_cn, 0, H, c, state_mask)
+
+
+@triton.jit(do_not_specialize=["T", "spin_limit"])
+def lstm_persistent_bwd_kernel(
+    dy_ptr,  # (N, H) gradient of y
+    dh_n_ptr, dc_n_ptr,  # (B, H) gradients of the final states
+    gates_ptr, c_save_ptr, c0_ptr,  # (N, 4H), (N, H) saved by forward; (B, H) c0
+    w_hh_ptr,  # (4H, H)
+    dgates_ptr,  # (N, 4H) out: pre-activation gate gradients, and the recurrence's exchange
+    dh0_ptr, dc0_ptr,  # (B, H) out
+    bs_ptr, off_ptr, sync_ptr,
+    T, B, H,
+    stride_dy, stride_dhn, stride_dcn, stride_gates, stride_cs, stride_c0, stride_w, stride_dg,
+    stride_dh0, stride_dc0, spin_limit,
+    REVERSE: tl.constexpr, RESIDENT: tl.constexpr, DOT: tl.constexpr, COMPUTE: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, K_PAD: tl.constexpr,
+):
+    row = tl.arange(0, BLOCK_B).to(tl.int64)[:, None]
+    units = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)[None, :]
+    unit_ok = units < H
+    state_mask = (row < B) & unit_ok
+    dh = load_gate(dh_n_ptr, row, units, stride_dhn, 0, H, state_mask, COMPUTE)  # carried dh
+    dc = load_gate(dc_n_ptr, row, units, stride_dcn, 0, H, state_mask, COMPUTE)  # carried dc
+    K = 4 * H
+    if RESIDENT:  # W_hh[:, units]: (K_PAD, BLOCK_H) for all steps
+        ks = tl.arange(0, K_PAD)
+        w = load_w_tile(w_hh_ptr, ks, K, units, unit_ok, stride_w, 1)
+    n_prog = tl.num_programs(0)
+    ok = tl.load(sync_ptr + 1) == 0
+    s = 0
+    while (s < T + 1) & ok:  # iteration T only finishes dh0
+        ok = grid_barrier(sync_ptr, (s + 1) * n_prog, spin_limit)
+        j = T - 1 - s  # forward position of the step undone now
+        bs, off = step_rows(bs_ptr, off_ptr, step_at(j, T, REVERSE), T)
+        bs_p, off_p = step_rows(bs_ptr, off_ptr, step_at(j - 1, T, REVERSE), T)
+        bs_n, off_n = step_rows(bs_ptr, off_ptr, step_at(j + 1, T, REVERSE), T)  # undone before
+        zero = tl.zeros((BLOCK_B, BLOCK_H), COMPUTE)
+        if RESIDENT:
+            dg_next = load_rows(dgates_ptr, off_n, bs_n, stride_dg, dgates_ptr, 0, bs_n,
+                                row, ks[None, :], K)  # (BLOCK_B, K_PAD)
+            rec = rec_dot(dg_next, w, zero, DOT)
+        else:
+            rec = stream_matmul(zero, dgates_ptr, off_n, bs_n, stride_dg, dgates_ptr, 0, bs_n, row,
+                                w_hh_ptr, units, unit_ok, stride_w, 1, K, BLOCK_K, DOT)
+        dh = tl.where(row < bs_n, rec, dh)
+
+        active = row < bs
+        mask = active & unit_ok
+        rows = off + row
+        dm = load_gate(dy_ptr, rows, units, stride_dy, 0, H, mask, COMPUTE) + dh
+        i = load_gate(gates_ptr, rows, units, stride_gates, 0, H, mask, COMPUTE)
+        f = load_gate(gates_ptr, rows, units, stride_gates, 1, H, mask, COMPUTE)
+        g = load_gate(gates_ptr, rows, units, stride_gates, 2, H, mask, COMPUTE)
+        o = load_gate(gates_ptr, rows, units, stride_gates, 3, H, mask, COMPUTE)
+        c = load_gate(c_save_ptr, rows, units, stride_cs, 0, H, mask, COMPUTE)
+        c_prev = load_rows(c_save_ptr, off_p, tl.minimum(bs_p, bs), stride_cs, c0_ptr, stride_c0,
+                           bs, row, units, H).to(COMPUTE)
+        tanh_c = tanh(c)
+        dc_t = dc + dm * o * (1.0 - tanh_c * tanh_c)
+        store_gate(dgates_ptr, rows, units, stride_dg, 0, H, dc_t * g * i * (1.0 - i), mask)
+        store_gate(dgates_ptr, rows, units, stride_dg, 1, H, dc_t * c_prev * f * (1.0 - f), mask)
+        store_gate(dgates_ptr, rows, units, stride_dg, 2, H, dc_t * i * (1.0 - g * g), mask)
+        store_gate(dgates_ptr, rows, units, stride_dg, 3, H, dm * tanh_c * o * (1.0 - o), mask)
+        dc = tl.where(active, dc_t * f, dc)
+        s += 1
+    store_gate(dh0_ptr, row, units, stride_dh0, 0, H, dh, state_mask)
+    store_gate(dc0_ptr, row, units, stride_dc0, 0, H, dc, state_mask)
+
+
+def lstm_persistent_fwd(gx, sched, h0, c0, w_hh, save, plan: PersistentPlan):
+    """Recurrence of one LSTM layer-direction (no projection) from its input projection.
+
+    gx: (N, 4H) with both biases; h0, c0: (B, H); w_hh: (4H, H).
+    Returns (y (N, H), h_n (B, H), c_n (B, H), gates (N, 4H) | None, c_all (N, H) | None)
+    with stepwise.lstm_forward's dtypes, or None when the grid barrier failed.
+    """
+    n_rows, (batch, hidden) = gx.shape[0], h0.shape
+    bs, off = schedule_tensors(sched, gx.device)
+    sync = new_sync_state(gx.device)
+    compute = compute_dtype(gx.dtype)
+    y = gx.new_empty(n_rows, hidden)
+    h_n, c_n = h0.new_empty(batch, hidden), c0.new_empty(batch, hidden)
+    state = torch.float64 if gx.dtype == torch.float64 else torch.float32  # stepwise.state_dtype
+    gates = gx.new_empty(n_rows, 4 * hidden) if save else None
+    c_all = gx.new_empty(n_rows, hidden, dtype=state) if save else None
+    lstm_persistent_fwd_kernel[(plan.grid,)](
+        gx, h0, c0, w_hh, y, h_n, c_n, gates if save else gx, c_all if save else y,
+        bs, off, sync,
+        sched.steps, batch, hidden,
+        gx.stride(0), h0.stride(0), c0.stride(0), w_hh.stride(0), y.stride(0), h_n.stride(0),
+        c_n.stride(0), gates.stride(0) if save else 0, c_all.stride(0) if save else 0,
+        plan.spin_limit,
+        REVERSE=sched.reverse, SAVE=save, RESIDENT=plan.resident, DOT=plan.dot, COMPUTE=compute,
+        BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k,
+        K_PAD=max(16, triton.next_power_of_2(hidden)), num_warps=plan.num_warps,
+    )
+    if barrier_failed(sync):
+        return None
+    return y, h_n, c_n, gates, c_all
+
+
+def lstm_persistent_bwd(dy, dh_n, dc_n, sched, c0, w_hh, gates, c_all, plan: PersistentPlan):
+    """Backward recurrence of one LSTM layer-direction (no projection).
+
+    Returns (dgates (N, 4H), dh0 (B, H), dc0 (B, H)) in dy's dtype, or None when the
+    grid barrier failed. Weight gradients and dx are GEMMs over dgates (caller).
+    """
+    n_rows, (batch, hidden) = dy.shape[0], dc_n.shape
+    bs, off = schedule_tensors(sched, dy.device)
+    sync = new_sync_state(dy.device)
+    dgates = dy.new_empty(n_rows, 4 * hidden)
+    dh0, dc0 = dh_n.new_empty(batch, hidden), dy.new_empty(batch, hidden)
+    lstm_persistent_bwd_kernel[(plan.grid,)](
+        dy, dh_n, dc_n, gates, c_all, c0, w_hh, dgates, dh0, dc0,
+        bs, off, sync,
+        sched.steps, batch, hidden,
+        dy.stride(0), dh_n.stride(0), dc_n.stride(0), gates.stride(0), c_all.stride(0),
+        c0.stride(0), w_hh.stride(0), dgates.stride(0), dh0.stride(0), dc0.stride(0),
+        plan.spin_limit,
+        REVERSE=sched.reverse, RESIDENT=plan.resident, DOT=plan.dot,
+        COMPUTE=compute_dtype(dy.dtype), BLOCK_B=plan.block_b, BLOCK_H=plan.block_h,
+        BLOCK_K=plan.block_k, K_PAD=max(16, triton.next_power_of_2(4 * hidden)),
+        num_warps=plan.num_warps,
+    )
+    if barrier_failed(sync):
+        return None
+    return dgates, dh0, dc0
