@@ -33,6 +33,19 @@ def autocast_dtype(cell, device_type, dtype):
     return None
 
 
+def allow_dynamo_tracing():
+    """Let torch.compile trace our modules: Dynamo refuses every nn.RNN/GRU/LSTM instance
+    ("Attempted to wrap RNN, GRU, or LSTM", torch/_dynamo/variables/builder.py) unless
+    `allow_rnn` is set, and TritonLSTM/TritonGRU are such instances. Their forward is
+    plain Python around custom ops, so it traces cleanly. The flag only lifts that
+    refusal; process-wide it also lets Dynamo trace torch's own nn.LSTM (as one aten op)
+    instead of breaking the graph there.
+    """
+    import torch._dynamo.config  # ~1 s the first time; paid when the first module is built
+
+    torch._dynamo.config.allow_rnn = True
+
+
 class _TritonRNNDriver:
     """Mixin holding the forward shared by TritonLSTM and TritonGRU."""
 
@@ -41,6 +54,7 @@ class _TritonRNNDriver:
     def _init_backend(self, backend):
         validate_backend(backend)
         self.backend = backend
+        allow_dynamo_tracing()
 
     def extra_repr(self):
         return super().extra_repr() + f", backend={self.backend!r}"

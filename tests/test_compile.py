@@ -1,0 +1,141 @@
+"""torch.compile(fullgraph=True) over models using the Triton modules, and opcheck of the ops.
+
+fullgraph=True turns any graph break into an error, so a passing compile means
+each layer-direction is one opaque custom op in the graph. Numbers must equal
+eager, forward and backward. On CPU the kernels run in Triton's interpreter
+inside those ops; inductor compiles the rest of the model (the embedding, the
+head, the loss) into C++.
+"""
+import pytest
+import torch
+from rnn_testing import assert_close
+from torch import nn
+
+from lstm_triton import TritonGRU, TritonGRUCell, TritonLSTM
+from lstm_triton.ops import rnn_layer, rnn_layer_backward
+
+DTYPE = torch.float64
+
+
+class Classifier(nn.Module):
+    """Tokens -> embedding -> recurrent encoder -> mean over time -> linear."""
+
+    def __init__(self, rnn):
+        super().__init__()
+        self.embed = nn.Embedding(10, 3)
+        self.rnn = rnn
+        out_size = getattr(rnn, "proj_size", 0) or rnn.hidden_size
+        self.head = nn.Linear(out_size * (2 if rnn.bidirectional else 1), 2)
+
+    def forward(self, tokens, hx=None):
+        y, state = self.rnn(self.embed(tokens), hx)
+        h = state[0] if isinstance(state, tuple) else state
+        return self.head(y.mean(1)) + h.sum()
+
+
+class Decoder(nn.Module):
+    """A step-by-step decoder loop over a cell (unrolled by the compiler)."""
+
+    def __init__(self):
+        super().__init__()
+        self.cell = TritonGRUCell(3, 4, backend="stepwise")
+
+    def forward(self, xs, h):
+        for x in xs.unbind(0):
+            h = self.cell(x, h)
+        return h
+
+
+def forward_backward(model, *inputs):
+    model.zero_grad()
+    out = model(*inputs)
+    out.square().sum().backward()
+    return out, [p.grad.clone() for p in model.parameters()]
+
+
+def check_same_as_eager(model, compiled, *inputs):
+    out, grads = forward_backward(compiled, *inputs)
+    ref_out, ref_grads = forward_backward(model, *inputs)
+    assert_close(out, ref_out, DTYPE, "compiled forward")
+    for (name, _), got, want in zip(model.named_parameters(), grads, ref_grads, strict=True):
+        assert_close(got, want, DTYPE, f"compiled grad of {name}")
+
+
+MODELS = [
+    pytest.param(lambda: TritonLSTM(3, 4, num_layers=2, bidirectional=True, proj_size=2,
+                                    batch_first=True, backend="stepwise"),
+                 "inductor", id="lstm-inductor"),
+    pytest.param(lambda: TritonGRU(3, 4, bidirectional=True, batch_first=True,
+                                   backend="stepwise"),
+                 "aot_eager", id="gru-aot_eager"),
+]
+
+
+@pytest.mark.parametrize("make_rnn, compiler", MODELS)
+def test_compiled_model_matches_eager(make_rnn, compiler):
+    torch._dynamo.reset()
+    model = Classifier(make_rnn()).to(DTYPE)
+    compiled = torch.compile(model, fullgraph=True, backend=compiler)
+    check_same_as_eager(model, compiled, torch.randint(0, 10, (3, 5)))
+    if compiler == "aot_eager":  # a new sequence length recompiles (or reuses a dynamic graph)
+        check_same_as_eager(model, compiled, torch.randint(0, 10, (3, 2)))
+
+
+def test_compiled_model_with_initial_state():
+    torch._dynamo.reset()
+    model = Classifier(TritonLSTM(3, 4, batch_first=True, backend="stepwise")).to(DTYPE)
+    hx = tuple(torch.randn(1, 2, 4, dtype=DTYPE) for _ in range(2))
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    check_same_as_eager(model, compiled, torch.randint(0, 10, (2, 4)), hx)
+
+
+def test_compiled_cell_decoder_matches_eager():
+    torch._dynamo.reset()
+    model = Decoder().to(DTYPE)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    check_same_as_eager(model, compiled, torch.randn(3, 2, 3, dtype=DTYPE),
+                        torch.randn(2, 4, dtype=DTYPE))
+
+
+# ------------------------------------------------------------------------------ opcheck
+def layer_args(cell, packed, proj):
+    batch, n_in, hidden = 2, 3, 4
+    n_gates = 4 if cell == "lstm" else 3
+    batch_sizes = torch.tensor([2, 2, 1]) if packed else None
+    n_rows = 5 if packed else 6
+
+    def leaf(*shape):
+        return torch.randn(*shape, dtype=DTYPE, requires_grad=True)
+
+    out = 2 if proj else hidden
+    return (cell, "stepwise", leaf(n_rows, n_in), batch_sizes, leaf(batch, out),
+            leaf(batch, hidden) if cell == "lstm" else None, leaf(n_gates * hidden, n_in),
+            leaf(n_gates * hidden, out), leaf(n_gates * hidden), leaf(n_gates * hidden),
+            leaf(out, hidden) if proj else None, packed, True)
+
+
+OPCHECK_CASES = [
+    pytest.param("lstm", False, False, id="lstm-padded"),
+    pytest.param("lstm", True, True, id="lstm-packed-reverse-proj"),
+    pytest.param("gru", True, False, id="gru-packed-reverse"),
+]
+
+
+@pytest.mark.parametrize("cell, packed, proj", OPCHECK_CASES)
+def test_opcheck_rnn_layer(cell, packed, proj):
+    torch.library.opcheck(rnn_layer, layer_args(cell, packed, proj))
+
+
+@pytest.mark.parametrize("cell, packed, proj", OPCHECK_CASES)
+def test_opcheck_rnn_layer_backward(cell, packed, proj):
+    args = layer_args(cell, packed, proj)
+    (_, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, _, w_hr, reverse, _) = args
+    with torch.no_grad():
+        y, h_n, c_n, saved_0, saved_1, saved_2 = rnn_layer(*args)
+    grads = [torch.randn_like(t) for t in (y, h_n)]
+    dc_n = torch.randn_like(c_n) if cell == "lstm" else None
+    detach = [t.detach() if t is not None else None for t in (x, h0, c0, w_ih, w_hh, w_hr)]
+    x, h0, c0, w_ih, w_hh, w_hr = detach
+    torch.library.opcheck(rnn_layer_backward, (
+        cell, backend, grads[0], grads[1], dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y,
+        saved_0, saved_1, saved_2, reverse, True, True))
