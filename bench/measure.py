@@ -1,0 +1,260 @@
+"""How one case is measured: modules with shared weights, rotated inputs, the
+float64 oracle, the correctness guard, the GPU timer and the result row.
+
+Implementations (the `impl` column):
+  triton-stepwise / triton-persistent / triton-auto   TritonLSTM/TritonGRU(backend=...)
+  cudnn       torch.nn.LSTM / nn.GRU on CUDA (the baseline on a GPU)
+  torch-cpu   torch.nn.LSTM / nn.GRU on the CPU (the baseline of a smoke run; never "cudnn")
+Every implementation of a case loads the same state_dict and sees the same inputs.
+
+Correctness guard: before timing, each implementation's output (and for
+fwdbwd the input gradient) is compared with an oracle: torch's own module in
+float64 holding the same weights and inputs rounded to the case's dtype.
+max_rel_err = max |impl - oracle| / max |oracle| over the compared tensors.
+The baseline is checked the same way, so the column compares both with the
+truth. Above the dtype's tolerance the row says `wrong` and the case is not timed.
+"""
+import re
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .sweeps import Case, flops
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+TRITON_IMPLS = ("triton-stepwise", "triton-persistent", "triton-auto")
+# Loose on purpose: the guard catches wrong kernels (O(1) errors, NaN), not
+# rounding; accumulated rounding over T=4096 steps must not trip it.
+TOLERANCE = {"fp32": 1e-3, "bf16": 1e-1, "fp16": 3e-2}
+N_INPUTS = 4  # input tensors rotated among timed calls, so caches do not flatter
+
+# Rounds: as many as fit in about TIMED_BUDGET_S, within [MIN_ROUNDS, MAX_ROUNDS].
+GPU_TIMING = dict(budget_s=0.4, min_rounds=5, max_rounds=100, warmup_rounds=2)
+CPU_TIMING = dict(budget_s=0.0, min_rounds=2, max_rounds=2, warmup_rounds=0)  # smoke only
+
+
+def baseline_impl(device: torch.device) -> str:
+    return "cudnn" if device.type == "cuda" else "torch-cpu"
+
+
+def impls_for(device: torch.device) -> tuple:
+    return TRITON_IMPLS + (baseline_impl(device),)
+
+
+def backend_of(impl: str):
+    """The TritonLSTM backend an impl name stands for, or None for torch's module."""
+    return impl.removeprefix("triton-") if impl.startswith("triton-") else None
+
+
+class CudaEventTimer:
+    """A pytest-benchmark timer reading GPU time: each call records a CUDA event,
+    waits for it, and returns seconds since a reference event. The difference of
+    two calls is the GPU time of what was launched between them, synchronised."""
+
+    def __init__(self):
+        self._ref = None
+
+    def __call__(self) -> float:
+        event = torch.cuda.Event(enable_timing=True)
+        if self._ref is None:
+            self._ref = torch.cuda.Event(enable_timing=True)
+            self._ref.record()
+        event.record()
+        event.synchronize()
+        return self._ref.elapsed_time(event) / 1e3
+
+    def __repr__(self):
+        return "CudaEventTimer"
+
+
+cuda_event_timer = CudaEventTimer()
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ----------------------------------------------------------------------- the case
+@dataclass
+class Setup:
+    """Weights and inputs of one case, shared by every implementation."""
+    case: Case
+    device: torch.device
+    state_dict: dict  # float32 on the CPU
+    xs: list  # N_INPUTS inputs (T, B, I) in the case dtype
+    dys: list  # N_INPUTS output gradients (T, B, n_dir*H)
+
+
+def torch_module(case: Case, backend=None) -> nn.Module:
+    kwargs = dict(input_size=case.input_size, hidden_size=case.hidden_size,
+                  num_layers=case.num_layers, bidirectional=case.bidirectional)
+    if backend is None:
+        return (nn.LSTM if case.cell == "lstm" else nn.GRU)(**kwargs)
+    from lstm_triton import TritonGRU, TritonLSTM
+
+    return (TritonLSTM if case.cell == "lstm" else TritonGRU)(**kwargs, backend=backend)
+
+
+def make_setup(case: Case, device: torch.device, seed: int = 0) -> Setup:
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    state_dict = torch_module(case).state_dict()
+    dtype = DTYPES[case.dtype]
+    n_dir = 2 if case.bidirectional else 1
+    shape_x = (case.seq_len, case.batch, case.input_size)
+    shape_y = (case.seq_len, case.batch, n_dir * case.hidden_size)
+    xs = [torch.randn(shape_x, generator=gen).to(device, dtype) for _ in range(N_INPUTS)]
+    dys = [torch.randn(shape_y, generator=gen).to(device, dtype) for _ in range(N_INPUTS)]
+    return Setup(case, device, state_dict, xs, dys)
+
+
+def build(setup: Setup, impl: str, dtype=None) -> nn.Module:
+    module = torch_module(setup.case, backend_of(impl))
+    module.load_state_dict(setup.state_dict)
+    return module.to(setup.device, dtype or DTYPES[setup.case.dtype])
+
+
+def step_fn(module, pass_: str):
+    """The timed callable: fwd under no_grad, or a training step's forward+backward."""
+    if pass_ == "fwd":
+        def fwd(x, dy):
+            with torch.no_grad():
+                return module(x)[0]
+        return fwd
+
+    def fwdbwd(x, dy):
+        out = module(x)[0]
+        out.backward(dy)
+        return out
+    return fwdbwd
+
+
+def fresh_args(module, x, dy, pass_):
+    """Arguments of one call: x with requires_grad for fwdbwd, no stale gradients."""
+    module.zero_grad(set_to_none=True)
+    if pass_ == "fwdbwd":
+        x = x.detach().requires_grad_(True)
+    return x, dy
+
+
+# ---------------------------------------------------------------- correctness
+_oracle_cache: dict = {}
+
+
+def oracle(setup: Setup, pass_: str, baseline: str):
+    """(output, input gradient or None) of torch's module in float64 on the same
+    rounded weights and inputs x[0], dy[0]. Cached for the case being measured."""
+    key = (setup.case, pass_, setup.device.type)
+    if key not in _oracle_cache:
+        _oracle_cache.clear()
+        try:
+            _oracle_cache[key] = _run_oracle(setup, pass_, baseline, setup.device)
+        except RuntimeError:  # no float64 RNN on this device: the CPU computes it
+            _oracle_cache[key] = _run_oracle(setup, pass_, baseline, torch.device("cpu"))
+    return _oracle_cache[key]
+
+
+def _run_oracle(setup: Setup, pass_: str, baseline: str, device):
+    module = build(setup, baseline, dtype=DTYPES[setup.case.dtype]).to(device, torch.float64)
+    x, dy = (t.to(device, torch.float64) for t in (setup.xs[0], setup.dys[0]))
+    x, dy = fresh_args(module, x, dy, pass_)
+    with torch.no_grad() if pass_ == "fwd" else torch.enable_grad():
+        out = module(x)[0]
+        dx = None
+        if pass_ == "fwdbwd":
+            out.backward(dy)
+            dx = x.grad.detach()
+    return out.detach(), dx
+
+
+def rel_err(actual, expected) -> float:
+    actual, expected = actual.detach().to(torch.float64), expected.to(torch.float64)
+    err = (actual - expected).abs().max().item()
+    scale = expected.abs().max().item()
+    if err != err:  # NaN anywhere
+        return float("inf")
+    return err / max(scale, 1e-30)
+
+
+def check(module, setup: Setup, pass_: str, baseline: str) -> float:
+    """max_rel_err of one call on x[0] (and dy[0]) against the float64 oracle."""
+    ref_out, ref_dx = oracle(setup, pass_, baseline)
+    x, dy = fresh_args(module, setup.xs[0], setup.dys[0], pass_)
+    out = step_fn(module, pass_)(x, dy)
+    errs = [rel_err(out, ref_out)]
+    if pass_ == "fwdbwd":
+        errs.append(rel_err(x.grad, ref_dx))
+    return max(errs)
+
+
+# -------------------------------------------------------------------- timing
+class Rotation:
+    """pytest-benchmark `setup`: the next pre-generated input, fresh gradients."""
+
+    def __init__(self, module, setup: Setup, pass_: str):
+        self.module, self.setup, self.pass_, self.i = module, setup, pass_, 0
+
+    def __call__(self):
+        k = self.i % N_INPUTS
+        self.i += 1
+        args = fresh_args(self.module, self.setup.xs[k], self.setup.dys[k], self.pass_)
+        return args, {}
+
+
+def estimate_call_s(fn, rotation, device) -> float:
+    """Seconds of one (already warm) call, synchronised: sizes the number of rounds."""
+    args, _ = rotation()
+    sync(device)
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn(*args)
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    t0 = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t0
+
+
+def rounds_for(device, call_s) -> dict:
+    """pedantic's schedule; `call_s()` (one timed call) is only run when rounds vary."""
+    cfg = GPU_TIMING if device.type == "cuda" else CPU_TIMING
+    rounds = cfg["min_rounds"]
+    if cfg["max_rounds"] > cfg["min_rounds"]:
+        rounds = int(cfg["budget_s"] / max(call_s(), 1e-9))
+        rounds = max(cfg["min_rounds"], min(cfg["max_rounds"], rounds))
+    return dict(rounds=rounds, warmup_rounds=cfg["warmup_rounds"], iterations=1)
+
+
+def peak_mem_mb(fn, rotation, device):
+    """Peak memory one call allocates above what was allocated before it (weights
+    and inputs excluded): activations, saved state, outputs, gradients. CUDA only."""
+    if device.type != "cuda":
+        return None
+    args, _ = rotation()
+    sync(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn(*args)
+    sync(device)
+    return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+
+
+# ----------------------------------------------------------------------- rows
+def short_error(exc: Exception, limit: int = 240) -> str:
+    """One line for the CSV's note column: type and message, module reprs removed."""
+    text = re.sub(r"<module '[^']*'( from '[^']*')?>", "<module>", str(exc))
+    text = " ".join(text.split())
+    return f"{type(exc).__name__}: {text}"[:limit]
+
+
+def derived(case: Case, pass_: str, median_s: float) -> dict:
+    return dict(
+        median_ms=median_s * 1e3,
+        tokens_per_s=case.batch * case.seq_len / median_s,
+        tflops=flops(case, pass_) / median_s / 1e12,
+    )

@@ -1,0 +1,78 @@
+"""The raw CSV: its columns, where it lives, and how a run's rows merge into it.
+
+One row per (case, pass, impl). Every table and plot in reports/ is made from
+these files by bench/report.py; nothing there is edited by hand.
+
+  reports/raw/<date>-<device>.csv              a GPU run
+  reports/smoke/raw/<date>-<device>-smoke.csv  a smoke run (CPU interpreter or
+                                               --sweep smoke): not performance
+
+Rows of the same date and device merge: a re-measured (case, pass, impl)
+replaces its old row, others stay, so a sweep split over several commands
+ends in one file.
+"""
+import csv
+import re
+from pathlib import Path
+
+from .sweeps import KEY_COLUMNS
+
+REPO = Path(__file__).resolve().parents[1]
+REPORTS = REPO / "reports"
+
+COLUMNS = (
+    "date", "device", "torch", "triton",
+    "commit",  # `git describe --always --dirty` of the tree measured ("-dirty": uncommitted code)
+    "smoke", "sweep",
+    *KEY_COLUMNS[:1], "impl", "backend", KEY_COLUMNS[1], "pass", *KEY_COLUMNS[2:],
+    "status",  # ok | wrong | skipped | error
+    "correct",  # True: within tolerance of the float64 oracle; False: wrong; empty: unchecked
+    "max_rel_err", "tolerance",
+    "median_ms", "q1_ms", "q3_ms", "rounds",
+    "tokens_per_s",  # batch * seq_len / (median_ms / 1e3)
+    "tflops",  # bench.sweeps.flops (matmul FLOPs; fwdbwd = 3 x fwd) / median time
+    "peak_mem_mb",  # CUDA: peak allocated during one call above what was allocated before
+    "timer",  # cuda-events (GPU time, synchronised) | cpu-wall (smoke)
+    "tf32",  # whether TF32 was allowed for cuBLAS / cuDNN float32 (the lab turns it off)
+    "note",
+)
+ROW_KEY = KEY_COLUMNS + ("impl", "pass")
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def raw_path(date: str, device: str, smoke: bool, reports: Path = REPORTS) -> Path:
+    if smoke:
+        return reports / "smoke" / "raw" / f"{date}-{slug(device)}-smoke.csv"
+    return reports / "raw" / f"{date}-{slug(device)}.csv"
+
+
+def _key(row: dict) -> tuple:
+    return tuple(str(row[c]) for c in ROW_KEY)
+
+
+def write(rows, path: Path) -> Path:
+    """Merge `rows` into the CSV at `path` (new rows win on the same key)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    merged = {}
+    if path.exists():
+        with path.open(newline="") as f:
+            for old in csv.DictReader(f):
+                merged[_key(old)] = {c: old.get(c, "") for c in COLUMNS}
+    for row in rows:
+        merged[_key(row)] = {c: _fmt(row.get(c)) for c in COLUMNS}
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(merged.values())
+    return path
+
+
+def _fmt(value):
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return value
