@@ -17,18 +17,19 @@ from .ops import rnn_layer
 from .schedule import Schedule
 
 
-def autocast_dtype(cell, device_type, dtype):
+def autocast_dtype(cell, device_type, dtype, packed=False):
     """The dtype nn.LSTM / nn.GRU run in under autocast, or None for no cast.
 
     On CUDA, torch casts cuDNN RNNs (LSTM and GRU) to float16 whatever the
     autocast dtype (aten/src/ATen/cudnn/AutocastRNN.cpp hard-codes kHalf). On
-    the CPU, autocast lists `lstm` (cast to the CPU autocast dtype) but not `gru`.
+    the CPU, autocast lists `lstm.input` (cast to the CPU autocast dtype) but
+    neither `lstm.data` (the PackedSequence overload) nor `gru`.
     """
     if dtype == torch.float64 or not torch.is_autocast_enabled(device_type):
         return None
     if device_type == "cuda":
         return torch.float16
-    if device_type == "cpu" and cell == "lstm":
+    if device_type == "cpu" and cell == "lstm" and not packed:
         return torch.get_autocast_dtype("cpu")
     return None
 
@@ -77,7 +78,11 @@ class _TritonRNNDriver:
         else:
             x, batch_sizes, sorted_indices, unsorted_indices = input, None, None, None
             batched = x.dim() == 3
-        checks.check_input(name, x, self.input_size, weight.dtype, packed)
+        # Under autocast torch accepts any floating input and state dtype (RNNBase.check_input
+        # skips the dtype check): the layers then run in one dtype, chosen below.
+        autocasting = torch.is_autocast_enabled(x.device.type)
+        checks.check_input(name, x, self.input_size, x.dtype if autocasting else weight.dtype,
+                           packed)
         if not packed:
             if not batched:
                 x = x.unsqueeze(1)
@@ -95,8 +100,11 @@ class _TritonRNNDriver:
         if packed and sorted_indices is not None:
             states = [s.index_select(1, sorted_indices) for s in states]
 
-        cast = autocast_dtype(self.cell, x.device.type, x.dtype)
+        cast = autocast_dtype(self.cell, x.device.type, x.dtype, packed)
+        # With no cast rule, autocast still lets the input's dtype differ from the weights':
+        # torch then mostly answers in the input's dtype, so the layers run in it.
         dtype = cast or x.dtype
+        weight_cast = dtype if dtype != weight.dtype else None
         rows = x.reshape(-1, x.shape[-1]) if not packed else x
         rows = rows.to(dtype).contiguous()
         states = [s.to(dtype) for s in states]
@@ -105,7 +113,7 @@ class _TritonRNNDriver:
         if batch == 0:
             out, finals = rows.new_zeros(rows.shape[0], n_dir * out_size), states
         else:
-            out, finals = self._layers(rows, batch_sizes, states, backend, cast)
+            out, finals = self._layers(rows, batch_sizes, states, backend, weight_cast)
 
         if packed:
             output = PackedSequence(out, batch_sizes, sorted_indices, unsorted_indices)
@@ -132,7 +140,9 @@ class _TritonRNNDriver:
             states = [s.unsqueeze(1) for s in states]
         labels = ("hidden[0]", "hidden[1]") if lstm else ("hidden",)
         for label, s, shape in zip(labels, states, (h_shape, c_shape)):
-            checks.check_state(label, s, shape, x.dtype)
+            # under autocast, states of another dtype are converted like the input
+            checks.check_state(label, s, shape, s.dtype if torch.is_autocast_enabled(
+                x.device.type) else x.dtype)
         checks.check_device(x, self.weight_ih_l0, *states)
         return states
 
