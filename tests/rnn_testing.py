@@ -83,4 +83,4 @@ def outputs_and_grads(module, x, hx, weights_out, inputs):
     return out, finals, grads
 
 # Kernel backends the specification tests run on (the "reference" backend is the oracle).
-KERNEL_BACKENDS = ["stepwise"]
+KERNEL_BACKENDS = ["stepwise", "persistent"]
