@@ -73,9 +73,10 @@ def lstm_forward(x, sched, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, save):
         if proj:
             torch.mm(m_all[rows], w_hr.t(), out=y[rows])
             h_state[:bs] = y[rows]
-    empty = x.new_empty(0)
+    # Each unused slot is its own empty tensor: custom-op outputs may not alias each other.
     return (y, h_state, c_state.to(x.dtype),
-            gates if save else empty, c_all if save else empty, m_all if proj and save else empty)
+            gates if save else x.new_empty(0), c_all if save else x.new_empty(0),
+            m_all if proj and save else x.new_empty(0))
 
 
 def lstm_backward(dy, dh_n, dc_n, x, sched, h0, c0, w_ih, w_hh, w_hr, y, gates, c_all, m_all,

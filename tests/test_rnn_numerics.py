@@ -210,3 +210,22 @@ def test_same_bits_run_to_run(cell, backend):
 
     for a, b in zip(run(), run()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("cell, config",
+                         cell_configs(["base", "proj-bidir-layers2", "no-states", "unbatched"]))
+def test_inference_under_no_grad_matches_torch(cell, config, backend):
+    """torch.no_grad(): nothing is saved for backward, the numbers are the same."""
+    input_size, hidden, _, _, kwargs, _ = CONFIGS[config]
+    module, oracle = twin_modules(cell, input_size, hidden, dtype=torch.float32, backend=backend,
+                                  **kwargs)
+    x, hx, inputs = make_inputs(module, CONFIGS[config], torch.float32)
+    x64, hx64, _ = upcast(x, hx, inputs)
+    with torch.no_grad():
+        out, finals = module(x, hx)
+        expected, expected_finals = oracle(x64, hx64)
+    assert not out.requires_grad
+    assert_close(out, expected, torch.float32, "output")
+    for f, e in zip(as_tuple(finals), as_tuple(expected_finals)):
+        assert_close(f, e, torch.float32, "final state")
