@@ -4,7 +4,6 @@ The CSV here is FIXTURE DATA: a handful of rows with made-up numbers, chosen so
 the expected speedups are easy to check by hand (cudnn 2 ms, stepwise 4 ms ->
 0.50x). Nothing in it is a measurement.
 """
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,11 +11,7 @@ import pytest
 pytest.importorskip("pandas")
 pytest.importorskip("matplotlib")
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # bench/ is a package at the repository root
-    sys.path.insert(0, str(ROOT))
-
-from bench import report, rows  # noqa: E402
+from bench import report, rows  # noqa: E402  (pyproject puts the repository root on the path)
 
 FIXTURE_DEVICE = "FIXTURE-GPU (made-up numbers)"
 
