@@ -93,12 +93,13 @@ def plan(n_gates: int, device, dtype, batch: int, hidden: int):
     block_h = _pow2(triton.cdiv(hidden, n_sm))
     grid = triton.cdiv(hidden, block_h)
     # Per-program state kept in registers: n_gates accumulators + c/h + a gate tile,
-    # float32, (block_b x block_h) each. Beyond half the register file the batch is
-    # better served by stepwise's cuBLAS GEMMs (compute-bound, not latency-bound).
+    # float32, (block_b x block_h) each. Beyond half the register file (a large batch,
+    # or a hidden size so large for the SM count that each program owns hundreds of
+    # units) stepwise's cuBLAS GEMMs serve better: the step is no longer latency-bound.
     state_bytes = (n_gates + 3) * block_b * block_h * 4
     if state_bytes > reg_bytes // 2:
-        return None, (f"batch {batch} needs {state_bytes} bytes of per-program state, more than "
-                      f"half of one SM's {reg_bytes}-byte register file")
+        return None, (f"batch {batch} x {block_h} hidden units per program need {state_bytes} "
+                      f"bytes of state, more than half of one SM's {reg_bytes}-byte register file")
     # Forward holds K = hidden rows of n_gates gate slices, backward K = n_gates * hidden
     # rows of one slice: the same weights, padded differently.
     padded = max(_pow2(hidden) * n_gates, _pow2(n_gates * hidden))

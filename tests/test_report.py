@@ -4,7 +4,6 @@ The CSV here is FIXTURE DATA: a handful of rows with made-up numbers, chosen so
 the expected speedups are easy to check by hand (cudnn 2 ms, stepwise 4 ms ->
 0.50x). Nothing in it is a measurement.
 """
-from pathlib import Path
 
 import pytest
 
