@@ -1,0 +1,196 @@
+"""What is specific to the persistent backend (the specification tests in test_rnn_*.py and
+test_packed.py already run every configuration on it through KERNEL_BACKENDS):
+
+  - the grid barrier helper: meets on one program, and an arrival count that can never be
+    reached reports failure after its spin bound instead of hanging;
+  - a failed barrier falls back to stepwise with a warning, and the results stay right;
+  - dispatch: what cannot be persistent (proj_size, huge batches, no Triton) goes to
+    stepwise explicitly; GPU plans never launch more programs than SMs;
+  - W_hh streamed from memory in K-chunks (the not-resident path) with packed batches;
+  - bfloat16 (matmuls upcast under the interpreter);
+  - results identical bit for bit run to run.
+"""
+import warnings
+
+import pytest
+import torch
+import triton
+import triton.language as tl
+from rnn_testing import DTYPES, assert_close, outputs_and_grads, twin_modules
+from torch.nn.utils.rnn import PackedSequence, pack_sequence
+
+from lstm_triton import dispatch, persistent
+from lstm_triton.kernels import grid_sync, persistent_config
+from lstm_triton.kernels.grid_sync import grid_barrier, new_sync_state
+
+I, H = 3, 5
+
+
+# ---------------------------------------------------------------------------- grid barrier
+@triton.jit
+def _barrier_probe_kernel(sync_ptr, met_ptr, steps, n_expected, spin_limit):
+    """Meets `steps` times, expecting n_expected programs; met_ptr[s] = 1 if meeting s met."""
+    ok = tl.load(sync_ptr + 1) == 0
+    s = 0
+    while (s < steps) & ok:
+        ok = grid_barrier(sync_ptr, (s + 1) * n_expected, spin_limit)
+        tl.store(met_ptr + s, ok.to(tl.int32))
+        s += 1
+
+
+def run_probe(steps, n_expected, spin_limit):
+    sync = new_sync_state("cpu")
+    met = torch.full((steps,), -1, dtype=torch.int32)
+    _barrier_probe_kernel[(1,)](sync, met, steps, n_expected, spin_limit)
+    return sync, met
+
+
+def test_grid_barrier_meets_every_step_on_one_program():
+    sync, met = run_probe(steps=4, n_expected=1, spin_limit=8)
+    assert met.tolist() == [1, 1, 1, 1]
+    assert sync.tolist() == [4, 0]  # four arrivals, no failure
+    assert not grid_sync.barrier_failed(sync)
+
+
+def test_grid_barrier_that_cannot_meet_reports_failure_instead_of_hanging():
+    """Two arrivals expected, one program launched: the spin bound runs out, the flag is
+    set, and the program stops at its first meeting."""
+    sync, met = run_probe(steps=3, n_expected=2, spin_limit=5)
+    assert met.tolist() == [0, -1, -1]
+    assert grid_sync.barrier_failed(sync)
+
+
+def test_grid_barrier_sees_failure_reported_by_another_program():
+    """A flag already set (another program gave up) stops the wait at once."""
+    sync = torch.tensor([0, 1], dtype=torch.int32)
+    met = torch.full((1,), -1, dtype=torch.int32)
+    _barrier_probe_kernel[(1,)](sync, met, 1, 1, 1 << 30)
+    assert met.tolist() == [-1]  # the loop never started
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_failed_barrier_falls_back_to_stepwise_with_a_warning(cell, monkeypatch):
+    """Every launch reports a failed barrier (flag preset): forward and backward rerun on
+    stepwise, say so, and still match torch."""
+    kernels = __import__(f"lstm_triton.kernels.persistent_{cell}", fromlist=["x"])
+    monkeypatch.setattr(kernels, "new_sync_state",
+                        lambda device: torch.tensor([0, 1], dtype=torch.int32, device=device))
+    module, oracle = twin_modules(cell, I, H, dtype=torch.float64, backend="persistent")
+    x = torch.randn(4, 2, I, dtype=torch.float64, requires_grad=True)
+    weights_out = [torch.randn(4, 2, H, dtype=torch.float64)] + \
+                  [torch.randn(1, 2, H, dtype=torch.float64)] * (2 if cell == "lstm" else 1)
+    with pytest.warns(RuntimeWarning, match="grid barrier"):
+        out, finals, grads = outputs_and_grads(module, x, None, weights_out, [x])
+    ref_out, ref_finals, ref_grads = outputs_and_grads(oracle, x, None, weights_out, [x])
+    assert_close(out, ref_out, torch.float64, "output")
+    for got, want in zip(list(finals) + list(grads), list(ref_finals) + list(ref_grads)):
+        assert_close(got, want, torch.float64, "final state / gradient")
+
+
+# -------------------------------------------------------------------------------- dispatch
+def test_projection_is_routed_to_stepwise_explicitly():
+    plan, reason = dispatch.persistent_plan("lstm", torch.device("cpu"), torch.float32, 2, 6, 3)
+    assert plan is None and "proj_size" in reason
+    module, oracle = twin_modules("lstm", I, 6, proj_size=3, backend="persistent")
+    x = torch.randn(3, 2, I)
+    persistent._warned.clear()
+    with pytest.warns(RuntimeWarning, match="proj_size"):
+        out, _ = module(x)
+    assert_close(out, oracle(x.double())[0], torch.float32, "output")
+
+
+def test_cpu_without_interpreter_has_no_plan(monkeypatch):
+    monkeypatch.setattr(persistent_config, "interpreting", lambda: False)
+    plan, reason = persistent_config.plan(4, torch.device("cpu"), torch.float32, 2, 8)
+    assert plan is None and "TRITON_INTERPRET" in reason
+
+
+def test_interpreter_plan_is_one_program_covering_every_unit():
+    plan, _ = dispatch.persistent_plan("gru", torch.device("cpu"), torch.float32, 3, 40, 40)
+    assert (plan.grid, plan.block_h, plan.block_b) == (1, 64, 16)
+
+
+@pytest.mark.parametrize("n_sm", [pytest.param(8, id="8SMs"), pytest.param(132, id="132SMs")])
+@pytest.mark.parametrize("hidden", [1, 17, 256, 768, 1024, 4096])
+def test_gpu_plan_never_launches_more_programs_than_sms(n_sm, hidden, monkeypatch):
+    """Device properties are read, not assumed: a fake device with n_sm SMs and a 256 KiB
+    register file."""
+    monkeypatch.setattr(persistent_config, "_gpu_budget", lambda device: (n_sm, 256 * 1024))
+    plan, reason = persistent_config.plan(4, torch.device("cuda"), torch.bfloat16, 16, hidden)
+    if plan is None:  # 4096 units on 8 SMs: 512 units per program, too much state
+        assert (n_sm, hidden) == (8, 4096) and "register file" in reason
+        return
+    assert plan.grid <= n_sm and plan.grid * plan.block_h >= hidden
+    assert plan.block_h >= 16 and plan.block_b >= 16 and plan.dot == persistent_config.DOT_NATIVE
+
+
+def test_gpu_plan_streams_weights_that_do_not_fit_and_refuses_huge_batches(monkeypatch):
+    monkeypatch.setattr(persistent_config, "_gpu_budget", lambda device: (132, 256 * 1024))
+    cuda = torch.device("cuda")
+    assert persistent_config.plan(4, cuda, torch.float16, 8, 256)[0].resident
+    assert not persistent_config.plan(4, cuda, torch.float16, 8, 4096)[0].resident
+    assert not persistent_config.plan(4, cuda, torch.float64, 8, 64)[0].resident  # no fp64 dot
+    plan, reason = persistent_config.plan(4, cuda, torch.float32, 100_000, 256)
+    assert plan is None and "register file" in reason
+
+
+# ---------------------------------------------------------------- streamed weights, packed
+@pytest.fixture
+def streamed_plans(monkeypatch):
+    """Force the not-resident path: W_hh re-read every step in 16-wide K-chunks."""
+    resident_plan = persistent_config.plan
+
+    def plan(*args):
+        p, reason = resident_plan(*args)
+        return (persistent_config.streamed(p) if p is not None else None), reason
+    monkeypatch.setattr(persistent_config, "plan", plan)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_streamed_weights_packed_bidirectional_match_torch(cell, streamed_plans):
+    """H=20: two K-chunks forward, four or five backward; reverse direction rows join late."""
+    hidden, lengths = 20, [2, 5, 1]
+    module, oracle = twin_modules(cell, I, hidden, bidirectional=True, dtype=torch.float64,
+                                  backend="persistent")
+    packed = pack_sequence([torch.randn(n, I, dtype=torch.float64) for n in lengths],
+                           enforce_sorted=False)
+    data = packed.data.detach().requires_grad_()
+    packed = PackedSequence(data, packed.batch_sizes, packed.sorted_indices,
+                            packed.unsorted_indices)
+    h0 = torch.randn(2, 3, hidden, dtype=torch.float64, requires_grad=True)
+    states = [h0] if cell == "gru" else [h0, torch.randn_like(h0).requires_grad_()]
+    hx = states[0] if cell == "gru" else tuple(states)
+    weights_out = [torch.randn(data.shape[0], 2 * hidden, dtype=torch.float64)]
+    weights_out += [torch.randn_like(h0) for _ in states]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no silent fallback: this must run persistent
+        got = outputs_and_grads(module, packed, hx, weights_out, [data] + states)
+    want = outputs_and_grads(oracle, packed, hx, weights_out, [data] + states)
+    assert_close(got[0].data, want[0].data, torch.float64, "output")
+    for k, (g, w) in enumerate(zip(list(got[1]) + list(got[2]), list(want[1]) + list(want[2]))):
+        assert_close(g, w, torch.float64, f"final state / gradient {k}")
+
+
+# ------------------------------------------------------------------ dtypes, determinism
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_bfloat16_matmuls_are_upcast_under_the_interpreter(cell):
+    assert persistent_config.dot_mode(torch.bfloat16, torch.device("cpu")) == \
+        persistent_config.DOT_IEEE_F32
+    module, oracle = twin_modules(cell, I, 7, dtype=torch.bfloat16, backend="persistent")
+    x = torch.randn(5, 3, I, dtype=torch.bfloat16)
+    out, _ = module(x)
+    assert_close(out, oracle(x.double())[0], torch.bfloat16, "output")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_same_bits_run_to_run(cell, dtype):
+    module, _ = twin_modules(cell, I, 6, dtype=dtype, bidirectional=True, backend="persistent")
+    x = torch.randn(4, 3, I, dtype=dtype, requires_grad=True)
+    n_states = 2 if cell == "lstm" else 1
+    weights_out = [torch.randn(4, 3, 12)] + [torch.randn(2, 3, 6) for _ in range(n_states)]
+    first = outputs_and_grads(module, x, None, weights_out, [x])
+    second = outputs_and_grads(module, x, None, weights_out, [x])
+    flat = lambda r: [r[0], *r[1], *r[2]]  # noqa: E731
+    for a, b in zip(flat(first), flat(second)):
+        assert torch.equal(a, b)
