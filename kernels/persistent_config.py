@@ -105,7 +105,9 @@ def plan(n_gates: int, device, dtype, batch: int, hidden: int):
     padded = max(_pow2(hidden) * n_gates, _pow2(n_gates * hidden))
     weight_bytes = padded * block_h * torch.tensor([], dtype=dtype).element_size()
     resident = dot != DOT_FMA and weight_bytes <= reg_bytes // 4
-    return PersistentPlan(grid=grid, block_b=block_b, block_h=block_h, block_k=64,
+    # float64 multiplies a (block_b, block_k, block_h) product in registers: keep it small.
+    block_k = MIN_DOT if dot == DOT_FMA else 64
+    return PersistentPlan(grid=grid, block_b=block_b, block_h=block_h, block_k=block_k,
                           resident=resident, dot=dot, num_warps=4), None
 
 

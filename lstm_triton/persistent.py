@@ -13,6 +13,9 @@ so forward and backward may each run on either backend:
 What forward saves is stepwise's: LSTM activated gates (N, 4H) and cell states
 (N, H); GRU r, z, n, rec_n (N, 4H). Backward recomputes nothing.
 
+A resident W_hh slice that fails to compile (OutOfResources) is retried with
+the slice streamed from L2 in K-chunks.
+
 Fallbacks to stepwise (see dispatch.persistent_plan): layers the persistent
 kernel does not serve (LSTM proj_size > 0, very large batches, devices without
 Triton), warned once per reason; and a launch whose grid barrier failed (the
@@ -20,8 +23,11 @@ grid was not co-resident, e.g. a GPU shared with other work), warned each time.
 """
 import warnings
 
+from triton.runtime.errors import OutOfResources
+
 from . import stepwise
 from .dispatch import persistent_plan
+from .kernels.persistent_config import streamed
 from .kernels.persistent_gru import gru_persistent_bwd, gru_persistent_fwd
 from .kernels.persistent_lstm import lstm_persistent_bwd, lstm_persistent_fwd
 
@@ -42,6 +48,17 @@ def _plan(cell, x, h0, hidden):
     return persistent_plan(cell, x.device, x.dtype, h0.shape[0], hidden, h0.shape[1])
 
 
+def _launch(launcher, plan, *args):
+    """Run a persistent launcher; a resident W_hh slice that does not compile (out of
+    registers / shared memory) is retried streamed, which needs only a K-chunk on chip."""
+    try:
+        return launcher(*args, plan)
+    except OutOfResources:
+        if not plan.resident:
+            raise
+        return launcher(*args, streamed(plan))
+
+
 # ---------------------------------------------------------------------------- LSTM
 def lstm_forward(x, sched, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, save):
     """Returns y (N, P), h_n (B, P), c_n (B, H), gates, c_all, m_all (empty when unused)."""
@@ -49,7 +66,7 @@ def lstm_forward(x, sched, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, save):
     if plan is not None:
         bias = None if b_ih is None else b_ih + b_hh
         gx = stepwise.input_projection(x, w_ih, bias)  # (N, 4H)
-        out = lstm_persistent_fwd(gx, sched, h0, c0, w_hh, save, plan)
+        out = _launch(lstm_persistent_fwd, plan, gx, sched, h0, c0, w_hh, save)
         if out is not None:
             y, h_n, c_n, gates, c_all = out
             empty = x.new_empty(0)
@@ -65,7 +82,8 @@ def lstm_backward(dy, dh_n, dc_n, x, sched, h0, c0, w_ih, w_hh, w_hr, y, gates, 
     """Gradients (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr); None where not applicable."""
     plan, reason = _plan("lstm", x, h0, c0.shape[1])
     if plan is not None:
-        out = lstm_persistent_bwd(dy, dh_n, dc_n, sched, c0, w_hh, gates, c_all, plan)
+        out = _launch(lstm_persistent_bwd, plan, dy, dh_n, dc_n, sched, c0, w_hh, gates,
+                      c_all)
         if out is not None:
             dgates, dh0, dc0 = out  # (N, 4H), (B, H), (B, H)
             h_prev = stepwise.previous_states(y, h0, sched)
@@ -84,7 +102,7 @@ def gru_forward(x, sched, h0, w_ih, w_hh, b_ih, b_hh, save):
     plan, reason = _plan("gru", x, h0, h0.shape[1])
     if plan is not None:
         gx = stepwise.input_projection(x, w_ih, b_ih)  # (N, 3H); b_hh stays in the kernel
-        out = gru_persistent_fwd(gx, sched, h0, w_hh, b_hh, save, plan)
+        out = _launch(gru_persistent_fwd, plan, gx, sched, h0, w_hh, b_hh, save)
         if out is not None:
             y, h_n, gates = out
             return y, h_n, gates if save else x.new_empty(0)
@@ -97,7 +115,7 @@ def gru_backward(dy, dh_n, x, sched, h0, w_ih, w_hh, y, gates, has_bias, need_dx
     """Gradients (dx, dh0, dw_ih, dw_hh, db_ih, db_hh)."""
     plan, reason = _plan("gru", x, h0, h0.shape[1])
     if plan is not None:
-        out = gru_persistent_bwd(dy, dh_n, sched, h0, w_hh, y, gates, plan)
+        out = _launch(gru_persistent_bwd, plan, dy, dh_n, sched, h0, w_hh, y, gates)
         if out is not None:
             dgx, drec, dh0 = out  # (N, 3H), (N, 3H), (B, H)
             h_prev = stepwise.previous_states(y, h0, sched)

@@ -194,3 +194,39 @@ def test_same_bits_run_to_run(cell, dtype):
     flat = lambda r: [r[0], *r[1], *r[2]]  # noqa: E731
     for a, b in zip(flat(first), flat(second)):
         assert torch.equal(a, b)
+
+
+def test_resident_weights_out_of_resources_retry_streamed(monkeypatch):
+    """A resident W_hh slice that does not compile is retried streamed, not given up."""
+    from triton.runtime.errors import OutOfResources
+
+    plans = []
+    real = persistent.lstm_persistent_fwd
+
+    def launcher(*args):
+        plans.append(args[-1])
+        if args[-1].resident:
+            raise OutOfResources(300_000, 232_448, "shared memory")
+        return real(*args)
+
+    monkeypatch.setattr(persistent, "lstm_persistent_fwd", launcher)
+    module, oracle = twin_modules("lstm", I, H, backend="persistent")
+    x = torch.randn(3, 2, I)
+    with torch.no_grad():
+        out, _ = module(x)
+    assert [p.resident for p in plans] == [True, False]
+    assert_close(out, oracle(x.double())[0], torch.float32, "output")
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_inference_without_saving_gives_the_same_bits(cell):
+    """torch.no_grad runs the kernels with SAVE=False: same outputs, nothing else written."""
+    module, _ = twin_modules(cell, I, H, num_layers=2, backend="persistent")
+    x = torch.randn(4, 3, I)
+    out, finals = module(x)
+    with torch.no_grad():
+        out_ng, finals_ng = module(x)
+    assert torch.equal(out, out_ng)
+    for a, b in zip(finals if cell == "lstm" else [finals],
+                    finals_ng if cell == "lstm" else [finals_ng]):
+        assert torch.equal(a, b)
