@@ -3,4 +3,4 @@ from .cells import TritonGRUCell, TritonLSTMCell
 from .patch import patch, unpatch
 from .rnn import TritonGRU, TritonLSTM
 
-__all__ = ["TritonLSTM", "TritonGRU", "TritonLSTMCell", "TritonGRUCell", "patch", "unpatch"]
+__all__ = ["TritonGRU", "TritonGRUCell", "TritonLSTM", "TritonLSTMCell", "patch", "unpatch"]

@@ -99,7 +99,10 @@ class _TritonCellDriver:
             zeros = x.new_zeros(x.shape[0], self.hidden_size)
             states = [zeros, zeros] if lstm else [zeros]
         dtype = cell_autocast_dtype(x.device.type, x.dtype) or x.dtype
-        cast = (lambda t: t if t is None or t.dtype == dtype else t.to(dtype))  # noqa: E731
+
+        def cast(t):
+            return t if t is None or t.dtype == dtype else t.to(dtype)
+
         weights = [cast(w) for w in (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)]
         x, states = cast(x).contiguous(), [cast(s).contiguous() for s in states]
         h0, c0 = states[0], (states[1] if lstm else None)

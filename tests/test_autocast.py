@@ -14,7 +14,7 @@ from torch.nn.utils.rnn import pack_sequence
 
 from lstm_triton import TritonGRUCell, TritonLSTMCell
 
-I, H = 3, 4
+N_IN, H = 3, 4
 
 CPU_CASES = [
     # cell, input dtype, initial state given
@@ -35,10 +35,10 @@ def run(module, x, hx, device_type, dtype):
 
 def check_like_torch(cell, x_dtype, with_state, device, autocast_dtype, options=None):
     options = options or {}
-    module, oracle = twin_modules(cell, I, H, device=device, **options)
-    plain = TORCH_MODULES[cell](I, H, device=device, **options)
+    module, oracle = twin_modules(cell, N_IN, H, device=device, **options)
+    plain = TORCH_MODULES[cell](N_IN, H, device=device, **options)
     plain.load_state_dict(module.state_dict())
-    x = torch.randn(2, 5, I, device=device).to(x_dtype).requires_grad_()
+    x = torch.randn(2, 5, N_IN, device=device).to(x_dtype).requires_grad_()
     hx = None
     if with_state:
         states = [torch.randn(1, 5, H, device=device) for _ in range(2 if cell == "lstm" else 1)]
@@ -74,10 +74,10 @@ def test_cpu_autocast_dtypes_like_torch(cell, x_dtype, with_state):
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_cpu_autocast_packed_like_torch(cell, x_dtype):
     """CPU autocast casts padded LSTM input only: packed batches keep their dtype."""
-    module, _ = twin_modules(cell, I, H, bidirectional=True)
-    plain = TORCH_MODULES[cell](I, H, bidirectional=True)
+    module, _ = twin_modules(cell, N_IN, H, bidirectional=True)
+    plain = TORCH_MODULES[cell](N_IN, H, bidirectional=True)
     plain.load_state_dict(module.state_dict())
-    packed = pack_sequence([torch.randn(n, I).to(x_dtype) for n in (2, 5, 1)],
+    packed = pack_sequence([torch.randn(n, N_IN).to(x_dtype) for n in (2, 5, 1)],
                            enforce_sorted=False)
     out, finals = run(module, packed, None, "cpu", torch.bfloat16)
     ref_out, ref_finals = run(plain, packed, None, "cpu", torch.bfloat16)
@@ -93,7 +93,7 @@ def test_cpu_autocast_packed_like_torch(cell, x_dtype):
 def test_cuda_autocast_dtypes_like_torch(cell, autocast_dtype):
     """cuDNN runs LSTM and GRU in float16 under any CUDA autocast dtype; so do we."""
     check_like_torch(cell, torch.float32, True, "cuda", autocast_dtype,
-                     options=dict(batch_first=True))
+                     options={"batch_first": True})
 
 
 @pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
@@ -101,10 +101,10 @@ def test_cuda_autocast_dtypes_like_torch(cell, autocast_dtype):
 def test_cpu_autocast_cells_like_torch(cell, x_dtype):
     cls, torch_cls = (TritonLSTMCell, nn.LSTMCell) if cell == "lstm" else (TritonGRUCell,
                                                                             nn.GRUCell)
-    module = cls(I, H, backend="stepwise")
-    plain = torch_cls(I, H)
+    module = cls(N_IN, H, backend="stepwise")
+    plain = torch_cls(N_IN, H)
     plain.load_state_dict(module.state_dict())
-    x = torch.randn(2, I).to(x_dtype)
+    x = torch.randn(2, N_IN).to(x_dtype)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got, want = as_tuple(module(x)), as_tuple(plain(x))
     assert [g.dtype for g in got] == [w.dtype for w in want]

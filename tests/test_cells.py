@@ -6,21 +6,21 @@ chained steps, unbatched input, hx absent, gradcheck, the module contract
 """
 import pytest
 import torch
+from lstm_triton.kernels import gru_pointwise, lstm_pointwise
 from rnn_testing import KERNEL_BACKENDS, assert_close
 from torch import nn
 
 from lstm_triton import TritonGRUCell, TritonLSTMCell, stepwise
-from lstm_triton.kernels import gru_pointwise, lstm_pointwise
 
 DTYPE = torch.float64
-I, H = 3, 5
+N_IN, H = 3, 5
 CELLS = {"lstm": (TritonLSTMCell, nn.LSTMCell), "gru": (TritonGRUCell, nn.GRUCell)}
 
 
 def twin_cells(cell, bias=True, dtype=DTYPE, backend="stepwise"):
     triton_cls, torch_cls = CELLS[cell]
-    module = triton_cls(I, H, bias=bias, dtype=dtype, backend=backend)
-    oracle = torch_cls(I, H, bias=bias, dtype=torch.float64)
+    module = triton_cls(N_IN, H, bias=bias, dtype=dtype, backend=backend)
+    oracle = torch_cls(N_IN, H, bias=bias, dtype=torch.float64)
     oracle.load_state_dict({k: v.to(torch.float64) for k, v in module.state_dict().items()})
     return module, oracle
 
@@ -39,15 +39,19 @@ def unroll(module, xs, hx):
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
-@pytest.mark.parametrize("bias", [pytest.param(True, id="bias"), pytest.param(False, id="nobias")])
-@pytest.mark.parametrize("with_state", [pytest.param(True, id="hx"), pytest.param(False, id="no-hx")])
-@pytest.mark.parametrize("batch_shape", [pytest.param((3,), id="B3"), pytest.param((), id="unbatched"),
+@pytest.mark.parametrize("bias", [pytest.param(True, id="bias"),
+                                  pytest.param(False, id="nobias")])
+@pytest.mark.parametrize("with_state", [pytest.param(True, id="hx"),
+                                        pytest.param(False, id="no-hx")])
+@pytest.mark.parametrize("batch_shape", [pytest.param((3,), id="B3"),
+                                         pytest.param((), id="unbatched"),
                                          pytest.param((1,), id="B1")])
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_cell_matches_torch(cell, batch_shape, with_state, bias, backend):
     module, oracle = twin_cells(cell, bias, backend=backend)
-    xs = [leaf(*batch_shape, I) for _ in range(3)]
-    states = [leaf(*batch_shape, H) for _ in range(2 if cell == "lstm" else 1)] if with_state else []
+    xs = [leaf(*batch_shape, N_IN) for _ in range(3)]
+    n_states = (2 if cell == "lstm" else 1) if with_state else 0
+    states = [leaf(*batch_shape, H) for _ in range(n_states)]
     hx = None if not with_state else (tuple(states) if cell == "lstm" else states[0])
 
     got, want = unroll(module, xs, hx), unroll(oracle, xs, hx)
@@ -71,8 +75,7 @@ def test_cell_matches_torch(cell, batch_shape, with_state, bias, backend):
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_cell_gradcheck(cell):
     module, _ = twin_cells(cell)
-    x, h, c = leaf(2, I), leaf(2, H), leaf(2, H)
-    params = list(module.parameters())
+    x, h, c = leaf(2, N_IN), leaf(2, H), leaf(2, H)
 
     names = [n for n, _ in module.named_parameters()]
 
@@ -88,14 +91,14 @@ def test_cell_gradcheck(cell):
 def test_cell_is_a_torch_cell(cell):
     triton_cls, torch_cls = CELLS[cell]
     torch.manual_seed(3)
-    module = triton_cls(I, H)
+    module = triton_cls(N_IN, H)
     torch.manual_seed(3)
-    plain = torch_cls(I, H)
+    plain = torch_cls(N_IN, H)
     assert isinstance(module, torch_cls)
     assert module.state_dict().keys() == plain.state_dict().keys()
     for name, p in plain.state_dict().items():
         assert torch.equal(module.state_dict()[name], p), f"same init for {name}"
-    fresh = triton_cls(I, H)
+    fresh = triton_cls(N_IN, H)
     fresh.load_state_dict(plain.state_dict())
     assert "backend='auto'" in repr(module)
 
@@ -114,7 +117,7 @@ def test_cell_runs_the_shared_step_kernels(cell, monkeypatch):
             calls.append(_name)
             return _original(*args, **kwargs)
         monkeypatch.setattr(stepwise, name, counted)
-    out = module(leaf(2, I))
+    out = module(leaf(2, N_IN))
     (out[0] if isinstance(out, tuple) else out).sum().backward()
     assert calls == [f"{cell}_step_fwd", f"{cell}_step_bwd"]
 
@@ -122,7 +125,7 @@ def test_cell_runs_the_shared_step_kernels(cell, monkeypatch):
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_cell_empty_batch(cell):
     module, oracle = twin_cells(cell)
-    x = torch.randn(0, I, dtype=DTYPE)
+    x = torch.randn(0, N_IN, dtype=DTYPE)
     got, want = module(x), oracle(x)
     got, want = (got, want) if cell == "lstm" else ((got,), (want,))
     assert [g.shape for g in got] == [w.shape for w in want]
@@ -130,15 +133,15 @@ def test_cell_empty_batch(cell):
 
 BAD_INPUTS = [
     # input shape, state shape (None: no hx), exception type, message
-    pytest.param((2, 2, I), None, ValueError, r"Expected input to be 1D or 2D, got 3D",
+    pytest.param((2, 2, N_IN), None, ValueError, r"Expected input to be 1D or 2D, got 3D",
                  id="3d-input"),
-    pytest.param((2, I + 1), None, RuntimeError, rf"inconsistent input_size: got {I + 1}",
+    pytest.param((2, N_IN + 1), None, RuntimeError, rf"inconsistent input_size: got {N_IN + 1}",
                  id="feature-size"),
-    pytest.param((2, I), (3, H), RuntimeError, r"Input batch size 2 doesn't match hidden0 batch "
+    pytest.param((2, N_IN), (3, H), RuntimeError, r"Input batch size 2 doesn't match hidden0 batch "
                  r"size 3", id="state-batch"),
-    pytest.param((2, I), (2, H + 1), RuntimeError, rf"inconsistent hidden_size: got {H + 1}",
+    pytest.param((2, N_IN), (2, H + 1), RuntimeError, rf"inconsistent hidden_size: got {H + 1}",
                  id="state-size"),
-    pytest.param((2, I), (2, 2, H), ValueError, r"Expected (hx\[0\]|hidden) to be 1D or 2D",
+    pytest.param((2, N_IN), (2, 2, H), ValueError, r"Expected (hx\[0\]|hidden) to be 1D or 2D",
                  id="3d-state"),
 ]
 
@@ -161,7 +164,7 @@ def test_cell_bad_input_raises_like_torch(cell, x_shape, h_shape, error, message
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_cell_dtype_mismatch_raises_like_torch(cell):
     module, oracle = twin_cells(cell)
-    x = torch.randn(2, I, dtype=torch.float32)
+    x = torch.randn(2, N_IN, dtype=torch.float32)
     with pytest.raises(RuntimeError):
         oracle(x)
     with pytest.raises(RuntimeError, match=r"does not match weight dtype.*\.to\(torch.float64\)"):

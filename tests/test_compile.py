@@ -129,7 +129,7 @@ def test_opcheck_rnn_layer(cell, packed, proj):
 @pytest.mark.parametrize("cell, packed, proj", OPCHECK_CASES)
 def test_opcheck_rnn_layer_backward(cell, packed, proj):
     args = layer_args(cell, packed, proj)
-    (_, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, _, w_hr, reverse, _) = args
+    (_, backend, x, batch_sizes, h0, c0, w_ih, w_hh, _b_ih, _, w_hr, reverse, _) = args
     with torch.no_grad():
         y, h_n, c_n, saved_0, saved_1, saved_2 = rnn_layer(*args)
     grads = [torch.randn_like(t) for t in (y, h_n)]

@@ -11,27 +11,28 @@ from rnn_testing import KERNEL_BACKENDS, assert_close, outputs_and_grads, twin_m
 from torch.nn.utils.rnn import PackedSequence, pack_sequence, pad_packed_sequence
 
 DTYPE = torch.float64
-I, H = 3, 5
+N_IN, H = 3, 5
 
 CASES = [
     # cell, lengths, enforce_sorted, module options
     pytest.param("lstm", [7, 4, 1], True, {}, id="lstm-sorted"),
     pytest.param("lstm", [1, 7, 4], False, {}, id="lstm-unsorted"),
-    pytest.param("lstm", [4, 1, 7], False, dict(bidirectional=True, num_layers=2),
+    pytest.param("lstm", [4, 1, 7], False, {"bidirectional": True, "num_layers": 2},
                  id="lstm-unsorted-bi-2layers"),
-    pytest.param("lstm", [7, 1, 4], False, dict(proj_size=2, bidirectional=True),
+    pytest.param("lstm", [7, 1, 4], False, {"proj_size": 2, "bidirectional": True},
                  id="lstm-unsorted-bi-proj"),
-    pytest.param("lstm", [2, 6], False, dict(proj_size=3, num_layers=2, bias=False),
+    pytest.param("lstm", [2, 6], False, {"proj_size": 3, "num_layers": 2, "bias": False},
                  id="lstm-unsorted-proj-2layers-nobias"),
     pytest.param("gru", [7, 4, 1], True, {}, id="gru-sorted"),
-    pytest.param("gru", [4, 1, 7], False, dict(bidirectional=True, num_layers=2),
+    pytest.param("gru", [4, 1, 7], False, {"bidirectional": True, "num_layers": 2},
                  id="gru-unsorted-bi-2layers"),
-    pytest.param("gru", [1, 7], False, dict(bidirectional=True, bias=False), id="gru-unsorted-bi"),
+    pytest.param("gru", [1, 7], False, {"bidirectional": True, "bias": False},
+                 id="gru-unsorted-bi"),
 ]
 
 
 def packed_input(lengths, enforce_sorted):
-    seqs = [torch.randn(n, I, dtype=DTYPE) for n in lengths]
+    seqs = [torch.randn(n, N_IN, dtype=DTYPE) for n in lengths]
     packed = pack_sequence(seqs, enforce_sorted=enforce_sorted)
     data = packed.data.detach().requires_grad_()
     return PackedSequence(data, packed.batch_sizes, packed.sorted_indices,
@@ -53,7 +54,7 @@ def initial_states(cell, module, batch):
                                         pytest.param(True, id="h0")])
 @pytest.mark.parametrize("cell, lengths, enforce_sorted, options", CASES)
 def test_packed_matches_torch(cell, lengths, enforce_sorted, options, with_state, backend):
-    module, oracle = twin_modules(cell, I, H, dtype=DTYPE, backend=backend, **options)
+    module, oracle = twin_modules(cell, N_IN, H, dtype=DTYPE, backend=backend, **options)
     packed = packed_input(lengths, enforce_sorted)
     hx, state_inputs = initial_states(cell, module, len(lengths)) if with_state else (None, [])
     n_dir, out_size = (2 if module.bidirectional else 1), getattr(module, "proj_size", 0) or H
@@ -88,7 +89,7 @@ def test_packed_matches_torch(cell, lengths, enforce_sorted, options, with_state
 
 def test_packed_final_states_are_each_sequence_at_its_own_length():
     """h_n[:, j] equals the output of sequence j at its last step (lengths differ a lot)."""
-    module, _ = twin_modules("gru", I, H, dtype=DTYPE)
+    module, _ = twin_modules("gru", N_IN, H, dtype=DTYPE)
     lengths = [2, 7, 1]
     packed = packed_input(lengths, enforce_sorted=False)
     out, h_n = module(packed)
@@ -100,18 +101,18 @@ def test_packed_final_states_are_each_sequence_at_its_own_length():
 # ------------------------------------------------------------------------------ bad input
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_packed_wrong_feature_size_raises_like_torch(cell):
-    module, oracle = twin_modules(cell, I, H, dtype=DTYPE)
-    packed = pack_sequence([torch.randn(n, I + 2, dtype=DTYPE) for n in (3, 1)])
+    module, oracle = twin_modules(cell, N_IN, H, dtype=DTYPE)
+    packed = pack_sequence([torch.randn(n, N_IN + 2, dtype=DTYPE) for n in (3, 1)])
     with pytest.raises(RuntimeError):
         oracle(packed)
-    with pytest.raises(RuntimeError, match=rf"input_size.*Expected {I}, got {I + 2}"):
+    with pytest.raises(RuntimeError, match=rf"input_size.*Expected {N_IN}, got {N_IN + 2}"):
         module(packed)
 
 
 @pytest.mark.parametrize("cell, which", [("lstm", "h0"), ("lstm", "c0"), ("gru", "h0")])
 def test_packed_state_batch_mismatch_raises_like_torch(cell, which):
-    module, oracle = twin_modules(cell, I, H, dtype=DTYPE)
-    packed = pack_sequence([torch.randn(n, I, dtype=DTYPE) for n in (4, 2, 1)],
+    module, oracle = twin_modules(cell, N_IN, H, dtype=DTYPE)
+    packed = pack_sequence([torch.randn(n, N_IN, dtype=DTYPE) for n in (4, 2, 1)],
                            enforce_sorted=False)
     good, bad = torch.randn(1, 3, H, dtype=DTYPE), torch.randn(1, 2, H, dtype=DTYPE)
     if cell == "gru":
