@@ -12,9 +12,13 @@ limit is derived from the device's own properties, never from a model name:
             within the SM count: as many programs as possible share the weight reads.
   BLOCK_B   the batch padded to a power of two >= 16 (tl.dot's minimum).
   resident  W_hh slice (K x n_gates*BLOCK_H) loaded once before the time loop when
-            it fits in a quarter of one SM's register file (the rest holds the
-            accumulators, state and dot operands); otherwise streamed from L2 in
-            BLOCK_K chunks every step.
+            it fits in half of one program's shared memory (Triton keeps a
+            loop-invariant tl.dot operand in shared memory: compiling for sm_90 shows
+            the slice's bytes in the kernel's shared-memory size); otherwise streamed
+            from L2 in BLOCK_K chunks every step. float32 on a GPU always streams:
+            Triton 3.9's LLVM aborts (SLPVectorizer assertion) compiling the resident
+            LSTM forward with IEEE float32 dots for sm_90 (found by a compile-only
+            check without a GPU; Triton 3.6 not checked), and an abort cannot be caught.
 
 Under the interpreter (CPU tests) programs run one after another, so a barrier
 with two programs would wait forever: the plan is a single program whose
@@ -65,14 +69,15 @@ def _pow2(n: int, floor: int = MIN_DOT) -> int:
 
 
 def _gpu_budget(device):
-    """(SM count, bytes of one SM's register file) read from the device."""
+    """(SM count, bytes of one SM's register file, shared-memory bytes one program may use)."""
     props = torch.cuda.get_device_properties(device)
     regs = getattr(props, "regs_per_multiprocessor", None)
-    if not regs:  # older torch: ask Triton's driver instead
-        regs = triton.runtime.driver.active.utils.get_device_properties(
-            device.index if device.index is not None else torch.cuda.current_device()
-        )["max_num_regs"]
-    return props.multi_processor_count, 4 * regs
+    smem = getattr(props, "shared_memory_per_block_optin", None)
+    if not regs or not smem:  # older torch: ask Triton's driver instead
+        driver = triton.runtime.driver.active.utils.get_device_properties(
+            device.index if device.index is not None else torch.cuda.current_device())
+        regs, smem = regs or driver["max_num_regs"], smem or driver["max_shared_mem"]
+    return props.multi_processor_count, 4 * regs, smem
 
 
 def plan(n_gates: int, device, dtype, batch: int, hidden: int):
@@ -89,7 +94,7 @@ def plan(n_gates: int, device, dtype, batch: int, hidden: int):
                               resident=True, dot=dot, num_warps=4), None
     if device.type != "cuda":
         return None, f"no persistent kernel for device type {device.type!r}"
-    n_sm, reg_bytes = _gpu_budget(device)
+    n_sm, reg_bytes, smem_bytes = _gpu_budget(device)
     block_h = _pow2(triton.cdiv(hidden, n_sm))
     grid = triton.cdiv(hidden, block_h)
     # Per-program state kept in registers: n_gates accumulators + c/h + a gate tile,
@@ -104,7 +109,7 @@ def plan(n_gates: int, device, dtype, batch: int, hidden: int):
     # rows of one slice: the same weights, padded differently.
     padded = max(_pow2(hidden) * n_gates, _pow2(n_gates * hidden))
     weight_bytes = padded * block_h * torch.tensor([], dtype=dtype).element_size()
-    resident = dot != DOT_FMA and weight_bytes <= reg_bytes // 4
+    resident = dot == DOT_NATIVE and weight_bytes <= smem_bytes // 2
     # float64 multiplies a (block_b, block_k, block_h) product in registers: keep it small.
     block_k = MIN_DOT if dot == DOT_FMA else 64
     return PersistentPlan(grid=grid, block_b=block_b, block_h=block_h, block_k=block_k,

@@ -113,9 +113,10 @@ def test_interpreter_plan_is_one_program_covering_every_unit():
 @pytest.mark.parametrize("n_sm", [pytest.param(8, id="8SMs"), pytest.param(132, id="132SMs")])
 @pytest.mark.parametrize("hidden", [1, 17, 256, 768, 1024, 4096])
 def test_gpu_plan_never_launches_more_programs_than_sms(n_sm, hidden, monkeypatch):
-    """Device properties are read, not assumed: a fake device with n_sm SMs and a 256 KiB
-    register file."""
-    monkeypatch.setattr(persistent_config, "_gpu_budget", lambda device: (n_sm, 256 * 1024))
+    """Device properties are read, not assumed: a fake device with n_sm SMs, a 256 KiB
+    register file and 227 KiB of shared memory per program."""
+    monkeypatch.setattr(persistent_config, "_gpu_budget",
+                        lambda device: (n_sm, 256 * 1024, 227 * 1024))
     plan, reason = persistent_config.plan(4, torch.device("cuda"), torch.bfloat16, 16, hidden)
     if plan is None:  # 4096 units on 8 SMs: 512 units per program, too much state
         assert (n_sm, hidden) == (8, 4096) and "register file" in reason
@@ -125,11 +126,13 @@ def test_gpu_plan_never_launches_more_programs_than_sms(n_sm, hidden, monkeypatc
 
 
 def test_gpu_plan_streams_weights_that_do_not_fit_and_refuses_huge_batches(monkeypatch):
-    monkeypatch.setattr(persistent_config, "_gpu_budget", lambda device: (132, 256 * 1024))
+    monkeypatch.setattr(persistent_config, "_gpu_budget",
+                        lambda device: (132, 256 * 1024, 227 * 1024))
     cuda = torch.device("cuda")
     assert persistent_config.plan(4, cuda, torch.float16, 8, 256)[0].resident
     assert not persistent_config.plan(4, cuda, torch.float16, 8, 4096)[0].resident
     assert not persistent_config.plan(4, cuda, torch.float64, 8, 64)[0].resident  # no fp64 dot
+    assert not persistent_config.plan(4, cuda, torch.float32, 8, 64)[0].resident  # LLVM abort
     plan, reason = persistent_config.plan(4, cuda, torch.float32, 100_000, 256)
     assert plan is None and "register file" in reason
 
