@@ -89,7 +89,12 @@ class _TritonRNNDriver:
             elif self.batch_first:
                 x = x.transpose(0, 1)
             checks.check_length(x.shape[0])
-        batch = int(batch_sizes[0]) if packed else x.shape[1]
+        if not packed:
+            batch = x.shape[1]
+        elif sorted_indices is not None:  # its length is static: torch.compile needs no guard
+            batch = sorted_indices.shape[0]
+        else:
+            batch = int(batch_sizes[0])
 
         n_dir = 2 if self.bidirectional else 1
         proj = getattr(self, "proj_size", 0)
@@ -110,7 +115,7 @@ class _TritonRNNDriver:
         states = [s.to(dtype) for s in states]
         backend = choose_backend(self.backend, x.device)
 
-        if batch == 0:
+        if not packed and batch == 0:  # a PackedSequence always holds a sequence
             out, finals = rows.new_zeros(rows.shape[0], n_dir * out_size), states
         else:
             out, finals = self._layers(rows, batch_sizes, states, backend, weight_cast)

@@ -92,8 +92,7 @@ def test_cpu_autocast_packed_like_torch(cell, x_dtype):
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_cuda_autocast_dtypes_like_torch(cell, autocast_dtype):
     """cuDNN runs LSTM and GRU in float16 under any CUDA autocast dtype; so do we."""
-    check_like_torch(cell, torch.float32, True, "cuda", autocast_dtype,
-                     options={"batch_first": True})
+    check_like_torch(cell, torch.float32, True, "cuda", autocast_dtype)
 
 
 @pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])

@@ -10,6 +10,7 @@ import pytest
 import torch
 from rnn_testing import assert_close
 from torch import nn
+from torch.nn.utils.rnn import pack_sequence
 
 from lstm_triton import TritonGRU, TritonGRUCell, TritonLSTM
 from lstm_triton.ops import rnn_layer, rnn_layer_backward
@@ -87,6 +88,28 @@ def test_compiled_model_with_initial_state():
     hx = tuple(torch.randn(1, 2, 4, dtype=DTYPE) for _ in range(2))
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     check_same_as_eager(model, compiled, torch.randint(0, 10, (2, 4)), hx)
+
+
+class PackedEncoder(nn.Module):
+    """Variable-length batches: pack, encode, take each sequence's final state."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn = TritonLSTM(3, 4, bidirectional=True, backend="stepwise")
+
+    def forward(self, packed, hx):
+        out, (h_n, c_n) = self.rnn(packed, hx)
+        return out.data.sum(0) + h_n.sum((0, 2)).sum() + c_n.square().sum()
+
+
+def test_compiled_packed_sequence_matches_eager():
+    torch._dynamo.reset()
+    model = PackedEncoder().to(DTYPE)
+    packed = pack_sequence([torch.randn(n, 3, dtype=DTYPE) for n in (2, 5, 1)],
+                           enforce_sorted=False)
+    hx = tuple(torch.randn(2, 3, 4, dtype=DTYPE) for _ in range(2))
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    check_same_as_eager(model, compiled, packed, hx)
 
 
 def test_compiled_cell_decoder_matches_eager():
