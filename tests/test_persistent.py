@@ -233,3 +233,45 @@ def test_inference_without_saving_gives_the_same_bits(cell):
     for a, b in zip(finals if cell == "lstm" else [finals],
                     finals_ng if cell == "lstm" else [finals_ng]):
         assert torch.equal(a, b)
+
+
+# -------------------------------------------------------- compiled for a GPU, without one
+COMPILE_FOR_SM90 = r'''
+import triton, triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from lstm_triton.kernels import persistent_gru, persistent_lstm
+DTYPES = {"fp16": (0, tl.float32), "bf16": (0, tl.float32), "fp32": (1, tl.float32),
+          "fp64": (2, tl.float64)}
+for kernel in (persistent_lstm.lstm_persistent_fwd_kernel, persistent_lstm.lstm_persistent_bwd_kernel,
+               persistent_gru.gru_persistent_fwd_kernel, persistent_gru.gru_persistent_bwd_kernel):
+    for dt, resident in (("fp16", True), ("bf16", True), ("bf16", False), ("fp32", False),
+                         ("fp64", False)):
+        dot, compute = DTYPES[dt]
+        cx = dict(REVERSE=True, RESIDENT=resident, DOT=dot, COMPUTE=compute, BLOCK_B=16,
+                  BLOCK_H=16, BLOCK_K=16 if dot == 2 else 64, K_PAD=128)
+        cx.update({k: True for k in ("SAVE", "HAS_BHH") if k in kernel.arg_names})
+        state = "*fp64" if dt == "fp64" else "*fp32"
+        ptrs = {"bs_ptr": "*i32", "off_ptr": "*i64", "sync_ptr": "*i32", "c_save_ptr": state}
+        sig = {n: "constexpr" if n in cx else (ptrs.get(n, "*" + dt) if n.endswith("_ptr")
+                                               else "i32") for n in kernel.arg_names}
+        triton.compile(ASTSource(kernel, sig, constexprs=cx), target=GPUTarget("cuda", 90, 32),
+                       options={"num_warps": 4})
+print("compiled")
+'''
+
+
+@pytest.mark.slow
+def test_kernels_compile_for_sm90_without_a_gpu():
+    """The interpreter never compiles: build every kernel for an H100 (sm_90) in a process
+    without TRITON_INTERPRET, for each dtype and weight mode the GPU plans choose. Catches
+    compiler-only failures (scoping, layouts, an LLVM abort) before any GPU is at hand."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    done = subprocess.run([sys.executable, "-c", COMPILE_FOR_SM90], env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]
