@@ -72,6 +72,6 @@ def persistent_plan(cell, device, dtype, batch, hidden, out_size):
     from .kernels.persistent_config import plan
 
     if out_size != hidden:
-        return None, "proj_size > 0 has no persistent kernel (the projection needs a second " \
-                     "grid barrier per step)"
+        return None, ("proj_size > 0 has no persistent kernel (the projection needs a second "
+                      "grid barrier per step)")
     return plan(4 if cell == "lstm" else 3, device, dtype, batch, hidden)
