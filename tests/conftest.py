@@ -2,13 +2,16 @@
 
 TRITON_INTERPRET must be set before triton decorates the kernels, i.e. before
 lstm_triton is imported, so it is set here at collection time. On a machine
-with CUDA the kernels compile for the GPU and the tests run on both devices.
+with CUDA the kernels compile for the GPU and the tests run there (CUDA is made
+torch's default device).
 """
 import os
 
 import torch
 
-if not torch.cuda.is_available():
+if torch.cuda.is_available():
+    torch.set_default_device("cuda")  # the same specification, on the GPU's compiled kernels
+else:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402

@@ -5,7 +5,13 @@ import pytest
 import torch
 from torch import nn
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+# The device the specification runs on: CUDA where present (conftest also makes it torch's
+# default device, so plain torch.randn lands there), else the CPU through the interpreter.
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+# Tests of the interpreter's own configuration (single-program plans, the bf16 upcast).
+interpreter_only = pytest.mark.skipif(torch.cuda.is_available(),
+                                      reason="checks the CPU interpreter configuration")
 
 # (rtol, atol) against a float64 oracle run on the same (rounded) weights and inputs.
 # atol is scaled by the oracle's largest magnitude, so summed weight gradients
@@ -54,7 +60,7 @@ def poison_allocations(monkeypatch):
 TORCH_MODULES = {"lstm": nn.LSTM, "gru": nn.GRU}
 
 
-def twin_modules(cell, *args, dtype=torch.float32, device="cpu", backend="stepwise", **kwargs):
+def twin_modules(cell, *args, dtype=torch.float32, device=DEVICE, backend="stepwise", **kwargs):
     """(Triton module, float64 torch oracle holding the same weights)."""
     from lstm_triton import TritonGRU, TritonLSTM
 

@@ -8,7 +8,8 @@ the float32 parameters in float32.
 """
 import pytest
 import torch
-from rnn_testing import DEVICES, TORCH_MODULES, as_tuple, assert_close, twin_modules
+from rnn_testing import (DEVICE, TORCH_MODULES, as_tuple, assert_close, interpreter_only,
+                         twin_modules)
 from torch import nn
 from torch.nn.utils.rnn import pack_sequence
 
@@ -65,11 +66,13 @@ def check_like_torch(cell, x_dtype, with_state, device, autocast_dtype, options=
         assert torch.isfinite(p.grad).all(), name
 
 
+@interpreter_only  # CPU autocast on the interpreted kernels
 @pytest.mark.parametrize("cell, x_dtype, with_state", CPU_CASES)
 def test_cpu_autocast_dtypes_like_torch(cell, x_dtype, with_state):
     check_like_torch(cell, x_dtype, with_state, "cpu", torch.bfloat16)
 
 
+@interpreter_only  # CPU autocast on the interpreted kernels
 @pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_cpu_autocast_packed_like_torch(cell, x_dtype):
@@ -87,7 +90,7 @@ def test_cpu_autocast_packed_like_torch(cell, x_dtype):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif("cuda" not in DEVICES, reason="needs CUDA")
+@pytest.mark.skipif(DEVICE != "cuda", reason="needs CUDA")
 @pytest.mark.parametrize("autocast_dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_cuda_autocast_dtypes_like_torch(cell, autocast_dtype):
@@ -95,6 +98,7 @@ def test_cuda_autocast_dtypes_like_torch(cell, autocast_dtype):
     check_like_torch(cell, torch.float32, True, "cuda", autocast_dtype)
 
 
+@interpreter_only  # CPU autocast on the interpreted kernels
 @pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_cpu_autocast_cells_like_torch(cell, x_dtype):

@@ -6,7 +6,7 @@ option, and the patched model computes what the original did.
 """
 import pytest
 import torch
-from rnn_testing import assert_close
+from rnn_testing import DEVICE, assert_close
 from torch import nn
 
 import lstm_triton
@@ -68,7 +68,7 @@ def test_patch_swaps_types_and_keeps_everything():
         assert module.training is False and module.backend == "auto"
     for name, p in model.named_parameters():
         assert p is params_before[name], f"{name} is the same Parameter object"
-        assert p.dtype == DTYPE and p.device.type == "cpu"
+        assert p.dtype == DTYPE and p.device.type == DEVICE
     state = model.state_dict()
     assert state.keys() == state_before.keys()
     assert all(torch.equal(state[k], v) for k, v in state_before.items())

@@ -18,7 +18,8 @@ import triton
 import triton.language as tl
 from lstm_triton.kernels import grid_sync, persistent_config
 from lstm_triton.kernels.grid_sync import grid_barrier, new_sync_state
-from rnn_testing import DTYPES, assert_close, outputs_and_grads, twin_modules
+from rnn_testing import (DEVICE, DTYPES, assert_close, interpreter_only, outputs_and_grads,
+                         twin_modules)
 from torch.nn.utils.rnn import PackedSequence, pack_sequence
 
 from lstm_triton import dispatch, persistent
@@ -39,7 +40,7 @@ def _barrier_probe_kernel(sync_ptr, met_ptr, steps, n_expected, spin_limit):
 
 
 def run_probe(steps, n_expected, spin_limit):
-    sync = new_sync_state("cpu")
+    sync = new_sync_state(DEVICE)
     met = torch.full((steps,), -1, dtype=torch.int32)
     _barrier_probe_kernel[(1,)](sync, met, steps, n_expected, spin_limit)
     return sync, met
@@ -105,6 +106,7 @@ def test_cpu_without_interpreter_has_no_plan(monkeypatch):
     assert plan is None and "TRITON_INTERPRET" in reason
 
 
+@interpreter_only
 def test_interpreter_plan_is_one_program_covering_every_unit():
     plan, _ = dispatch.persistent_plan("gru", torch.device("cpu"), torch.float32, 3, 40, 40)
     assert (plan.grid, plan.block_h, plan.block_b) == (1, 64, 16)
@@ -175,6 +177,7 @@ def test_streamed_weights_packed_bidirectional_match_torch(cell, streamed_plans)
 
 
 # ------------------------------------------------------------------ dtypes, determinism
+@interpreter_only
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_bfloat16_matmuls_are_upcast_under_the_interpreter(cell):
     assert persistent_config.dot_mode(torch.bfloat16, torch.device("cpu")) == \

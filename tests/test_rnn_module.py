@@ -7,6 +7,7 @@ from torch import nn
 
 from lstm_triton import TritonGRU, TritonLSTM
 from lstm_triton import dispatch
+from rnn_testing import interpreter_only
 
 PAIRS = [pytest.param(TritonLSTM, nn.LSTM, {"proj_size": 3}, id="lstm-proj"),
          pytest.param(TritonLSTM, nn.LSTM, {}, id="lstm"),
@@ -63,6 +64,7 @@ def test_triton_backends_on_cpu_without_interpreter_say_what_to_do(monkeypatch):
         dispatch.choose_backend("stepwise", cpu)
 
 
+@interpreter_only
 def test_auto_runs_the_kernels_under_the_interpreter():
     assert dispatch.choose_backend("auto", torch.device("cpu")) == "stepwise"
 

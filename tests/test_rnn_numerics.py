@@ -3,7 +3,8 @@ every gradient (input, initial states, each parameter), against torch in float64
 import pytest
 import torch
 
-from rnn_testing import KERNEL_BACKENDS, as_tuple, assert_close, outputs_and_grads, twin_modules
+from rnn_testing import (DEVICE, KERNEL_BACKENDS, as_tuple, assert_close, outputs_and_grads,
+                         twin_modules)
 
 CELLS = ["lstm", "gru"]
 
@@ -34,7 +35,7 @@ def cell_configs(names):
             if not (cell == "gru" and name in LSTM_ONLY)]
 
 
-def make_inputs(module, cfg, dtype, device="cpu"):
+def make_inputs(module, cfg, dtype, device=DEVICE):
     input_size, hidden, seq_len, batch, kwargs, with_states = cfg
     shape = (seq_len, input_size) if batch is None else (
         (batch, seq_len, input_size) if kwargs.get("batch_first") else (seq_len, batch, input_size))
