@@ -11,7 +11,7 @@ Backward, from dh (output gradient plus the carried recurrent gradient):
 import triton
 import triton.language as tl
 
-from .activations import sigmoid, tanh
+from .cell_math import gru_cell_backward, gru_cell_forward, load_gates4, store_gates3, store_gates4
 from .config import compute_dtype, pointwise_blocks
 from .tiles import load_gate, store_gate, tile_index
 
@@ -28,21 +28,18 @@ def gru_step_fwd_kernel(
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
     rows, units, mask = tile_index(BLOCK_B, BLOCK_H, n_rows, H)
-    r = sigmoid(load_gate(gx_ptr, rows, units, stride_gx, 0, H, mask, COMPUTE)
-                + load_gate(rec_ptr, rows, units, stride_rec, 0, H, mask, COMPUTE))
-    z = sigmoid(load_gate(gx_ptr, rows, units, stride_gx, 1, H, mask, COMPUTE)
-                + load_gate(rec_ptr, rows, units, stride_rec, 1, H, mask, COMPUTE))
+    x_r = load_gate(gx_ptr, rows, units, stride_gx, 0, H, mask, COMPUTE)
+    x_z = load_gate(gx_ptr, rows, units, stride_gx, 1, H, mask, COMPUTE)
+    x_n = load_gate(gx_ptr, rows, units, stride_gx, 2, H, mask, COMPUTE)
+    rec_r = load_gate(rec_ptr, rows, units, stride_rec, 0, H, mask, COMPUTE)
+    rec_z = load_gate(rec_ptr, rows, units, stride_rec, 1, H, mask, COMPUTE)
     rec_n = load_gate(rec_ptr, rows, units, stride_rec, 2, H, mask, COMPUTE)
-    n = tanh(load_gate(gx_ptr, rows, units, stride_gx, 2, H, mask, COMPUTE) + r * rec_n)
     h_prev = load_gate(h_state_ptr, rows, units, stride_hs, 0, H, mask, COMPUTE)
-    h = (1.0 - z) * n + z * h_prev
+    r, z, n, h = gru_cell_forward(x_r, x_z, x_n, rec_r, rec_z, rec_n, h_prev)
     store_gate(h_state_ptr, rows, units, stride_hs, 0, H, h, mask)
     store_gate(y_ptr, rows, units, stride_y, 0, H, h, mask)
     if SAVE:
-        store_gate(gates_ptr, rows, units, stride_gates, 0, H, r, mask)
-        store_gate(gates_ptr, rows, units, stride_gates, 1, H, z, mask)
-        store_gate(gates_ptr, rows, units, stride_gates, 2, H, n, mask)
-        store_gate(gates_ptr, rows, units, stride_gates, 3, H, rec_n, mask)
+        store_gates4(gates_ptr, rows, units, stride_gates, H, r, z, n, rec_n, mask)
 
 
 @triton.jit
@@ -58,10 +55,7 @@ def gru_step_bwd_kernel(
     rows, units, mask = tile_index(BLOCK_B, BLOCK_H, n_rows, H)
     dh = load_gate(dy_ptr, rows, units, stride_dy, 0, H, mask, COMPUTE)
     dh += load_gate(dh_rec_ptr, rows, units, stride_dhr, 0, H, mask, COMPUTE)
-    r = load_gate(gates_ptr, rows, units, stride_gates, 0, H, mask, COMPUTE)
-    z = load_gate(gates_ptr, rows, units, stride_gates, 1, H, mask, COMPUTE)
-    n = load_gate(gates_ptr, rows, units, stride_gates, 2, H, mask, COMPUTE)
-    rec_n = load_gate(gates_ptr, rows, units, stride_gates, 3, H, mask, COMPUTE)
+    r, z, n, rec_n = load_gates4(gates_ptr, rows, units, stride_gates, H, mask, COMPUTE)
     from_prev = rows < n_prev
     h_prev = tl.where(
         from_prev,
@@ -69,16 +63,10 @@ def gru_step_bwd_kernel(
         load_gate(h0_ptr, rows, units, stride_h0, 0, H, mask & (rows >= n_prev), COMPUTE),
     )
 
-    d_n = dh * (1.0 - z) * (1.0 - n * n)
-    d_z = dh * (h_prev - n) * z * (1.0 - z)
-    d_r = d_n * rec_n * r * (1.0 - r)
-    store_gate(dgx_ptr, rows, units, stride_dgx, 0, H, d_r, mask)
-    store_gate(dgx_ptr, rows, units, stride_dgx, 1, H, d_z, mask)
-    store_gate(dgx_ptr, rows, units, stride_dgx, 2, H, d_n, mask)
-    store_gate(drec_ptr, rows, units, stride_drec, 0, H, d_r, mask)
-    store_gate(drec_ptr, rows, units, stride_drec, 1, H, d_z, mask)
-    store_gate(drec_ptr, rows, units, stride_drec, 2, H, d_n * r, mask)
-    store_gate(dh_rec_ptr, rows, units, stride_dhr, 0, H, dh * z, mask)
+    d_r, d_z, d_n, dh_direct = gru_cell_backward(dh, r, z, n, rec_n, h_prev)
+    store_gates3(dgx_ptr, rows, units, stride_dgx, H, d_r, d_z, d_n, mask)
+    store_gates3(drec_ptr, rows, units, stride_drec, H, d_r, d_z, d_n * r, mask)
+    store_gate(dh_rec_ptr, rows, units, stride_dhr, 0, H, dh_direct, mask)
 
 
 def gru_step_fwd(gx, rec, h_state, y, gates):

@@ -13,7 +13,7 @@ i, f, g, o.
 import triton
 import triton.language as tl
 
-from .activations import sigmoid, tanh
+from .cell_math import load_gates4, lstm_cell_backward, lstm_cell_forward, store_gates4
 from .config import compute_dtype, pointwise_blocks
 from .tiles import load_gate, store_gate, tile_index
 
@@ -30,28 +30,16 @@ def lstm_step_fwd_kernel(
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
     rows, units, mask = tile_index(BLOCK_B, BLOCK_H, n_rows, H)
-    pre_i = load_gate(gx_ptr, rows, units, stride_gx, 0, H, mask, COMPUTE)
-    pre_f = load_gate(gx_ptr, rows, units, stride_gx, 1, H, mask, COMPUTE)
-    pre_g = load_gate(gx_ptr, rows, units, stride_gx, 2, H, mask, COMPUTE)
-    pre_o = load_gate(gx_ptr, rows, units, stride_gx, 3, H, mask, COMPUTE)
-    pre_i += load_gate(rec_ptr, rows, units, stride_rec, 0, H, mask, COMPUTE)
-    pre_f += load_gate(rec_ptr, rows, units, stride_rec, 1, H, mask, COMPUTE)
-    pre_g += load_gate(rec_ptr, rows, units, stride_rec, 2, H, mask, COMPUTE)
-    pre_o += load_gate(rec_ptr, rows, units, stride_rec, 3, H, mask, COMPUTE)
-    i, f, g, o = sigmoid(pre_i), sigmoid(pre_f), tanh(pre_g), sigmoid(pre_o)
-
+    x_i, x_f, x_g, x_o = load_gates4(gx_ptr, rows, units, stride_gx, H, mask, COMPUTE)
+    r_i, r_f, r_g, r_o = load_gates4(rec_ptr, rows, units, stride_rec, H, mask, COMPUTE)
     c_prev = load_gate(c_ptr, rows, units, stride_c, 0, H, mask, COMPUTE)
-    c = f * c_prev + i * g
-    m = o * tanh(c)
+    i, f, g, o, c, m = lstm_cell_forward(x_i + r_i, x_f + r_f, x_g + r_g, x_o + r_o, c_prev)
     store_gate(c_ptr, rows, units, stride_c, 0, H, c, mask)
     store_gate(m_ptr, rows, units, stride_m, 0, H, m, mask)
     if WRITE_H_STATE:
         store_gate(h_state_ptr, rows, units, stride_hs, 0, H, m, mask)
     if SAVE:
-        store_gate(gates_ptr, rows, units, stride_gates, 0, H, i, mask)
-        store_gate(gates_ptr, rows, units, stride_gates, 1, H, f, mask)
-        store_gate(gates_ptr, rows, units, stride_gates, 2, H, g, mask)
-        store_gate(gates_ptr, rows, units, stride_gates, 3, H, o, mask)
+        store_gates4(gates_ptr, rows, units, stride_gates, H, i, f, g, o, mask)
         store_gate(c_save_ptr, rows, units, stride_cs, 0, H, c, mask)
 
 
@@ -71,10 +59,7 @@ def lstm_step_bwd_kernel(
     dm = load_gate(dm_ptr, rows, units, stride_dm, 0, H, mask, COMPUTE)
     if ADD_DH_REC:
         dm += load_gate(dh_rec_ptr, rows, units, stride_dhr, 0, H, mask, COMPUTE)
-    i = load_gate(gates_ptr, rows, units, stride_gates, 0, H, mask, COMPUTE)
-    f = load_gate(gates_ptr, rows, units, stride_gates, 1, H, mask, COMPUTE)
-    g = load_gate(gates_ptr, rows, units, stride_gates, 2, H, mask, COMPUTE)
-    o = load_gate(gates_ptr, rows, units, stride_gates, 3, H, mask, COMPUTE)
+    i, f, g, o = load_gates4(gates_ptr, rows, units, stride_gates, H, mask, COMPUTE)
     c = load_gate(c_save_ptr, rows, units, stride_cs, 0, H, mask, COMPUTE)
     from_prev = rows < n_prev
     c_prev = tl.where(
@@ -83,18 +68,10 @@ def lstm_step_bwd_kernel(
         load_gate(c0_ptr, rows, units, stride_c0, 0, H, mask & (rows >= n_prev), COMPUTE),
     )
 
-    tanh_c = tanh(c)
     dc = load_gate(dc_ptr, rows, units, stride_dc, 0, H, mask, COMPUTE)
-    dc += dm * o * (1.0 - tanh_c * tanh_c)
-    d_i = dc * g * i * (1.0 - i)
-    d_f = dc * c_prev * f * (1.0 - f)
-    d_g = dc * i * (1.0 - g * g)
-    d_o = dm * tanh_c * o * (1.0 - o)
-    store_gate(dgates_ptr, rows, units, stride_dg, 0, H, d_i, mask)
-    store_gate(dgates_ptr, rows, units, stride_dg, 1, H, d_f, mask)
-    store_gate(dgates_ptr, rows, units, stride_dg, 2, H, d_g, mask)
-    store_gate(dgates_ptr, rows, units, stride_dg, 3, H, d_o, mask)
-    store_gate(dc_ptr, rows, units, stride_dc, 0, H, dc * f, mask)
+    d_i, d_f, d_g, d_o, dc_prev = lstm_cell_backward(dm, dc, i, f, g, o, c, c_prev)
+    store_gates4(dgates_ptr, rows, units, stride_dg, H, d_i, d_f, d_g, d_o, mask)
+    store_gate(dc_ptr, rows, units, stride_dc, 0, H, dc_prev, mask)
 
 
 def lstm_step_fwd(gx, rec, c, m, h_state, gates, c_save):

@@ -15,7 +15,7 @@ the loop, and drec is the recurrence's exchange buffer.
 import triton
 import triton.language as tl
 
-from .activations import sigmoid, tanh
+from .cell_math import gru_cell_backward, gru_cell_forward, load_gates4, store_gates3, store_gates4
 from .config import compute_dtype
 from .grid_sync import barrier_failed, grid_barrier, new_sync_state
 from .persistent_config import PersistentPlan, schedule_tensors
@@ -88,16 +88,13 @@ def gru_persistent_fwd_kernel(
         active = row < bs
         mask = active & unit_ok
         rows = off + row
-        r = sigmoid(load_gate(gx_ptr, rows, units, stride_gx, 0, H, mask, COMPUTE) + rec_r)
-        z = sigmoid(load_gate(gx_ptr, rows, units, stride_gx, 1, H, mask, COMPUTE) + rec_z)
-        n = tanh(load_gate(gx_ptr, rows, units, stride_gx, 2, H, mask, COMPUTE) + r * rec_n)
-        h_new = (1.0 - z) * n + z * h
+        x_r = load_gate(gx_ptr, rows, units, stride_gx, 0, H, mask, COMPUTE)
+        x_z = load_gate(gx_ptr, rows, units, stride_gx, 1, H, mask, COMPUTE)
+        x_n = load_gate(gx_ptr, rows, units, stride_gx, 2, H, mask, COMPUTE)
+        r, z, n, h_new = gru_cell_forward(x_r, x_z, x_n, rec_r, rec_z, rec_n, h)
         store_gate(y_ptr, rows, units, stride_y, 0, H, h_new, mask)
         if SAVE:
-            store_gate(gates_ptr, rows, units, stride_gates, 0, H, r, mask)
-            store_gate(gates_ptr, rows, units, stride_gates, 1, H, z, mask)
-            store_gate(gates_ptr, rows, units, stride_gates, 2, H, n, mask)
-            store_gate(gates_ptr, rows, units, stride_gates, 3, H, rec_n, mask)
+            store_gates4(gates_ptr, rows, units, stride_gates, H, r, z, n, rec_n, mask)
         h = tl.where(active, h_new, h)
         s += 1
     store_gate(h_n_ptr, row, units, stride_hn, 0, H, h, state_mask)
@@ -150,22 +147,13 @@ def gru_persistent_bwd_kernel(
         mask = active & unit_ok
         rows = off + row
         dh_t = load_gate(dy_ptr, rows, units, stride_dy, 0, H, mask, COMPUTE) + dh
-        r = load_gate(gates_ptr, rows, units, stride_gates, 0, H, mask, COMPUTE)
-        z = load_gate(gates_ptr, rows, units, stride_gates, 1, H, mask, COMPUTE)
-        n = load_gate(gates_ptr, rows, units, stride_gates, 2, H, mask, COMPUTE)
-        rec_n = load_gate(gates_ptr, rows, units, stride_gates, 3, H, mask, COMPUTE)
+        r, z, n, rec_n = load_gates4(gates_ptr, rows, units, stride_gates, H, mask, COMPUTE)
         h_prev = load_rows(y_ptr, off_p, tl.minimum(bs_p, bs), stride_y, h0_ptr, stride_h0,
                            bs, row, units, H).to(COMPUTE)
-        d_n = dh_t * (1.0 - z) * (1.0 - n * n)
-        d_z = dh_t * (h_prev - n) * z * (1.0 - z)
-        d_r = d_n * rec_n * r * (1.0 - r)
-        store_gate(dgx_ptr, rows, units, stride_dgx, 0, H, d_r, mask)
-        store_gate(dgx_ptr, rows, units, stride_dgx, 1, H, d_z, mask)
-        store_gate(dgx_ptr, rows, units, stride_dgx, 2, H, d_n, mask)
-        store_gate(drec_ptr, rows, units, stride_drec, 0, H, d_r, mask)
-        store_gate(drec_ptr, rows, units, stride_drec, 1, H, d_z, mask)
-        store_gate(drec_ptr, rows, units, stride_drec, 2, H, d_n * r, mask)
-        dh = tl.where(active, dh_t * z, dh)
+        d_r, d_z, d_n, dh_direct = gru_cell_backward(dh_t, r, z, n, rec_n, h_prev)
+        store_gates3(dgx_ptr, rows, units, stride_dgx, H, d_r, d_z, d_n, mask)
+        store_gates3(drec_ptr, rows, units, stride_drec, H, d_r, d_z, d_n * r, mask)
+        dh = tl.where(active, dh_direct, dh)
         s += 1
     store_gate(dh0_ptr, row, units, stride_dh0, 0, H, dh, state_mask)
 

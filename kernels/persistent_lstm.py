@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .activations import sigmoid, tanh
+from .cell_math import load_gates4, lstm_cell_backward, lstm_cell_forward, store_gates4
 from .config import compute_dtype
 from .grid_sync import barrier_failed, grid_barrier, new_sync_state
 from .persistent_config import PersistentPlan, schedule_tensors
@@ -89,19 +89,12 @@ def lstm_persistent_fwd_kernel(
         active = row < bs
         mask = active & unit_ok
         rows = off + row  # packed rows of step t (int64)
-        pre_i += load_gate(gx_ptr, rows, units, stride_gx, 0, H, mask, COMPUTE)
-        pre_f += load_gate(gx_ptr, rows, units, stride_gx, 1, H, mask, COMPUTE)
-        pre_g += load_gate(gx_ptr, rows, units, stride_gx, 2, H, mask, COMPUTE)
-        pre_o += load_gate(gx_ptr, rows, units, stride_gx, 3, H, mask, COMPUTE)
-        i, f, g, o = sigmoid(pre_i), sigmoid(pre_f), tanh(pre_g), sigmoid(pre_o)
-        c_new = f * c + i * g
-        m = o * tanh(c_new)
+        x_i, x_f, x_g, x_o = load_gates4(gx_ptr, rows, units, stride_gx, H, mask, COMPUTE)
+        i, f, g, o, c_new, m = lstm_cell_forward(pre_i + x_i, pre_f + x_f, pre_g + x_g,
+                                                 pre_o + x_o, c)
         store_gate(y_ptr, rows, units, stride_y, 0, H, m, mask)
         if SAVE:
-            store_gate(gates_ptr, rows, units, stride_gates, 0, H, i, mask)
-            store_gate(gates_ptr, rows, units, stride_gates, 1, H, f, mask)
-            store_gate(gates_ptr, rows, units, stride_gates, 2, H, g, mask)
-            store_gate(gates_ptr, rows, units, stride_gates, 3, H, o, mask)
+            store_gates4(gates_ptr, rows, units, stride_gates, H, i, f, g, o, mask)
             store_gate(c_save_ptr, rows, units, stride_cs, 0, H, c_new, mask)
         c = tl.where(active, c_new, c)
         h = tl.where(active, m, h)
@@ -158,20 +151,13 @@ def lstm_persistent_bwd_kernel(
         mask = active & unit_ok
         rows = off + row
         dm = load_gate(dy_ptr, rows, units, stride_dy, 0, H, mask, COMPUTE) + dh
-        i = load_gate(gates_ptr, rows, units, stride_gates, 0, H, mask, COMPUTE)
-        f = load_gate(gates_ptr, rows, units, stride_gates, 1, H, mask, COMPUTE)
-        g = load_gate(gates_ptr, rows, units, stride_gates, 2, H, mask, COMPUTE)
-        o = load_gate(gates_ptr, rows, units, stride_gates, 3, H, mask, COMPUTE)
+        i, f, g, o = load_gates4(gates_ptr, rows, units, stride_gates, H, mask, COMPUTE)
         c = load_gate(c_save_ptr, rows, units, stride_cs, 0, H, mask, COMPUTE)
         c_prev = load_rows(c_save_ptr, off_p, tl.minimum(bs_p, bs), stride_cs, c0_ptr, stride_c0,
                            bs, row, units, H).to(COMPUTE)
-        tanh_c = tanh(c)
-        dc_t = dc + dm * o * (1.0 - tanh_c * tanh_c)
-        store_gate(dgates_ptr, rows, units, stride_dg, 0, H, dc_t * g * i * (1.0 - i), mask)
-        store_gate(dgates_ptr, rows, units, stride_dg, 1, H, dc_t * c_prev * f * (1.0 - f), mask)
-        store_gate(dgates_ptr, rows, units, stride_dg, 2, H, dc_t * i * (1.0 - g * g), mask)
-        store_gate(dgates_ptr, rows, units, stride_dg, 3, H, dm * tanh_c * o * (1.0 - o), mask)
-        dc = tl.where(active, dc_t * f, dc)
+        d_i, d_f, d_g, d_o, dc_prev = lstm_cell_backward(dm, dc, i, f, g, o, c, c_prev)
+        store_gates4(dgates_ptr, rows, units, stride_dg, H, d_i, d_f, d_g, d_o, mask)
+        dc = tl.where(active, dc_prev, dc)
         s += 1
     store_gate(dh0_ptr, row, units, stride_dh0, 0, H, dh, state_mask)
     store_gate(dc0_ptr, row, units, stride_dc0, 0, H, dc, state_mask)
