@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from . import reference
-from .dispatch import choose_backend, validate_backend
+from .dispatch import choose_backend
+from .rnn import BackendOption
 from .ops import rnn_layer
 from .schedule import Schedule
 
@@ -33,17 +34,8 @@ def cell_autocast_dtype(device_type, dtype):
     return dtype
 
 
-class _TritonCellDriver:
+class _TritonCellDriver(BackendOption):
     """Mixin holding the forward shared by TritonLSTMCell and TritonGRUCell."""
-
-    cell: str  # "lstm" | "gru"
-
-    def _init_backend(self, backend):
-        validate_backend(backend)
-        self.backend = backend
-
-    def extra_repr(self):
-        return super().extra_repr() + f", backend={self.backend!r}"
 
     def _check(self, x, states):
         name = type(self).__name__
@@ -135,10 +127,6 @@ class TritonLSTMCell(_TritonCellDriver, nn.LSTMCell):
 
     cell = "lstm"
 
-    def __init__(self, *args, backend="auto", **kwargs):
-        super().__init__(*args, **kwargs)
-        self._init_backend(backend)
-
     def forward(self, input, hx=None):
         if hx is not None and len(hx) != 2:
             raise RuntimeError("TritonLSTMCell expects hx as a tuple (h_0, c_0); pass both.")
@@ -149,10 +137,6 @@ class TritonGRUCell(_TritonCellDriver, nn.GRUCell):
     """Drop-in `nn.GRUCell`: `h_1 = cell(input, h_0)`, one fused step per call."""
 
     cell = "gru"
-
-    def __init__(self, *args, backend="auto", **kwargs):
-        super().__init__(*args, **kwargs)
-        self._init_backend(backend)
 
     def forward(self, input, hx=None):
         return self._step(input, [hx] if hx is not None else [])[0]

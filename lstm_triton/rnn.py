@@ -47,18 +47,31 @@ def allow_dynamo_tracing():
     torch._dynamo.config.allow_rnn = True
 
 
-class _TritonRNNDriver:
-    """Mixin holding the forward shared by TritonLSTM and TritonGRU."""
+class BackendOption:
+    """Mixin: the keyword-only `backend` every Triton module adds to torch's constructor
+    (placed before the torch class in the bases, so torch's __init__ runs unchanged)."""
 
     cell: str  # "lstm" | "gru"
 
+    def __init__(self, *args, backend="auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_backend(backend)
+
     def _init_backend(self, backend):
+        """Also called by lstm_triton.patch, which builds modules without __init__."""
         validate_backend(backend)
         self.backend = backend
         allow_dynamo_tracing()
 
     def extra_repr(self):
         return super().extra_repr() + f", backend={self.backend!r}"
+
+
+class _TritonRNNDriver(BackendOption):
+    """Mixin holding the forward shared by TritonLSTM and TritonGRU."""
+
+    def forward(self, input, hx=None):
+        return self._run(input, hx)
 
     def _layer_weights(self, layer, direction):
         suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
@@ -204,22 +217,8 @@ class TritonLSTM(_TritonRNNDriver, nn.LSTM):
 
     cell = "lstm"
 
-    def __init__(self, *args, backend="auto", **kwargs):
-        super().__init__(*args, **kwargs)
-        self._init_backend(backend)
-
-    def forward(self, input, hx=None):
-        return self._run(input, hx)
-
 
 class TritonGRU(_TritonRNNDriver, nn.GRU):
     """Drop-in `nn.GRU` on Triton kernels: `output, h_n = gru(input, h_0)`."""
 
     cell = "gru"
-
-    def __init__(self, *args, backend="auto", **kwargs):
-        super().__init__(*args, **kwargs)
-        self._init_backend(backend)
-
-    def forward(self, input, hx=None):
-        return self._run(input, hx)
