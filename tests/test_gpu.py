@@ -1,0 +1,99 @@
+"""What only a GPU can show: the persistent kernel with many programs meeting at the grid
+barrier, native fp16/bf16 tensor-core dots, and two persistent launches at once.
+
+Skipped without CUDA (the CPU interpreter runs one program per launch, so the
+barrier never has anyone to wait for there). NOT YET RUN: no GPU has been lent to
+this project so far; the first GPU session runs it with scripts/gpu_run.sh.
+"""
+import threading
+import warnings
+
+import pytest
+import torch
+
+from rnn_testing import DEVICE, as_tuple, assert_close, outputs_and_grads, twin_modules
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(DEVICE != "cuda", reason="needs CUDA")]
+
+
+def run_without_fallback(module, x):
+    """Forward + backward; fails if the persistent kernel fell back to stepwise."""
+    weights = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a fallback warns: make it fail
+        out, finals = module(x)
+        weights = [torch.randn_like(out, dtype=torch.float64)] + [
+            torch.randn_like(f, dtype=torch.float64) for f in as_tuple(finals)]
+    return weights
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16],
+                         ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("hidden", [256, 768])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_many_program_persistent_matches_torch(cell, hidden, dtype):
+    """H=256/768 spreads the hidden units over many programs: every step really waits at
+    the grid barrier. Forward and every gradient against float64 torch."""
+    module, oracle = twin_modules(cell, 64, hidden, dtype=dtype, backend="persistent")
+    x = torch.randn(33, 8, 64, dtype=dtype, requires_grad=True)
+    x64 = x.detach().double().requires_grad_()
+    weights = run_without_fallback(module, x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        out, finals, grads = outputs_and_grads(module, x, None, weights, [x])
+    out64, finals64, grads64 = outputs_and_grads(oracle, x64, None, weights, [x64])
+    assert_close(out, out64, dtype, "output")
+    for f, f64 in zip(finals, finals64):
+        assert_close(f, f64, dtype, "final state")
+    for g, g64 in zip(grads, grads64):
+        assert_close(g, g64, dtype, "gradient")
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_two_persistent_launches_at_once_finish_and_are_right(cell):
+    """Two threads launch full-grid persistent kernels on two streams at the same time.
+    They must both finish (the barrier is bounded: at worst one falls back to stepwise,
+    with a warning) and both be right."""
+    module, oracle = twin_modules(cell, 128, 1024, dtype=torch.float16, backend="persistent")
+    xs = [torch.randn(256, 16, 128, dtype=torch.float16) for _ in range(2)]
+    results, errors = [None, None], []
+    start = threading.Barrier(2)
+
+    def work(k):
+        try:
+            stream = torch.cuda.Stream()
+            with torch.cuda.stream(stream), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                start.wait()
+                with torch.no_grad():
+                    results[k] = module(xs[k])[0]
+                stream.synchronize()
+        except Exception as e:  # reported below, in the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(k,), daemon=True) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not any(t.is_alive() for t in threads), "a persistent launch hung"
+    assert not errors, errors
+    for x, out in zip(xs, results):
+        with torch.no_grad():
+            expected = oracle(x.double())[0]
+        assert_close(out, expected, torch.float16, "output")
+
+
+def test_cuda_kernels_are_deterministic_at_scale():
+    """No atomics in any reduction: the same bits twice, stepwise and persistent."""
+    for backend in ("stepwise", "persistent"):
+        module, _ = twin_modules("lstm", 64, 512, dtype=torch.bfloat16, backend=backend)
+        x = torch.randn(64, 16, 64, dtype=torch.bfloat16, requires_grad=True)
+
+        def run():
+            out, (h, c) = module(x)
+            return [out, h, c, *torch.autograd.grad(out.float().pow(2).sum(),
+                                                     [x, *module.parameters()])]
+
+        for a, b in zip(run(), run()):
+            assert torch.equal(a, b), backend
