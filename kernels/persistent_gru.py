@@ -19,7 +19,8 @@ from .cell_math import gru_cell_backward, gru_cell_forward, load_gates4, store_g
 from .config import compute_dtype
 from .grid_sync import barrier_failed, grid_barrier, new_sync_state
 from .persistent_config import PersistentPlan, schedule_tensors
-from .persistent_tiles import load_rows, load_w_tile, rec_dot, step_at, step_rows, stream_matmul
+from .persistent_tiles import (backward_step_rows, forward_step_rows, load_rows, load_w_tile,
+                               program_tile, rec_dot, stream_matmul)
 from .tiles import load_gate, store_gate
 
 
@@ -48,10 +49,7 @@ def gru_persistent_fwd_kernel(
     DOT: tl.constexpr, COMPUTE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr, K_PAD: tl.constexpr,
 ):
-    row = tl.arange(0, BLOCK_B).to(tl.int64)[:, None]  # (BLOCK_B, 1)
-    units = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)[None, :]  # (1, BLOCK_H)
-    unit_ok = units < H
-    state_mask = (row < B) & unit_ok
+    row, units, unit_ok, state_mask = program_tile(BLOCK_B, BLOCK_H, B, H)
     h = load_gate(h0_ptr, row, units, stride_h0, 0, H, state_mask, COMPUTE)  # (BLOCK_B, BLOCK_H)
     b_r = _gru_bias(b_hh_ptr, 0, H, units, unit_ok, HAS_BHH, COMPUTE)
     b_z = _gru_bias(b_hh_ptr, 1, H, units, unit_ok, HAS_BHH, COMPUTE)
@@ -66,8 +64,7 @@ def gru_persistent_fwd_kernel(
     s = 0
     while (s < T) & ok:
         ok = grid_barrier(sync_ptr, (s + 1) * n_prog, spin_limit)
-        bs, off = step_rows(bs_ptr, off_ptr, step_at(s, T, REVERSE), T)
-        bs_p, off_p = step_rows(bs_ptr, off_ptr, step_at(s - 1, T, REVERSE), T)
+        bs, off, bs_p, off_p = forward_step_rows(s, T, bs_ptr, off_ptr, REVERSE)
         n_prev = tl.minimum(bs_p, bs)
         if RESIDENT:
             h_prev = load_rows(y_ptr, off_p, n_prev, stride_y, h0_ptr, stride_h0, bs,
@@ -115,10 +112,7 @@ def gru_persistent_bwd_kernel(
     REVERSE: tl.constexpr, RESIDENT: tl.constexpr, DOT: tl.constexpr, COMPUTE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, K_PAD: tl.constexpr,
 ):
-    row = tl.arange(0, BLOCK_B).to(tl.int64)[:, None]
-    units = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)[None, :]
-    unit_ok = units < H
-    state_mask = (row < B) & unit_ok
+    row, units, unit_ok, state_mask = program_tile(BLOCK_B, BLOCK_H, B, H)
     dh = load_gate(dh_n_ptr, row, units, stride_dhn, 0, H, state_mask, COMPUTE)  # carried dh
     K = 3 * H
     if RESIDENT:  # W_hh[:, units]: (K_PAD, BLOCK_H) for all steps
@@ -129,10 +123,7 @@ def gru_persistent_bwd_kernel(
     s = 0
     while (s < T + 1) & ok:  # iteration T only finishes dh0
         ok = grid_barrier(sync_ptr, (s + 1) * n_prog, spin_limit)
-        j = T - 1 - s  # forward position of the step undone now
-        bs, off = step_rows(bs_ptr, off_ptr, step_at(j, T, REVERSE), T)
-        bs_p, off_p = step_rows(bs_ptr, off_ptr, step_at(j - 1, T, REVERSE), T)
-        bs_n, off_n = step_rows(bs_ptr, off_ptr, step_at(j + 1, T, REVERSE), T)  # undone before
+        bs, off, bs_p, off_p, bs_n, off_n = backward_step_rows(s, T, bs_ptr, off_ptr, REVERSE)
         zero = tl.zeros((BLOCK_B, BLOCK_H), COMPUTE)
         if RESIDENT:
             drec_next = load_rows(drec_ptr, off_n, bs_n, stride_drec, drec_ptr, 0, bs_n,

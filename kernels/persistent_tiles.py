@@ -85,3 +85,32 @@ def step_at(j, T, REVERSE: tl.constexpr):
     else:
         t = j
     return t
+
+
+@triton.jit
+def program_tile(BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, B, H):
+    """This program's state tile: every batch row (int64, (BLOCK_B, 1)), its hidden units
+    ((1, BLOCK_H)), which units exist, and the mask of real (row, unit) pairs."""
+    row = tl.arange(0, BLOCK_B).to(tl.int64)[:, None]
+    units = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)[None, :]
+    unit_ok = units < H
+    return row, units, unit_ok, (row < B) & unit_ok
+
+
+@triton.jit
+def forward_step_rows(s, T, bs_ptr, off_ptr, REVERSE: tl.constexpr):
+    """(bs, off) of the s-th step processed and (bs_p, off_p) of the one processed before it."""
+    bs, off = step_rows(bs_ptr, off_ptr, step_at(s, T, REVERSE), T)
+    bs_p, off_p = step_rows(bs_ptr, off_ptr, step_at(s - 1, T, REVERSE), T)
+    return bs, off, bs_p, off_p
+
+
+@triton.jit
+def backward_step_rows(s, T, bs_ptr, off_ptr, REVERSE: tl.constexpr):
+    """Backward's s-th iteration undoes forward step j = T-1-s: its rows, those of the step
+    before it (c_{t-1} / h_{t-1}) and those of the step undone just before (the gradient
+    exchange); steps outside [0, T) have no rows."""
+    j = T - 1 - s
+    bs, off, bs_p, off_p = forward_step_rows(j, T, bs_ptr, off_ptr, REVERSE)
+    bs_n, off_n = step_rows(bs_ptr, off_ptr, step_at(j + 1, T, REVERSE), T)
+    return bs, off, bs_p, off_p, bs_n, off_n
