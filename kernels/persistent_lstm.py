@@ -29,8 +29,9 @@ from .cell_math import load_gates4, lstm_cell_backward, lstm_cell_forward, store
 from .config import compute_dtype
 from .grid_sync import barrier_failed, grid_barrier, new_sync_state
 from .persistent_config import PersistentPlan, schedule_tensors
-from .persistent_tiles import (backward_step_rows, forward_step_rows, load_rows, load_w_tile,
-                               program_tile, rec_dot, stream_matmul)
+from .persistent_tiles import (backward_recurrence, backward_step_rows, backward_weight_slice,
+                               forward_step_rows, load_rows, load_w_tile, program_tile, rec_dot,
+                               stream_matmul)
 from .tiles import load_gate, store_gate
 
 
@@ -119,23 +120,16 @@ def lstm_persistent_bwd_kernel(
     dh = load_gate(dh_n_ptr, row, units, stride_dhn, 0, H, state_mask, COMPUTE)  # carried dh
     dc = load_gate(dc_n_ptr, row, units, stride_dcn, 0, H, state_mask, COMPUTE)  # carried dc
     K = 4 * H
-    if RESIDENT:  # W_hh[:, units]: (K_PAD, BLOCK_H) for all steps
-        ks = tl.arange(0, K_PAD)
-        w = load_w_tile(w_hh_ptr, ks, K, units, unit_ok, stride_w, 1)
+    w = backward_weight_slice(w_hh_ptr, K, units, unit_ok, stride_w, RESIDENT, K_PAD)
     n_prog = tl.num_programs(0)
     ok = tl.load(sync_ptr + 1) == 0
     s = 0
     while (s < T + 1) & ok:  # iteration T only finishes dh0
         ok = grid_barrier(sync_ptr, (s + 1) * n_prog, spin_limit)
         bs, off, bs_p, off_p, bs_n, off_n = backward_step_rows(s, T, bs_ptr, off_ptr, REVERSE)
-        zero = tl.zeros((BLOCK_B, BLOCK_H), COMPUTE)
-        if RESIDENT:
-            dg_next = load_rows(dgates_ptr, off_n, bs_n, stride_dg, dgates_ptr, 0, bs_n,
-                                row, ks[None, :], K)  # (BLOCK_B, K_PAD)
-            rec = rec_dot(dg_next, w, zero, DOT)
-        else:
-            rec = stream_matmul(zero, dgates_ptr, off_n, bs_n, stride_dg, dgates_ptr, 0, bs_n, row,
-                                w_hh_ptr, units, unit_ok, stride_w, 1, K, BLOCK_K, DOT)
+        rec = backward_recurrence(tl.zeros((BLOCK_B, BLOCK_H), COMPUTE), dgates_ptr, off_n, bs_n,
+                                  stride_dg, w, w_hh_ptr, units, unit_ok, stride_w, K, row,
+                                  RESIDENT, K_PAD, BLOCK_K, DOT)
         dh = tl.where(row < bs_n, rec, dh)
 
         active = row < bs

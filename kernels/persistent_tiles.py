@@ -114,3 +114,31 @@ def backward_step_rows(s, T, bs_ptr, off_ptr, REVERSE: tl.constexpr):
     bs, off, bs_p, off_p = forward_step_rows(j, T, bs_ptr, off_ptr, REVERSE)
     bs_n, off_n = step_rows(bs_ptr, off_ptr, step_at(j + 1, T, REVERSE), T)
     return bs, off, bs_p, off_p, bs_n, off_n
+
+
+@triton.jit
+def backward_weight_slice(w_hh_ptr, K, units, unit_ok, stride_w,
+                          RESIDENT: tl.constexpr, K_PAD: tl.constexpr):
+    """W_hh[:, units] as a (K_PAD, BLOCK_H) tile kept for all steps when RESIDENT; else a
+    placeholder (the streamed path re-reads the slice from L2 every step)."""
+    if RESIDENT:
+        w = load_w_tile(w_hh_ptr, tl.arange(0, K_PAD), K, units, unit_ok, stride_w, 1)
+    else:
+        w = 0
+    return w
+
+
+@triton.jit
+def backward_recurrence(acc, ex_ptr, off_n, bs_n, stride_ex, w, w_hh_ptr, units, unit_ok,
+                        stride_w, K, row, RESIDENT: tl.constexpr, K_PAD: tl.constexpr,
+                        BLOCK_K: tl.constexpr, DOT: tl.constexpr):
+    """acc + G @ W_hh[:, units], G = the (K-wide) gate gradients of the step undone just
+    before, read from the exchange buffer ex: the recurrent part of this step's dh."""
+    if RESIDENT:
+        g = load_rows(ex_ptr, off_n, bs_n, stride_ex, ex_ptr, 0, bs_n, row,
+                      tl.arange(0, K_PAD)[None, :], K)  # (BLOCK_B, K_PAD)
+        out = rec_dot(g, w, acc, DOT)
+    else:
+        out = stream_matmul(acc, ex_ptr, off_n, bs_n, stride_ex, ex_ptr, 0, bs_n, row,
+                            w_hh_ptr, units, unit_ok, stride_w, 1, K, BLOCK_K, DOT)
+    return out
