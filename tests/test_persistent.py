@@ -260,13 +260,28 @@ for kernel in (persistent_lstm.lstm_persistent_fwd_kernel, persistent_lstm.lstm_
                                                else "i32") for n in kernel.arg_names}
         triton.compile(ASTSource(kernel, sig, constexprs=cx), target=GPUTarget("cuda", 90, 32),
                        options={"num_warps": 4})
+from lstm_triton.kernels import gru_pointwise, lstm_pointwise
+for kernel in (lstm_pointwise.lstm_step_fwd_kernel, lstm_pointwise.lstm_step_bwd_kernel,
+               gru_pointwise.gru_step_fwd_kernel, gru_pointwise.gru_step_bwd_kernel):
+    for dt in ("fp16", "bf16", "fp32", "fp64"):
+        compute = tl.float64 if dt == "fp64" else tl.float32
+        state = "*fp64" if dt == "fp64" else "*fp32"
+        flags = ("WRITE_H_STATE", "SAVE", "ADD_DH_REC")
+        cx = {k: True for k in flags if k in kernel.arg_names}
+        cx.update(COMPUTE=compute, BLOCK_B=16, BLOCK_H=128)
+        ptrs = {n: state for n in ("c_ptr", "dc_ptr", "c_save_ptr", "c_prev_ptr", "c0_ptr")}
+        sig = {n: "constexpr" if n in cx else (ptrs.get(n, "*" + dt) if n.endswith("_ptr")
+                                               else "i32") for n in kernel.arg_names}
+        triton.compile(ASTSource(kernel, sig, constexprs=cx), target=GPUTarget("cuda", 90, 32),
+                       options={"num_warps": 4})
 print("compiled")
 '''
 
 
 @pytest.mark.slow
 def test_kernels_compile_for_sm90_without_a_gpu():
-    """The interpreter never compiles: build every kernel for an H100 (sm_90) in a process
+    """The interpreter never compiles: build every kernel (persistent, and the stepwise
+    kernels in every dtype) for an H100 (sm_90) in a process
     without TRITON_INTERPRET, for each dtype and weight mode the GPU plans choose. Catches
     compiler-only failures (scoping, layouts, an LLVM abort) before any GPU is at hand."""
     import os
