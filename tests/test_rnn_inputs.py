@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from lstm_triton import TritonGRU, TritonLSTM
-from rnn_testing import as_tuple, assert_close
+from rnn_testing import KERNEL_BACKENDS, as_tuple, assert_close
 
 L, B, H = 2, 3, 5
 
@@ -60,22 +60,24 @@ def test_state_dtype_mismatch_is_a_runtime_error_naming_the_fix():
         m(torch.randn(4, B, 4), hx)
 
 
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_empty_batch_returns_empty_outputs_like_torch(cell):
+def test_empty_batch_returns_empty_outputs_like_torch(cell, backend):
     torch_cls, our_cls = (nn.LSTM, TritonLSTM) if cell == "lstm" else (nn.GRU, TritonGRU)
     x = torch.randn(4, 0, 3)
     expected_out, expected_finals = torch_cls(3, H, num_layers=L, bidirectional=True)(x)
-    out, finals = our_cls(3, H, num_layers=L, bidirectional=True, backend="stepwise")(x)
+    out, finals = our_cls(3, H, num_layers=L, bidirectional=True, backend=backend)(x)
     assert out.shape == expected_out.shape
     for f, e in zip(as_tuple(finals), as_tuple(expected_finals)):
         assert f.shape == e.shape
 
 
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_nan_propagates_per_row_as_in_torch(cell):
+def test_nan_propagates_per_row_as_in_torch(cell, backend):
     """A NaN in one sequence poisons that sequence from its timestep on, nothing else."""
     torch_cls, our_cls = (nn.LSTM, TritonLSTM) if cell == "lstm" else (nn.GRU, TritonGRU)
-    ours = our_cls(3, H, backend="stepwise", dtype=torch.float64)
+    ours = our_cls(3, H, backend=backend, dtype=torch.float64)
     theirs = torch_cls(3, H, dtype=torch.float64)
     theirs.load_state_dict(ours.state_dict())
     x = torch.randn(5, B, 3, dtype=torch.float64)
@@ -89,10 +91,11 @@ def test_nan_propagates_per_row_as_in_torch(cell):
         assert torch.equal(f.isnan(), e.isnan())
 
 
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_non_contiguous_inputs_and_states(cell):
+def test_non_contiguous_inputs_and_states(cell, backend):
     torch_cls, our_cls = (nn.LSTM, TritonLSTM) if cell == "lstm" else (nn.GRU, TritonGRU)
-    ours = our_cls(3, H, num_layers=L, backend="stepwise", dtype=torch.float64)
+    ours = our_cls(3, H, num_layers=L, backend=backend, dtype=torch.float64)
     theirs = torch_cls(3, H, num_layers=L, dtype=torch.float64)
     theirs.load_state_dict(ours.state_dict())
     x = torch.randn(3, 6, 5, dtype=torch.float64).transpose(0, 2)[::1, ::2]  # (5, 3, 3) strided
