@@ -8,7 +8,7 @@ so forward and backward may each run on either backend:
     program keeps its slice of W_hh (and the cell state) on chip for every step
     and the grid meets once per step (kernels/grid_sync.py);
   - the weight gradients and dx are GEMMs over the per-step gate gradients after
-    the loop (stepwise.previous_states, stepwise.column_sum).
+    the loop (stepwise.lstm_weight_grads / gru_weight_grads, shared).
 
 What forward saves is stepwise's: LSTM activated gates (N, 4H) and cell states
 (N, H); GRU r, z, n, rec_n (N, 4H). Backward recomputes nothing.
@@ -86,10 +86,9 @@ def lstm_backward(dy, dh_n, dc_n, x, sched, h0, c0, w_ih, w_hh, w_hr, y, gates, 
                       c_all)
         if out is not None:
             dgates, dh0, dc0 = out  # (N, 4H), (B, H), (B, H)
-            h_prev = stepwise.previous_states(y, h0, sched)
-            db = stepwise.column_sum(dgates) if has_bias else None
-            return (dgates @ w_ih if need_dx else None, dh0, dc0, dgates.t() @ x,
-                    dgates.t() @ h_prev, db, None if db is None else db.clone(), None)
+            dx, dw_ih, dw_hh, db_ih, db_hh = stepwise.lstm_weight_grads(
+                dgates, x, y, h0, sched, w_ih, has_bias, need_dx)
+            return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, None
         reason = BARRIER_FAILED
     _fallback("LSTM backward", reason)
     return stepwise.lstm_backward(dy, dh_n, dc_n, x, sched, h0, c0, w_ih, w_hh, w_hr, y, gates,
@@ -118,10 +117,9 @@ def gru_backward(dy, dh_n, x, sched, h0, w_ih, w_hh, y, gates, has_bias, need_dx
         out = _launch(gru_persistent_bwd, plan, dy, dh_n, sched, h0, w_hh, y, gates)
         if out is not None:
             dgx, drec, dh0 = out  # (N, 3H), (N, 3H), (B, H)
-            h_prev = stepwise.previous_states(y, h0, sched)
-            return (dgx @ w_ih if need_dx else None, dh0, dgx.t() @ x, drec.t() @ h_prev,
-                    stepwise.column_sum(dgx) if has_bias else None,
-                    stepwise.column_sum(drec) if has_bias else None)
+            dx, dw_ih, dw_hh, db_ih, db_hh = stepwise.gru_weight_grads(
+                dgx, drec, x, y, h0, sched, w_ih, has_bias, need_dx)
+            return dx, dh0, dw_ih, dw_hh, db_ih, db_hh
         reason = BARRIER_FAILED
     _fallback("GRU backward", reason)
     return stepwise.gru_backward(dy, dh_n, x, sched, h0, w_ih, w_hh, y, gates, has_bias, need_dx)

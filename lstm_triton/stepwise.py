@@ -46,6 +46,23 @@ def column_sum(dg):
     return dg.sum(0, dtype=state_dtype(dg.dtype)).to(dg.dtype)
 
 
+def lstm_weight_grads(dgates, x, y, h0, sched, w_ih, has_bias, need_dx):
+    """(dx, dw_ih, dw_hh, db_ih, db_hh) from the gate gradients of all steps (N, 4H):
+    big GEMMs after the loop, shared by every backend. db_ih == db_hh (both biases
+    enter the same pre-activation), returned as two tensors."""
+    db = column_sum(dgates) if has_bias else None
+    return (dgates @ w_ih if need_dx else None, dgates.t() @ x,
+            dgates.t() @ previous_states(y, h0, sched), db, None if db is None else db.clone())
+
+
+def gru_weight_grads(dgx, drec, x, y, h0, sched, w_ih, has_bias, need_dx):
+    """(dx, dw_ih, dw_hh, db_ih, db_hh) from the input and recurrent pre-activation
+    gradients of all steps (N, 3H each), shared by every backend."""
+    return (dgx @ w_ih if need_dx else None, dgx.t() @ x,
+            drec.t() @ previous_states(y, h0, sched),
+            column_sum(dgx) if has_bias else None, column_sum(drec) if has_bias else None)
+
+
 def _prev_rows(tensor, sched, t):
     rows, n_prev = sched.previous(t)
     return (tensor[rows] if rows is not None else None), n_prev
@@ -102,10 +119,9 @@ def lstm_backward(dy, dh_n, dc_n, x, sched, h0, c0, w_ih, w_hh, w_hr, y, gates, 
         lstm_step_bwd(dm, dh_carried, dc, gates[rows], c_all[rows], c_prev, n_prev, c0_state,
                       dgates[rows])
         torch.mm(dgates[rows], w_hh, out=dh_rec[:bs])
-    h_prev = previous_states(y, h0, sched)
-    db = column_sum(dgates) if has_bias else None
-    return (dgates @ w_ih if need_dx else None, dh_rec, dc.to(x.dtype),
-            dgates.t() @ x, dgates.t() @ h_prev, db, None if db is None else db.clone(),
+    dx, dw_ih, dw_hh, db_ih, db_hh = lstm_weight_grads(dgates, x, y, h0, sched, w_ih, has_bias,
+                                                       need_dx)
+    return (dx, dh_rec, dc.to(x.dtype), dw_ih, dw_hh, db_ih, db_hh,
             dh_all.t() @ m_all if proj else None)
 
 
@@ -139,7 +155,6 @@ def gru_backward(dy, dh_n, x, sched, h0, w_ih, w_hh, y, gates, has_bias, need_dx
         h_prev, n_prev = _prev_rows(y, sched, t)
         gru_step_bwd(dy[rows], dh_rec, gates[rows], h_prev, n_prev, h0, dgx[rows], drec[rows])
         dh_rec[:bs].addmm_(drec[rows], w_hh)
-    h_prev_all = previous_states(y, h0, sched)
-    return (dgx @ w_ih if need_dx else None, dh_rec,
-            dgx.t() @ x, drec.t() @ h_prev_all,
-            column_sum(dgx) if has_bias else None, column_sum(drec) if has_bias else None)
+    dx, dw_ih, dw_hh, db_ih, db_hh = gru_weight_grads(dgx, drec, x, y, h0, sched, w_ih, has_bias,
+                                                      need_dx)
+    return dx, dh_rec, dw_ih, dw_hh, db_ih, db_hh
