@@ -1,6 +1,5 @@
 """Argument checks: the exception types nn.LSTM / nn.GRU raise, with messages that
 say what to change. Everything is checked before any kernel runs."""
-import torch
 
 
 def check_input(name, x, input_size, weight_dtype, packed):
@@ -60,7 +59,3 @@ def check_device(x, weight, *states):
                 f"Input and parameter tensors are not at the same device, found input tensor at "
                 f"{t.device} and parameter tensor at {weight.device}; move them with "
                 f".to({weight.device}).")
-
-
-def is_unsupported_dtype(dtype):
-    return dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
