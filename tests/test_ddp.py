@@ -5,7 +5,6 @@ same seed; DDP averages the gradients, which (with a loss averaged over the
 batch) must equal the gradients of a single process on the whole batch.
 """
 import os
-import socket
 
 import pytest
 import torch
@@ -49,18 +48,15 @@ def loss_fn(model, x, target):
     return (model(x) - target).square().mean()
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def worker(rank, port, out_dir):
+def worker(rank, out_dir):
     # The interpreter must be chosen before triton decorates the kernels (import time).
     os.environ["TRITON_INTERPRET"] = "1"
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"  # the ranks talk over loopback only
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                           world_size=WORLD)
+    # A file store, not TCP: with TCP, rank 0 hosts the store, and a rank still tearing
+    # down after rank 0 exits can abort ("terminate called without an active exception").
+    dist.init_process_group("gloo", init_method=f"file://{os.path.join(out_dir, 'store')}",
+                            rank=rank, world_size=WORLD)
     try:
         model = nn.parallel.DistributedDataParallel(build_model())
         x, target = batch()
@@ -68,6 +64,7 @@ def worker(rank, port, out_dir):
         loss_fn(model, x[shard], target[shard]).backward()
         grads = {name: p.grad for name, p in model.module.named_parameters()}
         torch.save(grads, os.path.join(out_dir, f"grads_{rank}.pt"))
+        dist.barrier()  # both ranks are done before either tears the group down
     finally:
         dist.destroy_process_group()
 
@@ -75,7 +72,7 @@ def worker(rank, port, out_dir):
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                     reason="torch.distributed with gloo is not available")
 def test_ddp_gradients_equal_single_process(tmp_path):
-    mp.spawn(worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(worker, args=(str(tmp_path),), nprocs=WORLD, join=True)
 
     model = build_model()
     x, target = batch()
