@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from rnn_testing import assert_close
+from rnn_testing import assert_close, interpreter_only
 from torch import nn
 
 WORLD = 2
@@ -74,6 +74,7 @@ def worker(rank, out_dir):
     os._exit(0)
 
 
+@interpreter_only  # CPU processes over gloo, kernels interpreted in each rank
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                     reason="torch.distributed with gloo is not available")
 def test_ddp_gradients_equal_single_process(tmp_path):

@@ -3,6 +3,8 @@ import importlib.util
 import math
 from pathlib import Path
 
+import torch
+
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "char_lm.py"
 
 
@@ -18,7 +20,10 @@ def test_char_lm_curves_agree(capsys):
     steps = 4
     reference, triton = char_lm.main([
         "--steps", str(steps), "--batch", "2", "--seq-len", "5", "--embed", "4",
-        "--hidden", "6", "--layers", "2", "--dropout", "0.2", "--backend", "stepwise"])
+        "--hidden", "6", "--layers", "2", "--backend", "stepwise",
+        # cuDNN draws nn.LSTM's dropout masks from its own generator: exact agreement
+        # with dropout holds on the CPU only.
+        "--dropout", "0.0" if torch.cuda.is_available() else "0.2"])
     assert len(reference) == len(triton) == steps
     assert all(math.isfinite(x) for x in reference + triton)
     n_symbols = len(char_lm.corpus()[1])
