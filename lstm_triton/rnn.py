@@ -107,7 +107,7 @@ class _TritonRNNDriver(BackendOption):
         elif sorted_indices is not None:  # its length is static: torch.compile needs no guard
             batch = sorted_indices.shape[0]
         else:
-            batch = int(batch_sizes[0])
+            batch = self._packed_batch(batch_sizes, hx)
 
         n_dir = 2 if self.bidirectional else 1
         proj = getattr(self, "proj_size", 0)
@@ -145,6 +145,20 @@ class _TritonRNNDriver(BackendOption):
             elif self.batch_first:
                 output = output.transpose(0, 1)
         return output, (tuple(finals) if lstm else finals[0])
+
+    def _packed_batch(self, batch_sizes, hx):
+        """Batch of a sorted PackedSequence (no sorted_indices). Given states fix it
+        statically; its agreement with batch_sizes[0] is then a runtime check, which
+        torch.compile can keep (it cannot guard a shape on batch_sizes' values)."""
+        first = None if hx is None else (hx[0] if isinstance(hx, (tuple, list)) else hx)
+        if first is None or first.dim() != 3:
+            return int(batch_sizes[0])
+        batch = first.shape[1]
+        message = (f"the states hold a batch of {batch} but the PackedSequence a different one "
+                   f"(batch_sizes[0]): give states of shape (num_layers * num_directions, "
+                   f"batch_sizes[0], hidden).")
+        torch._check(int(batch_sizes[0]) == batch, lambda: message)  # kept by torch.compile
+        return batch
 
     def _initial_states(self, hx, batched, x, h_shape, c_shape, lstm):
         if hx is None:

@@ -102,11 +102,13 @@ class PackedEncoder(nn.Module):
         return out.data.sum(0) + h_n.sum((0, 2)).sum() + c_n.square().sum()
 
 
-def test_compiled_packed_sequence_matches_eager():
+@pytest.mark.parametrize("enforce_sorted", [False, True], ids=["unsorted", "sorted"])
+def test_compiled_packed_sequence_matches_eager(enforce_sorted):
     torch._dynamo.reset()
     model = PackedEncoder().to(DTYPE)
-    packed = pack_sequence([torch.randn(n, 3, dtype=DTYPE) for n in (2, 5, 1)],
-                           enforce_sorted=False)
+    lengths = (5, 2, 1) if enforce_sorted else (2, 5, 1)
+    packed = pack_sequence([torch.randn(n, 3, dtype=DTYPE) for n in lengths],
+                           enforce_sorted=enforce_sorted)
     hx = tuple(torch.randn(2, 3, 4, dtype=DTYPE) for _ in range(2))
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     check_same_as_eager(model, compiled, packed, hx)
