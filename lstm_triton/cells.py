@@ -13,11 +13,8 @@ batched (B, I) or unbatched (I,) input, hx optional (zeros).
 import torch
 from torch import nn
 
-from . import reference
 from .dispatch import choose_backend
-from .rnn import BackendOption
-from .ops import rnn_layer
-from .schedule import Schedule
+from .rnn import BackendOption, run_layer
 
 
 def cell_autocast_dtype(device_type, dtype):
@@ -100,21 +97,8 @@ class _TritonCellDriver(BackendOption):
         h0, c0 = states[0], (states[1] if lstm else None)
 
         backend = choose_backend(self.backend, x.device)
-        if backend == "reference":
-            sched = Schedule.build(None, x.shape[0], x.shape[0], False)
-            if lstm:
-                _, h, c = reference.lstm_layer(x, sched, h0, c0, *weights)
-                new = (h, c)
-            else:
-                new = (reference.gru_layer(x, sched, h0, *weights)[1],)
-        else:
-            w_ih, w_hh, b_ih, b_hh = weights
-            tensors = [x, h0, c0, *weights]
-            save = torch.is_grad_enabled() and any(
-                t is not None and t.requires_grad for t in tensors)
-            _, h, c, *_ = rnn_layer(self.cell, backend, x, None, h0, c0, w_ih.contiguous(),
-                                    w_hh.contiguous(), b_ih, b_hh, None, False, save)
-            new = (h, c) if lstm else (h,)
+        _, h, c = run_layer(self.cell, backend, x, None, h0, c0, (*weights, None), False)
+        new = (h, c) if lstm else (h,)
         return new if batched else tuple(s.squeeze(0) for s in new)
 
 

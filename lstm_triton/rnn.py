@@ -47,6 +47,30 @@ def allow_dynamo_tracing():
     torch._dynamo.config.allow_rnn = True
 
 
+def run_layer(cell, backend, x, batch_sizes, h0, c0, weights, reverse):
+    """One layer-direction on `backend`: y (N, P), h_n (B, P), c_n (B, H) or None for GRU.
+
+    weights: (w_ih, w_hh, b_ih, b_hh, w_hr), absent ones None. The layers of
+    TritonLSTM/TritonGRU and each call of the cells (a one-step layer) go through here.
+    """
+    w_ih, w_hh, b_ih, b_hh, w_hr = weights
+    lstm = cell == "lstm"
+    h0 = h0.contiguous()
+    c0 = c0.contiguous() if lstm else None
+    if backend == "reference":
+        sched = Schedule.build(batch_sizes, x.shape[0], h0.shape[0], reverse)
+        if lstm:
+            return reference.lstm_layer(x, sched, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+        y, h_n = reference.gru_layer(x, sched, h0, w_ih, w_hh, b_ih, b_hh)
+        return y, h_n, None
+    tensors = [x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr]
+    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    y, h_n, c_n, *_ = rnn_layer(
+        cell, backend, x, batch_sizes, h0, c0, w_ih.contiguous(), w_hh.contiguous(),
+        b_ih, b_hh, w_hr.contiguous() if w_hr is not None else None, reverse, save)
+    return y, h_n, (c_n if lstm else None)
+
+
 class BackendOption:
     """Mixin: the keyword-only `backend` every Triton module adds to torch's constructor
     (placed before the torch class in the bases, so torch's __init__ runs unchanged)."""
@@ -191,8 +215,8 @@ class _TritonRNNDriver(BackendOption):
                            for w in self._layer_weights(layer, direction)]
                 h0 = states[0][k]
                 c0 = states[1][k] if lstm else None
-                y, h_n, c_n = self._layer(layer_input, batch_sizes, h0, c0, weights,
-                                          direction == 1, backend)
+                y, h_n, c_n = run_layer(self.cell, backend, layer_input, batch_sizes, h0, c0,
+                                        weights, direction == 1)
                 outs.append(y)
                 h_all.append(h_n)
                 c_all.append(c_n)
@@ -201,24 +225,6 @@ class _TritonRNNDriver(BackendOption):
                 layer_input = F.dropout(layer_input, self.dropout, training=True)
         finals = [torch.stack(h_all)] + ([torch.stack(c_all)] if lstm else [])
         return layer_input, finals
-
-    def _layer(self, x, batch_sizes, h0, c0, weights, reverse, backend):
-        w_ih, w_hh, b_ih, b_hh, w_hr = weights
-        lstm = self.cell == "lstm"
-        h0 = h0.contiguous()
-        c0 = c0.contiguous() if lstm else None
-        if backend == "reference":
-            sched = Schedule.build(batch_sizes, x.shape[0], h0.shape[0], reverse)
-            if lstm:
-                return reference.lstm_layer(x, sched, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
-            y, h_n = reference.gru_layer(x, sched, h0, w_ih, w_hh, b_ih, b_hh)
-            return y, h_n, None
-        tensors = [x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr]
-        save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-        y, h_n, c_n, *_ = rnn_layer(
-            self.cell, backend, x, batch_sizes, h0, c0, w_ih.contiguous(), w_hh.contiguous(),
-            b_ih, b_hh, w_hr.contiguous() if w_hr is not None else None, reverse, save)
-        return y, h_n, (c_n if lstm else None)
 
 
 class TritonLSTM(_TritonRNNDriver, nn.LSTM):
