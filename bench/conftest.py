@@ -62,12 +62,19 @@ class Lab:
         return self._setup
 
     def new_row(self, case, sweep_names, pass_, impl) -> dict:
-        row = dict(date=self.date, device=self.device_name, **self.versions, smoke=self.smoke,
+        row = dict(date=self.date, device=self.device_name, capability=self.capability,
+                   **self.versions, smoke=self.smoke,
                    sweep="+".join(sweep_names), impl=impl, backend=measure.backend_of(impl) or "",
                    pass_=pass_, **vars(case), timer=self.timer,
                    tf32=torch.backends.cuda.matmul.allow_tf32)
         row["pass"] = row.pop("pass_")
         return row
+
+    @property
+    def capability(self) -> str:
+        if self.device.type != "cuda":
+            return ""
+        return "{}.{}".format(*torch.cuda.get_device_capability(self.device))
 
     @property
     def timer(self):

@@ -21,7 +21,9 @@ REPO = Path(__file__).resolve().parents[1]
 REPORTS = REPO / "reports"
 
 COLUMNS = (
-    "date", "device", "torch", "triton",
+    "date", "device",
+    "capability",  # CUDA compute capability, e.g. 9.0 (empty on CPU): keys the auto table
+    "torch", "triton",
     "commit",  # `git describe --always --dirty` of the tree measured ("-dirty": uncommitted code)
     "smoke", "sweep",
     *KEY_COLUMNS[:1], "impl", "backend", KEY_COLUMNS[1], "pass", *KEY_COLUMNS[2:],

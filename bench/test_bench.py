@@ -16,7 +16,7 @@ import torch
 
 from bench import measure
 from bench.sweeps import flops
-from lstm_triton.dispatch import choose_backend, triton_can_run
+from lstm_triton.dispatch import Workload, choose_backend, triton_can_run
 
 
 def test_lab(lab, lab_param, benchmark):
@@ -33,7 +33,10 @@ def test_lab(lab, lab_param, benchmark):
         finish("skipped", note="Triton cannot run on this device without TRITON_INTERPRET=1")
         pytest.skip(row["note"])
     if backend == "auto":
-        row["backend"] = "auto->" + choose_backend("auto", device)
+        # what auto picks for this call (dispatch.py; cuDNN until a sweep is calibrated)
+        workload = Workload(case.cell, measure.DTYPES[case.dtype], case.batch, case.hidden_size,
+                            case.seq_len, training=pass_ == "fwdbwd")
+        row["backend"] = "auto->" + choose_backend("auto", device, workload)
 
     setup = lab.setup(case)
     tolerance = measure.TOLERANCE[case.dtype]

@@ -34,6 +34,11 @@ def cell_autocast_dtype(device_type, dtype):
 class _TritonCellDriver(BackendOption):
     """Mixin holding the forward shared by TritonLSTMCell and TritonGRUCell."""
 
+    def forward(self, input, hx=None):
+        if choose_backend(self.backend, input.device) == "torch":
+            return super(BackendOption, self).forward(input, hx)  # torch's own cell
+        return self._cell_forward(input, hx)
+
     def _check(self, x, states):
         name = type(self).__name__
         if x.dim() not in (1, 2):
@@ -105,13 +110,14 @@ class _TritonCellDriver(BackendOption):
 class TritonLSTMCell(_TritonCellDriver, nn.LSTMCell):
     """Drop-in `nn.LSTMCell`: `h_1, c_1 = cell(input, (h_0, c_0))`, one fused step per call.
 
-    backend: "auto" | "stepwise" | "reference" (see lstm_triton.dispatch); a
-    single step has no time loop, so "persistent" gains nothing here.
+    backend: "auto" | "stepwise" | "torch" | "reference" (see lstm_triton.dispatch); a
+    single step has no time loop, so "persistent" gains nothing here, and "auto" runs
+    stepwise wherever Triton runs (torch's own cell elsewhere).
     """
 
     cell = "lstm"
 
-    def forward(self, input, hx=None):
+    def _cell_forward(self, input, hx):
         if hx is not None and len(hx) != 2:
             raise RuntimeError("TritonLSTMCell expects hx as a tuple (h_0, c_0); pass both.")
         return self._step(input, list(hx) if hx is not None else [])
@@ -122,5 +128,5 @@ class TritonGRUCell(_TritonCellDriver, nn.GRUCell):
 
     cell = "gru"
 
-    def forward(self, input, hx=None):
+    def _cell_forward(self, input, hx):
         return self._step(input, [hx] if hx is not None else [])[0]

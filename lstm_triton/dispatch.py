@@ -1,17 +1,27 @@
 """Backend choice, in one place.
 
-  "reference"  pure-PyTorch loop (autograd), any device: the oracle, and what
-               CPU tensors get by default when Triton cannot run (no interpreter).
+  "reference"  pure-PyTorch loop (autograd), any device: the oracle.
+  "torch"      torch's own module (nn.LSTM.forward / nn.GRU.forward on the same
+               parameters): cuDNN on CUDA, ATen's kernels on the CPU.
   "stepwise"   per step: cuBLAS recurrent GEMM + one fused Triton kernel.
   "persistent" the whole time loop in one Triton launch (kernels/persistent_*).
-  "auto"       picks among them from the table below.
+  "auto"       picks among them, below.
 
-Thresholds: no GPU measurement has been taken for this project yet, so "auto"
-makes no speed claim. It sends CUDA tensors to "stepwise" until the lab's
-persistent-vs-stepwise sweep (reports/) justifies a boundary. To change that,
-edit AUTO_CUDA_BACKEND (one name), or replace it by a rule over
-`persistent_plan` (e.g. persistent when a plan exists and batch <= some measured
-size), with the measurement that justifies it next to it.
+"auto":
+  - CPU tensors: "stepwise" under TRITON_INTERPRET=1 (that is how the CPU tests run
+    the kernels), else "torch" (Triton cannot run there; torch's CPU LSTM is faster
+    than the reference loop).
+  - CUDA tensors: the fastest backend *measured* at the nearest case of the lab's
+    sweeps, from lstm_triton/dispatch_table.py, which bench/calibrate.py writes from a
+    raw CSV under reports/raw/ (the table names its CSV). Nearest means the smallest
+    sum of |log2| ratios over batch, hidden size and sequence length, among
+    measurements of the same cell, dtype, pass (inference or training) and GPU
+    compute capability. A Triton backend is listed only where it beat cuDNN there.
+  - No measurement within a factor of MAX_LOG2_DISTANCE (in that sum), another GPU
+    generation, or an empty table: "torch", i.e. cuDNN. That default is what makes
+    "auto is never meaningfully behind cuDNN" true before any measurement exists:
+    as of this writing the table is empty (no GPU sweep has run), so auto on CUDA
+    runs cuDNN until a sweep shows a Triton backend faster.
 
 "persistent" is a request, served per layer-direction by `persistent_plan`;
 what it cannot serve runs on "stepwise", explicitly (persistent.py warns once
@@ -27,9 +37,37 @@ per reason):
 A W_hh slice too large to keep on chip is not a fallback: it streams from L2
 (kernels/persistent_config.py computes the limit from the device).
 """
+import math
+from dataclasses import dataclass
+
+import torch
+
+from . import dispatch_table
 from .kernels.config import interpreting
 
-BACKENDS = ("auto", "stepwise", "persistent", "reference")
+BACKENDS = ("auto", "stepwise", "persistent", "torch", "reference")
+TRITON_BACKENDS = ("stepwise", "persistent")
+
+# Beyond this many octaves (summed over batch, hidden, seq_len) from every measured
+# case, a measurement says nothing about the query: auto runs cuDNN.
+MAX_LOG2_DISTANCE = 2.0
+DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16",
+               torch.float64: "fp64"}
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What "auto" looks at: one module call (all layers share cell, dtype and shape)."""
+    cell: str  # "lstm" | "gru"
+    dtype: torch.dtype  # the dtype the layers run in (after autocast)
+    batch: int
+    hidden: int
+    seq_len: int
+    training: bool  # a backward will follow (grad enabled and something requires grad)
+
+    @property
+    def pass_(self) -> str:
+        return "fwdbwd" if self.training else "fwd"
 
 
 def validate_backend(backend):
@@ -41,25 +79,46 @@ def triton_can_run(device) -> bool:
     return device.type == "cuda" or (device.type == "cpu" and interpreting())
 
 
-def choose_backend(requested, device):
-    """The backend that runs a forward call on tensors of `device`."""
-    if requested == "reference":
-        return "reference"
+def choose_backend(requested, device, workload=None):
+    """The backend that runs a forward call on tensors of `device`.
+
+    workload: a Workload for "auto" on CUDA (None, e.g. a cell's single step: stepwise).
+    """
+    if requested in ("reference", "torch"):
+        return requested
     if not triton_can_run(device):
         if requested == "auto":
-            return "reference"
+            return "torch"
         raise RuntimeError(
             f"backend={requested!r} runs Triton kernels, which need CUDA tensors (or the Triton "
             f"interpreter: set TRITON_INTERPRET=1 before importing lstm_triton); got tensors "
-            f"on {device}. Use backend='auto' or 'reference' for this device.")
+            f"on {device}. Use backend='auto', 'torch' or 'reference' for this device.")
     if requested == "auto":
-        return AUTO_CUDA_BACKEND if device.type == "cuda" else "stepwise"
+        if device.type != "cuda" or workload is None:
+            return "stepwise"
+        return auto_cuda_backend(workload, torch.cuda.get_device_capability(device))
     return requested
 
 
-# What "auto" runs for CUDA tensors. "stepwise" until a persistent-vs-stepwise GPU sweep
-# committed under reports/raw/ shows where the persistent kernel wins.
-AUTO_CUDA_BACKEND = "stepwise"
+def auto_cuda_backend(workload, capability, table=None):
+    """The backend measured fastest at the nearest measured case (module docstring)."""
+    table = dispatch_table.MEASURED if table is None else table
+    cap = f"{capability[0]}.{capability[1]}"
+    dtype = DTYPE_NAMES.get(workload.dtype)
+    best, best_d = "torch", None
+    for row in table:
+        cell, row_cap, row_dtype, pass_, batch, hidden, seq_len, backend = row[:8]
+        if (cell, row_cap, row_dtype, pass_) != (workload.cell, cap, dtype, workload.pass_):
+            continue
+        d = (abs(math.log2(workload.batch / batch)) + abs(math.log2(workload.hidden / hidden))
+             + abs(math.log2(workload.seq_len / seq_len)))
+        if d > MAX_LOG2_DISTANCE:
+            continue
+        if best_d is None or d < best_d:
+            best, best_d = backend, d
+        elif d == best_d and backend != best:
+            best = "torch"  # equally near cases disagree: take no chance
+    return best
 
 
 def persistent_plan(cell, device, dtype, batch, hidden, out_size):

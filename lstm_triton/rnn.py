@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import checks, reference
-from .dispatch import choose_backend, validate_backend
+from .dispatch import Workload, choose_backend, validate_backend
 from .ops import rnn_layer
 from .schedule import Schedule
 
@@ -133,6 +133,17 @@ class _TritonRNNDriver(BackendOption):
         else:
             batch = self._packed_batch(batch_sizes, hx)
 
+        cast = autocast_dtype(self.cell, x.device.type, x.dtype, packed)
+        # With no cast rule, autocast still lets the input's dtype differ from the weights':
+        # torch then mostly answers in the input's dtype, so the layers run in it.
+        dtype = cast or x.dtype
+        seq_len = batch_sizes.shape[0] if packed else x.shape[0]
+        workload = Workload(self.cell, dtype, batch, self.hidden_size, seq_len,
+                            self._needs_grad(x, hx))
+        backend = choose_backend(self.backend, x.device, workload)
+        if backend == "torch":  # torch's own forward on the same parameters (cuDNN on CUDA)
+            return super(BackendOption, self).forward(input, hx)
+
         n_dir = 2 if self.bidirectional else 1
         proj = getattr(self, "proj_size", 0)
         out_size = proj if proj > 0 else self.hidden_size
@@ -142,15 +153,10 @@ class _TritonRNNDriver(BackendOption):
         if packed and sorted_indices is not None:
             states = [s.index_select(1, sorted_indices) for s in states]
 
-        cast = autocast_dtype(self.cell, x.device.type, x.dtype, packed)
-        # With no cast rule, autocast still lets the input's dtype differ from the weights':
-        # torch then mostly answers in the input's dtype, so the layers run in it.
-        dtype = cast or x.dtype
         weight_cast = dtype if dtype != weight.dtype else None
         rows = x.reshape(-1, x.shape[-1]) if not packed else x
         rows = rows.to(dtype).contiguous()
         states = [s.to(dtype) for s in states]
-        backend = choose_backend(self.backend, x.device)
 
         if not packed and batch == 0:  # a PackedSequence always holds a sequence
             out, finals = rows.new_zeros(rows.shape[0], n_dir * out_size), states
@@ -169,6 +175,13 @@ class _TritonRNNDriver(BackendOption):
             elif self.batch_first:
                 output = output.transpose(0, 1)
         return output, (tuple(finals) if lstm else finals[0])
+
+    def _needs_grad(self, x, hx):
+        """Whether a backward will follow: what auto's training / inference choice keys on."""
+        if not torch.is_grad_enabled():
+            return False
+        states = [] if hx is None else (list(hx) if isinstance(hx, (tuple, list)) else [hx])
+        return x.requires_grad or any(t.requires_grad for t in [*states, *self.parameters()])
 
     def _packed_batch(self, batch_sizes, hx):
         """Batch of a sorted PackedSequence (no sorted_indices). Given states fix it
@@ -232,7 +245,8 @@ class TritonLSTM(_TritonRNNDriver, nn.LSTM):
 
     Same constructor (plus keyword-only `backend`), parameters, state_dict and
     forward contract as `torch.nn.LSTM`: `output, (h_n, c_n) = lstm(input, (h_0, c_0))`.
-    backend: "auto" | "stepwise" | "persistent" | "reference" (see lstm_triton.dispatch).
+    backend: "auto" | "stepwise" | "persistent" | "torch" | "reference" (see
+    lstm_triton.dispatch; "torch" runs nn.LSTM's own forward, i.e. cuDNN on CUDA).
     """
 
     cell = "lstm"

@@ -8,7 +8,7 @@ the float32 parameters in float32.
 """
 import pytest
 import torch
-from rnn_testing import (DEVICE, TORCH_MODULES, as_tuple, assert_close, interpreter_only,
+from rnn_testing import (DEVICE, KERNEL_BACKENDS, TORCH_MODULES, as_tuple, assert_close, interpreter_only,
                          twin_modules)
 from torch import nn
 from torch.nn.utils.rnn import pack_sequence
@@ -34,9 +34,10 @@ def run(module, x, hx, device_type, dtype):
     return out, as_tuple(finals)
 
 
-def check_like_torch(cell, x_dtype, with_state, device, autocast_dtype, options=None):
+def check_like_torch(cell, x_dtype, with_state, device, autocast_dtype, options=None,
+                     backend="stepwise"):
     options = options or {}
-    module, oracle = twin_modules(cell, N_IN, H, device=device, **options)
+    module, oracle = twin_modules(cell, N_IN, H, device=device, backend=backend, **options)
     plain = TORCH_MODULES[cell](N_IN, H, device=device, **options)
     plain.load_state_dict(module.state_dict())
     x = torch.randn(2, 5, N_IN, device=device).to(x_dtype).requires_grad_()
@@ -91,11 +92,12 @@ def test_cpu_autocast_packed_like_torch(cell, x_dtype):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(DEVICE != "cuda", reason="needs CUDA")
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 @pytest.mark.parametrize("autocast_dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_cuda_autocast_dtypes_like_torch(cell, autocast_dtype):
+def test_cuda_autocast_dtypes_like_torch(cell, autocast_dtype, backend):
     """cuDNN runs LSTM and GRU in float16 under any CUDA autocast dtype; so do we."""
-    check_like_torch(cell, torch.float32, True, "cuda", autocast_dtype)
+    check_like_torch(cell, torch.float32, True, "cuda", autocast_dtype, backend=backend)
 
 
 @interpreter_only  # CPU autocast on the interpreted kernels

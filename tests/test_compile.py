@@ -69,6 +69,13 @@ MODELS = [
     pytest.param(lambda: TritonGRU(3, 4, bidirectional=True, batch_first=True,
                                    backend="stepwise"),
                  "aot_eager", id="gru-aot_eager"),
+    pytest.param(lambda: TritonGRU(3, 4, num_layers=2, batch_first=True, backend="persistent"),
+                 "aot_eager", id="gru-persistent-aot_eager"),
+    # auto: the kernels under the interpreter; on CUDA whatever dispatch picks (cuDNN with
+    # no measurement), which must compile too
+    pytest.param(lambda: TritonLSTM(3, 4, batch_first=True), "inductor", id="lstm-auto-inductor"),
+    pytest.param(lambda: TritonLSTM(3, 4, batch_first=True, backend="torch"), "aot_eager",
+                 id="lstm-torch-aot_eager"),
 ]
 
 

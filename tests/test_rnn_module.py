@@ -59,7 +59,7 @@ def test_unknown_backend_is_a_value_error():
 def test_triton_backends_on_cpu_without_interpreter_say_what_to_do(monkeypatch):
     monkeypatch.setattr(dispatch, "interpreting", lambda: False)
     cpu = torch.device("cpu")
-    assert dispatch.choose_backend("auto", cpu) == "reference"
+    assert dispatch.choose_backend("auto", cpu) == "torch"  # torch's own CPU kernels
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         dispatch.choose_backend("stepwise", cpu)
 
