@@ -35,6 +35,10 @@ def pytest_addoption(parser):
                          "Default: 'default' on a GPU, 'smoke' on CPU.")
     group.addoption("--device", default="auto", choices=("auto", "cuda", "cpu"),
                     help="where to measure (auto: cuda if available). cpu is always a smoke run.")
+    group.addoption("--impl", action="append", default=None, metavar="NAME",
+                    help="implementation(s) to measure, repeatable or comma-separated: "
+                         "triton-stepwise, triton-persistent, triton-auto, and the baseline "
+                         "(cudnn on a GPU, torch-cpu on CPU). Default: all of them.")
     group.addoption("--lab-reports", default=None, metavar="DIR",
                     help="reports directory to write (default: <repo>/reports)")
     group.addoption("--no-lab-report", action="store_true",
@@ -47,6 +51,7 @@ class Lab:
     device: torch.device
     device_name: str
     sweeps: tuple
+    impls: tuple
     smoke: bool
     date: str
     versions: dict
@@ -118,9 +123,13 @@ def pytest_configure(config):
     # while the Triton backends' cuBLAS GEMMs would not.
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
+    try:
+        impls = measure.select_impls(config.getoption("--impl"), device)
+    except ValueError as e:
+        raise pytest.UsageError(str(e)) from None
     reports = config.getoption("--lab-reports") or rows.REPORTS
     config.stash[_LAB] = Lab(
-        device=device, device_name=_device_name(device), sweeps=names,
+        device=device, device_name=_device_name(device), sweeps=names, impls=impls,
         smoke=(not on_gpu) or names == sweeps.SMOKE_SWEEPS,
         date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
         versions=dict(torch=torch.__version__, triton=metadata.version("triton"),
@@ -133,12 +142,13 @@ def pytest_report_header(config):
     if lab is None:
         return None
     lines = [f"lstm_triton lab: device={lab.device_name} sweeps={','.join(lab.sweeps)} "
+             f"impls={','.join(lab.impls)} "
              f"torch={lab.versions['torch']} triton={lab.versions['triton']}"]
     if lab.smoke:
         lines.append(f"lstm_triton lab: {SMOKE_BANNER if lab.device.type == 'cpu' else 'SMOKE RUN'}"
                      " — rows go to reports/smoke/")
     else:
-        est = sweeps.estimate_seconds(lab.sweeps) / 60
+        est = sweeps.estimate_seconds(lab.sweeps, lab.impls) / 60
         lines.append(f"lstm_triton lab: estimated {est:.1f} min on an H100 (bench/sweeps.py)")
     return lines
 
@@ -152,7 +162,7 @@ def pytest_generate_tests(metafunc):
     for case, names in sweeps.cases_of(lab.sweeps):
         for pass_ in ("fwd", "fwdbwd"):
             group = f"{case.id}-{pass_}"
-            for impl in measure.impls_for(lab.device):
+            for impl in lab.impls:
                 params.append(pytest.param(
                     (case, names, pass_, impl),
                     id=("smoke-" if lab.smoke else "") + f"{group}-{impl}",

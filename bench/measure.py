@@ -43,6 +43,19 @@ def impls_for(device: torch.device) -> tuple:
     return TRITON_IMPLS + (baseline_impl(device),)
 
 
+def select_impls(values, device: torch.device) -> tuple:
+    """Implementations from --impl values (repeatable, comma-separated); None: all of them."""
+    known = impls_for(device)
+    if not values:
+        return known
+    chosen = [v.strip() for value in values for v in value.split(",") if v.strip()]
+    unknown = [v for v in chosen if v not in known]
+    if unknown:
+        raise ValueError(f"unknown --impl {', '.join(unknown)}; on {device.type}: "
+                         + ", ".join(known))
+    return tuple(i for i in known if i in chosen)
+
+
 def backend_of(impl: str):
     """The TritonLSTM backend an impl name stands for, or None for torch's module."""
     return impl.removeprefix("triton-") if impl.startswith("triton-") else None

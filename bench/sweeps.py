@@ -112,6 +112,18 @@ SWEEPS = {s.name: s for s in [
           "hidden_size", tuple(_lstm(1, 512, h) for h in HIDDENS)),
     Sweep("dtype-long", "dtypes over a long sequence (B=8, T=4096, H=512)", "dtype",
           _both_cells([_lstm(8, 4096, 512, dtype=d) for d in DTYPES])),
+    # ------------------------------------------- issue 6's bar (behind --sweep bar-lstm / bar-gru)
+    # T=1024, one layer: B 1..64 x H 256..1024 in bf16 and fp32 (the 3x / 2x ratios and the
+    # 2 us/step), cuDNN's own persistent case (fp16, B=16, H=768), and large batch (B=256,
+    # where auto must stay within 10% of cuDNN). Their rows also feed bench/calibrate.py.
+    *[Sweep(f"bar-{cell}", f"issue 6's bar for the {cell.upper()}: T=1024, batch 1-256, "
+            f"H 256-1024, bf16/fp32, and fp16 B=16 H=768", "shape",
+            tuple(_lstm(b, 1024, h, dtype=d, cell=cell)
+                  for d in ("bf16", "fp32") for b in (1, 16, 64) for h in (256, 512, 1024))
+            + (_lstm(16, 1024, 768, dtype="fp16", cell=cell),)
+            + tuple(_lstm(256, 1024, h, dtype=d, cell=cell)
+                    for d in ("bf16", "fp16") for h in (512, 1024)))
+      for cell in ("lstm", "gru")],
     # ------------------------------------------------------------- CPU smoke sweep
     Sweep("smoke", "SMOKE: does the lab run end to end? (interpreter on CPU, not performance)",
           "seq_len",

@@ -1,26 +1,55 @@
 #!/usr/bin/env bash
-# One call of the device tool does the whole GPU job and brings the raw results back:
-#   install (offline), the GPU-only tests, the rest of the suite on CUDA, the lab's default
-#   sweep. Usage (device tool): bash scripts/gpu_run.sh [extra lab args]; results in $OUT.
-# Budget inside the tool's 10-minute command limit: 120 s + 150 s of tests, 300 s of lab
-# (each phase is cut at its limit and the next still runs; logs say where it stopped).
+# The GPU job, in phases that each fit one device-tool command (10 minutes) and bring the
+# raw results back under $OUT. A session with 30 minutes of device time runs them in order:
+#
+#   bash scripts/gpu_run.sh main   install; GPU-only tests (120 s); the rest of the suite on
+#                                  CUDA (150 s); the grid-barrier floor (bench/barrier.py);
+#                                  the lab's default sweep (300 s)
+#   bash scripts/gpu_run.sh bar    issue 6's bar: --sweep bar-lstm,bar-gru for stepwise,
+#                                  persistent and cuDNN (~5 min by bench/sweeps.py)
+#   bash scripts/gpu_run.sh auto   after `python -m bench.calibrate` has written the dispatch
+#                                  table from the bar CSV: auto against cuDNN on the bar cases
+#
+# Extra arguments go to the lab's pytest. Each phase is cut at its limit and the next still
+# runs; the logs say where it stopped. Files back (the tool returns at most 8): the raw CSVs,
+# and results-<phase>.tgz holding the logs and reports/ as the phase left it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+phase=${1:-main}
+shift || true
 out=${OUT:-/tmp/lstm_triton_gpu}
-mkdir -p "$out"
+logs=$(mktemp -d)/logs-$phase
+mkdir -p "$out" "$logs"
 export PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-deps --no-build-isolation -e . >"$out/install.log" 2>&1
-{ nvidia-smi; python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', \
-triton.__version__, torch.cuda.get_device_name())"; } >"$out/env.txt" 2>&1
-cat "$out/env.txt"
+python3 -m pip install -q --no-deps --no-build-isolation -e . >"$logs/install.log" 2>&1
+{ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv
+  python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', \
+triton.__version__, torch.cuda.get_device_name(), torch.cuda.get_device_capability())"
+} >"$logs/env.txt" 2>&1
+cat "$logs/env.txt"
 run() {  # seconds, log name, command...
   local seconds=$1 log=$2; shift 2
-  timeout "$seconds" "$@" 2>&1 | tee "$out/$log" | tail -25
+  timeout "$seconds" "$@" 2>&1 | tee "$logs/$log" | tail -25
 }
-run "${GPU_TEST_SECONDS:-120}" gpu-tests.log python3 -m pytest tests/test_gpu.py \
-  tests/test_persistent.py -q -p no:cacheprovider --maxfail=25 --durations=10
-run "${TEST_SECONDS:-150}" tests.log python3 -m pytest tests/ -q -p no:cacheprovider \
-  --maxfail=25 --ignore tests/test_gpu.py --ignore tests/test_persistent.py --durations=10
-run "${LAB_SECONDS:-300}" lab.log python3 -m pytest bench/ --benchmark-only -p no:cacheprovider "$@"
-tar czf "$out/reports.tgz" reports/ 2>/dev/null
+lab() {  # seconds, log name, lab arguments...
+  local seconds=$1 log=$2; shift 2
+  run "$seconds" "$log" python3 -m pytest bench/ --benchmark-only -p no:cacheprovider "$@"
+}
+case "$phase" in
+  main)
+    run "${GPU_TEST_SECONDS:-120}" gpu-tests.log python3 -m pytest tests/test_gpu.py \
+      tests/test_persistent.py -q -p no:cacheprovider --maxfail=25 --durations=10
+    run "${TEST_SECONDS:-150}" tests.log python3 -m pytest tests/ -q -p no:cacheprovider \
+      --maxfail=25 --ignore tests/test_gpu.py --ignore tests/test_persistent.py --durations=10
+    run 60 barrier.log python3 -m bench.barrier
+    lab "${LAB_SECONDS:-300}" lab.log "$@" ;;
+  bar)
+    lab "${LAB_SECONDS:-560}" lab-bar.log --sweep bar-lstm,bar-gru \
+      --impl triton-stepwise,triton-persistent,cudnn "$@" ;;
+  auto)
+    lab "${LAB_SECONDS:-560}" lab-auto.log --sweep bar-lstm,bar-gru --impl triton-auto,cudnn "$@" ;;
+  *) echo "unknown phase $phase (main | bar | auto)"; exit 2 ;;
+esac
+cp reports/raw/*.csv "$out/" 2>/dev/null
+tar czf "$out/results-$phase.tgz" reports/ -C "$(dirname "$logs")" "logs-$phase" 2>/dev/null
 ls -la "$out"

@@ -117,3 +117,26 @@ def test_smoke_run_is_labelled_everywhere(tmp_path):
 def test_command_line(gpu_csv, tmp_path, capsys):
     report.main([str(gpu_csv), "--reports", str(tmp_path)])
     assert "2026-01-02-fixture-gpu-made-up-numbers.md" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ what the lab measures
+def test_impl_option_selects_implementations_and_rejects_unknown_ones():
+    import torch
+
+    from bench import measure
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert measure.select_impls(None, cuda) == measure.impls_for(cuda)
+    assert measure.select_impls(["cudnn,triton-persistent"], cuda) == ("triton-persistent",
+                                                                       "cudnn")
+    with pytest.raises(ValueError, match="torch-cpu"):
+        measure.select_impls(["cudnn"], cpu)  # no cuDNN on a CPU run
+
+
+def test_bar_sweeps_hold_every_case_issue_6_judges():
+    from bench import sweeps
+    for cell in ("lstm", "gru"):
+        cases = set(sweeps.SWEEPS[f"bar-{cell}"].cases)
+        bar = {(d, b, h) for d in ("bf16", "fp32") for b in (1, 16, 64) for h in (256, 512, 1024)}
+        bar |= {("fp16", 16, 768), ("bf16", 256, 1024), ("fp16", 256, 1024)}
+        for dtype, batch, hidden in bar:
+            assert sweeps.Case(cell, dtype, batch, 1024, hidden, hidden) in cases
