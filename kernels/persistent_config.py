@@ -15,10 +15,12 @@ limit is derived from the device's own properties, never from a model name:
             it fits in half of one program's shared memory (Triton keeps a
             loop-invariant tl.dot operand in shared memory: compiling for sm_90 shows
             the slice's bytes in the kernel's shared-memory size); otherwise streamed
-            from L2 in BLOCK_K chunks every step. float32 on a GPU always streams:
-            Triton 3.9's LLVM aborts (SLPVectorizer assertion) compiling the resident
-            LSTM forward with IEEE float32 dots for sm_90 (found by a compile-only
-            check without a GPU; Triton 3.6 not checked), and an abort cannot be caught.
+            from L2 in BLOCK_K chunks every step. float32 is resident only on the
+            Triton versions in FP32_RESIDENT_TRITON: Triton 3.9's LLVM aborts
+            (SLPVectorizer assertion) compiling the resident LSTM forward with IEEE
+            float32 dots for sm_90, and an abort cannot be caught; Triton 3.6 (the GPU
+            image's) compiles all four resident float32 kernels. Both found by
+            compile-only checks without a GPU (tests/test_persistent.py).
 
 Under the interpreter (CPU tests) programs run one after another, so a barrier
 with two programs would wait forever: the plan is a single program whose
@@ -40,6 +42,14 @@ DOT_NATIVE, DOT_IEEE_F32, DOT_FMA = 0, 1, 2
 SPIN_LIMIT = 1 << 20
 
 MIN_DOT = 16  # tl.dot needs every dimension >= 16
+
+# Triton versions (major, minor) known to compile the resident float32 kernels for sm_90
+# (see the module docstring); any other version streams float32 weights.
+FP32_RESIDENT_TRITON = {(3, 6)}
+
+
+def fp32_resident_compiles(version: str = triton.__version__) -> bool:
+    return tuple(int(p) for p in version.split(".")[:2]) in FP32_RESIDENT_TRITON
 
 
 @dataclass(frozen=True)
@@ -109,7 +119,8 @@ def plan(n_gates: int, device, dtype, batch: int, hidden: int):
     # rows of one slice: the same weights, padded differently.
     padded = max(_pow2(hidden) * n_gates, _pow2(n_gates * hidden))
     weight_bytes = padded * block_h * torch.tensor([], dtype=dtype).element_size()
-    resident = dot == DOT_NATIVE and weight_bytes <= smem_bytes // 2
+    resident = ((dot == DOT_NATIVE or (dot == DOT_IEEE_F32 and fp32_resident_compiles()))
+                and weight_bytes <= smem_bytes // 2)
     # float64 multiplies a (block_b, block_k, block_h) product in registers: keep it small.
     block_k = MIN_DOT if dot == DOT_FMA else 64
     return PersistentPlan(grid=grid, block_b=block_b, block_h=block_h, block_k=block_k,

@@ -127,6 +127,12 @@ def test_gpu_plan_never_launches_more_programs_than_sms(n_sm, hidden, monkeypatc
     assert plan.block_h >= 16 and plan.block_b >= 16 and plan.dot == persistent_config.DOT_NATIVE
 
 
+def test_float32_resident_weights_only_on_triton_versions_that_compile_them():
+    assert persistent_config.fp32_resident_compiles("3.6.0")
+    assert not persistent_config.fp32_resident_compiles("3.9.0")
+    assert not persistent_config.fp32_resident_compiles("3.7.1")  # never checked: streams
+
+
 def test_gpu_plan_streams_weights_that_do_not_fit_and_refuses_huge_batches(monkeypatch):
     monkeypatch.setattr(persistent_config, "_gpu_budget",
                         lambda device: (132, 256 * 1024, 227 * 1024))
@@ -134,7 +140,12 @@ def test_gpu_plan_streams_weights_that_do_not_fit_and_refuses_huge_batches(monke
     assert persistent_config.plan(4, cuda, torch.float16, 8, 256)[0].resident
     assert not persistent_config.plan(4, cuda, torch.float16, 8, 4096)[0].resident
     assert not persistent_config.plan(4, cuda, torch.float64, 8, 64)[0].resident  # no fp64 dot
-    assert not persistent_config.plan(4, cuda, torch.float32, 8, 64)[0].resident  # LLVM abort
+    # float32: resident only where this Triton compiles it (3.9's LLVM aborts, 3.6 does not)
+    monkeypatch.setattr(persistent_config, "fp32_resident_compiles", lambda: False)
+    assert not persistent_config.plan(4, cuda, torch.float32, 8, 64)[0].resident
+    monkeypatch.setattr(persistent_config, "fp32_resident_compiles", lambda: True)
+    assert persistent_config.plan(4, cuda, torch.float32, 8, 256)[0].resident
+    assert not persistent_config.plan(4, cuda, torch.float32, 8, 512)[0].resident  # 128 KiB
     plan, reason = persistent_config.plan(4, cuda, torch.float32, 100_000, 256)
     assert plan is None and "register file" in reason
 
@@ -243,13 +254,14 @@ COMPILE_FOR_SM90 = r'''
 import triton, triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from lstm_triton.kernels import persistent_gru, persistent_lstm
+from lstm_triton.kernels import persistent_config, persistent_gru, persistent_lstm
+FP32_RESIDENT = persistent_config.fp32_resident_compiles()  # else the GPU plans stream fp32
 DTYPES = {"fp16": (0, tl.float32), "bf16": (0, tl.float32), "fp32": (1, tl.float32),
           "fp64": (2, tl.float64)}
 for kernel in (persistent_lstm.lstm_persistent_fwd_kernel, persistent_lstm.lstm_persistent_bwd_kernel,
                persistent_gru.gru_persistent_fwd_kernel, persistent_gru.gru_persistent_bwd_kernel):
     for dt, resident in (("fp16", True), ("bf16", True), ("bf16", False), ("fp32", False),
-                         ("fp64", False)):
+                         ("fp32", FP32_RESIDENT), ("fp64", False)):
         dot, compute = DTYPES[dt]
         cx = dict(REVERSE=True, RESIDENT=resident, DOT=dot, COMPUTE=compute, BLOCK_B=16,
                   BLOCK_H=16, BLOCK_K=16 if dot == 2 else 64, K_PAD=128)
