@@ -57,6 +57,7 @@ class PersistentPlan:
     grid: int  # programs
     block_b: int  # padded batch rows
     block_h: int  # hidden units per program
+    block_o: int  # columns of the recurrent state h per program (LSTM projection: of P)
     block_k: int  # K-chunk of the streamed matmul
     resident: bool  # W_hh slice held across the time loop
     dot: int  # DOT_* mode
@@ -90,40 +91,47 @@ def _gpu_budget(device):
     return props.multi_processor_count, 4 * regs, smem
 
 
-def plan(n_gates: int, device, dtype, batch: int, hidden: int):
+def plan(n_gates: int, device, dtype, batch: int, hidden: int, width: int = 0):
     """(PersistentPlan, None) when a persistent launch can serve this layer, else (None, reason).
 
-    The recurrent state is (batch, hidden): no projection (proj_size) here.
+    width: columns of the recurrent state h, P for an LSTM with a projection (proj_size),
+    else hidden (0 means hidden). Programs split the hidden units for the cell update and,
+    with a projection, the P columns of h for the projection.
     """
+    width = width or hidden
     dot = dot_mode(dtype, device)
     block_b = _pow2(batch)
     if device.type == "cpu":
         if not interpreting():
             return None, "Triton kernels need CUDA tensors or TRITON_INTERPRET=1"
-        return PersistentPlan(grid=1, block_b=block_b, block_h=_pow2(hidden), block_k=MIN_DOT,
+        return PersistentPlan(grid=1, block_b=block_b, block_h=_pow2(hidden),
+                              block_o=_pow2(width), block_k=MIN_DOT,
                               resident=True, dot=dot, num_warps=4), None
     if device.type != "cuda":
         return None, f"no persistent kernel for device type {device.type!r}"
     n_sm, reg_bytes, smem_bytes = _gpu_budget(device)
     block_h = _pow2(triton.cdiv(hidden, n_sm))
     grid = triton.cdiv(hidden, block_h)
+    block_o = block_h if width == hidden else _pow2(triton.cdiv(width, grid))
     # Per-program state kept in registers: n_gates accumulators + c/h + a gate tile,
     # float32, (block_b x block_h) each. Beyond half the register file (a large batch,
     # or a hidden size so large for the SM count that each program owns hundreds of
     # units) stepwise's cuBLAS GEMMs serve better: the step is no longer latency-bound.
-    state_bytes = (n_gates + 3) * block_b * block_h * 4
+    state_bytes = (n_gates + 2) * block_b * block_h * 4 + block_b * block_o * 4
     if state_bytes > reg_bytes // 2:
         return None, (f"batch {batch} x {block_h} hidden units per program need {state_bytes} "
                       f"bytes of state, more than half of one SM's {reg_bytes}-byte register file")
-    # Forward holds K = hidden rows of n_gates gate slices, backward K = n_gates * hidden
-    # rows of one slice: the same weights, padded differently.
-    padded = max(_pow2(hidden) * n_gates, _pow2(n_gates * hidden))
-    weight_bytes = padded * block_h * torch.tensor([], dtype=dtype).element_size()
+    # Forward holds K = width rows of n_gates gate slices of block_h units, backward
+    # K = n_gates * hidden rows of block_o columns: the same weights, padded differently.
+    # (The projection's W_hr slice always streams.)
+    padded = max(_pow2(width) * n_gates * block_h, _pow2(n_gates * hidden) * block_o)
+    weight_bytes = padded * torch.tensor([], dtype=dtype).element_size()
     resident = ((dot == DOT_NATIVE or (dot == DOT_IEEE_F32 and fp32_resident_compiles()))
                 and weight_bytes <= smem_bytes // 2)
     # float64 multiplies a (block_b, block_k, block_h) product in registers: keep it small.
     block_k = MIN_DOT if dot == DOT_FMA else 64
-    return PersistentPlan(grid=grid, block_b=block_b, block_h=block_h, block_k=block_k,
+    return PersistentPlan(grid=grid, block_b=block_b, block_h=block_h, block_o=block_o,
+                          block_k=block_k,
                           resident=resident, dot=dot, num_warps=4), None
 
 

@@ -18,6 +18,14 @@ both the output (for the weight-gradient GEMMs after the loop) and the
 exchange buffer of the recurrence. One extra iteration after the last step
 produces dh0.
 
+With a projection (proj_size = P), h_t = m_t W_hr^T is P wide and needs all of
+m_t: each program writes its units of m_t to an (N, H) buffer (also what backward
+saves), the grid meets a second time, and each program projects a BLOCK_O slice
+of the P columns (W_hr streamed from L2; it is small next to W_hh). Backward
+likewise: the program's P-columns of dr = dy + dh are written to an (N, P)
+buffer (the dW_hr GEMM's input), a second meeting, then dm = dr W_hr[:, units].
+Without a projection BLOCK_O = BLOCK_H and the columns of h are the units.
+
 The launchers return None when the grid barrier failed (grid not co-resident);
 the caller then reruns the stepwise backend.
 """
@@ -38,104 +46,131 @@ from .tiles import load_gate, store_gate
 @triton.jit(do_not_specialize=["T", "spin_limit"])
 def lstm_persistent_fwd_kernel(
     gx_ptr,  # (N, 4H) x W_ih^T + b_ih + b_hh of every step
-    h0_ptr, c0_ptr,  # (B, H) initial states
-    w_hh_ptr,  # (4H, H)
-    y_ptr,  # (N, H) out, and h_{t-1} of the next step
-    h_n_ptr, c_n_ptr,  # (B, H) out
+    h0_ptr, c0_ptr,  # (B, R), (B, H) initial states (R = P with a projection, else H)
+    w_hh_ptr,  # (4H, R)
+    w_hr_ptr,  # (P, H) projection (PROJ)
+    y_ptr,  # (N, R) out, and h_{t-1} of the next step
+    m_ptr,  # (N, H) unprojected outputs (PROJ: the exchange buffer of the projection)
+    h_n_ptr, c_n_ptr,  # (B, R), (B, H) out
     gates_ptr, c_save_ptr,  # (N, 4H) activated gates, (N, H) cell states: out when SAVE
     bs_ptr, off_ptr, sync_ptr,  # (T,) batch sizes, (T,) first rows, int32[2] barrier state
-    T, B, H,
-    stride_gx, stride_h0, stride_c0, stride_w, stride_y, stride_hn, stride_cn,
-    stride_gates, stride_cs, spin_limit,
-    REVERSE: tl.constexpr, SAVE: tl.constexpr, RESIDENT: tl.constexpr, DOT: tl.constexpr,
-    COMPUTE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
-    BLOCK_K: tl.constexpr, K_PAD: tl.constexpr,
+    T, B, H, R,
+    stride_gx, stride_h0, stride_c0, stride_w, stride_whr, stride_y, stride_m, stride_hn,
+    stride_cn, stride_gates, stride_cs, spin_limit,
+    REVERSE: tl.constexpr, SAVE: tl.constexpr, PROJ: tl.constexpr, RESIDENT: tl.constexpr,
+    DOT: tl.constexpr, COMPUTE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+    BLOCK_O: tl.constexpr, BLOCK_K: tl.constexpr, K_PAD: tl.constexpr,
 ):
     row, units, unit_ok, state_mask = program_tile(BLOCK_B, BLOCK_H, B, H)
+    # this program's columns of the recurrent state h (R wide): its units, or with a
+    # projection a BLOCK_O slice of the P projected columns
+    _, cols, col_ok, out_mask = program_tile(BLOCK_B, BLOCK_O, B, R)
     c = load_gate(c0_ptr, row, units, stride_c0, 0, H, state_mask, COMPUTE)  # (BLOCK_B, BLOCK_H)
-    h = load_gate(h0_ptr, row, units, stride_h0, 0, H, state_mask, COMPUTE)
+    h = load_gate(h0_ptr, row, cols, stride_h0, 0, R, out_mask, COMPUTE)  # (BLOCK_B, BLOCK_O)
     if RESIDENT:  # this program's W_hh^T slices, (K_PAD, BLOCK_H) per gate, for all steps
         ks = tl.arange(0, K_PAD)
-        w_i = load_w_tile(w_hh_ptr, ks, H, units, unit_ok, 1, stride_w)
-        w_f = load_w_tile(w_hh_ptr, ks, H, H + units, unit_ok, 1, stride_w)
-        w_g = load_w_tile(w_hh_ptr, ks, H, 2 * H + units, unit_ok, 1, stride_w)
-        w_o = load_w_tile(w_hh_ptr, ks, H, 3 * H + units, unit_ok, 1, stride_w)
+        w_i = load_w_tile(w_hh_ptr, ks, R, units, unit_ok, 1, stride_w)
+        w_f = load_w_tile(w_hh_ptr, ks, R, H + units, unit_ok, 1, stride_w)
+        w_g = load_w_tile(w_hh_ptr, ks, R, 2 * H + units, unit_ok, 1, stride_w)
+        w_o = load_w_tile(w_hh_ptr, ks, R, 3 * H + units, unit_ok, 1, stride_w)
     n_prog = tl.num_programs(0)
+    meetings: tl.constexpr = 2 if PROJ else 1  # per step: the projection needs all of m
     ok = tl.load(sync_ptr + 1) == 0
     s = 0
     while (s < T) & ok:
-        ok = grid_barrier(sync_ptr, (s + 1) * n_prog, spin_limit)
+        ok = grid_barrier(sync_ptr, (meetings * s + 1) * n_prog, spin_limit)
         bs, off, bs_p, off_p = forward_step_rows(s, T, bs_ptr, off_ptr, REVERSE)
         n_prev = tl.minimum(bs_p, bs)  # rows continuing from the previous step; others from h0
         zero = tl.zeros((BLOCK_B, BLOCK_H), COMPUTE)
         if RESIDENT:
             h_prev = load_rows(y_ptr, off_p, n_prev, stride_y, h0_ptr, stride_h0, bs,
-                               row, ks[None, :], H)  # (BLOCK_B, K_PAD)
+                               row, ks[None, :], R)  # (BLOCK_B, K_PAD)
             pre_i = rec_dot(h_prev, w_i, zero, DOT)
             pre_f = rec_dot(h_prev, w_f, zero, DOT)
             pre_g = rec_dot(h_prev, w_g, zero, DOT)
             pre_o = rec_dot(h_prev, w_o, zero, DOT)
         else:
             pre_i = stream_matmul(zero, y_ptr, off_p, n_prev, stride_y, h0_ptr, stride_h0, bs, row,
-                                  w_hh_ptr, units, unit_ok, 1, stride_w, H, BLOCK_K, DOT)
+                                  w_hh_ptr, units, unit_ok, 1, stride_w, R, BLOCK_K, DOT)
             pre_f = stream_matmul(zero, y_ptr, off_p, n_prev, stride_y, h0_ptr, stride_h0, bs, row,
-                                  w_hh_ptr, H + units, unit_ok, 1, stride_w, H, BLOCK_K, DOT)
+                                  w_hh_ptr, H + units, unit_ok, 1, stride_w, R, BLOCK_K, DOT)
             pre_g = stream_matmul(zero, y_ptr, off_p, n_prev, stride_y, h0_ptr, stride_h0, bs, row,
-                                  w_hh_ptr, 2 * H + units, unit_ok, 1, stride_w, H, BLOCK_K, DOT)
+                                  w_hh_ptr, 2 * H + units, unit_ok, 1, stride_w, R, BLOCK_K, DOT)
             pre_o = stream_matmul(zero, y_ptr, off_p, n_prev, stride_y, h0_ptr, stride_h0, bs, row,
-                                  w_hh_ptr, 3 * H + units, unit_ok, 1, stride_w, H, BLOCK_K, DOT)
+                                  w_hh_ptr, 3 * H + units, unit_ok, 1, stride_w, R, BLOCK_K, DOT)
         active = row < bs
         mask = active & unit_ok
         rows = off + row  # packed rows of step t (int64)
         x_i, x_f, x_g, x_o = load_gates4(gx_ptr, rows, units, stride_gx, H, mask, COMPUTE)
         i, f, g, o, c_new, m = lstm_cell_forward(pre_i + x_i, pre_f + x_f, pre_g + x_g,
                                                  pre_o + x_o, c)
-        store_gate(y_ptr, rows, units, stride_y, 0, H, m, mask)
         if SAVE:
             store_gates4(gates_ptr, rows, units, stride_gates, H, i, f, g, o, mask)
             store_gate(c_save_ptr, rows, units, stride_cs, 0, H, c_new, mask)
         c = tl.where(active, c_new, c)
-        h = tl.where(active, m, h)
+        if PROJ:  # h_t = m_t W_hr^T: every program needs all of m_t, hence a second meeting
+            store_gate(m_ptr, rows, units, stride_m, 0, H, m, mask)
+            ok = ok & grid_barrier(sync_ptr, (meetings * s + 2) * n_prog, spin_limit)
+            h_t = stream_matmul(tl.zeros((BLOCK_B, BLOCK_O), COMPUTE), m_ptr, off, bs, stride_m,
+                                m_ptr, 0, bs, row, w_hr_ptr, cols, col_ok, 1, stride_whr, H,
+                                BLOCK_K, DOT)
+        else:
+            h_t = m
+        store_gate(y_ptr, rows, cols, stride_y, 0, R, h_t, active & col_ok)
+        h = tl.where(active, h_t, h)
         s += 1
-    store_gate(h_n_ptr, row, units, stride_hn, 0, H, h, state_mask)
+    store_gate(h_n_ptr, row, cols, stride_hn, 0, R, h, out_mask)
     store_gate(c_n_ptr, row, units, stride_cn, 0, H, c, state_mask)
 
 
 @triton.jit(do_not_specialize=["T", "spin_limit"])
 def lstm_persistent_bwd_kernel(
-    dy_ptr,  # (N, H) gradient of y
-    dh_n_ptr, dc_n_ptr,  # (B, H) gradients of the final states
+    dy_ptr,  # (N, R) gradient of y
+    dh_n_ptr, dc_n_ptr,  # (B, R), (B, H) gradients of the final states
     gates_ptr, c_save_ptr, c0_ptr,  # (N, 4H), (N, H) saved by forward; (B, H) c0
-    w_hh_ptr,  # (4H, H)
+    w_hh_ptr,  # (4H, R)
+    w_hr_ptr,  # (P, H) projection (PROJ)
+    dr_ptr,  # (N, P) out (PROJ): gradient of each step's projected output, all paths summed
     dgates_ptr,  # (N, 4H) out: pre-activation gate gradients, and the recurrence's exchange
-    dh0_ptr, dc0_ptr,  # (B, H) out
+    dh0_ptr, dc0_ptr,  # (B, R), (B, H) out
     bs_ptr, off_ptr, sync_ptr,
-    T, B, H,
-    stride_dy, stride_dhn, stride_dcn, stride_gates, stride_cs, stride_c0, stride_w, stride_dg,
-    stride_dh0, stride_dc0, spin_limit,
-    REVERSE: tl.constexpr, RESIDENT: tl.constexpr, DOT: tl.constexpr, COMPUTE: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, K_PAD: tl.constexpr,
+    T, B, H, R,
+    stride_dy, stride_dhn, stride_dcn, stride_gates, stride_cs, stride_c0, stride_w, stride_whr,
+    stride_dr, stride_dg, stride_dh0, stride_dc0, spin_limit,
+    REVERSE: tl.constexpr, PROJ: tl.constexpr, RESIDENT: tl.constexpr, DOT: tl.constexpr,
+    COMPUTE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_O: tl.constexpr,
+    BLOCK_K: tl.constexpr, K_PAD: tl.constexpr,
 ):
     row, units, unit_ok, state_mask = program_tile(BLOCK_B, BLOCK_H, B, H)
-    dh = load_gate(dh_n_ptr, row, units, stride_dhn, 0, H, state_mask, COMPUTE)  # carried dh
+    _, cols, col_ok, out_mask = program_tile(BLOCK_B, BLOCK_O, B, R)  # columns of h (forward)
+    dh = load_gate(dh_n_ptr, row, cols, stride_dhn, 0, R, out_mask, COMPUTE)  # carried dh
     dc = load_gate(dc_n_ptr, row, units, stride_dcn, 0, H, state_mask, COMPUTE)  # carried dc
     K = 4 * H
-    w = backward_weight_slice(w_hh_ptr, K, units, unit_ok, stride_w, RESIDENT, K_PAD)
+    w = backward_weight_slice(w_hh_ptr, K, cols, col_ok, stride_w, RESIDENT, K_PAD)
     n_prog = tl.num_programs(0)
+    meetings: tl.constexpr = 2 if PROJ else 1
     ok = tl.load(sync_ptr + 1) == 0
     s = 0
     while (s < T + 1) & ok:  # iteration T only finishes dh0
-        ok = grid_barrier(sync_ptr, (s + 1) * n_prog, spin_limit)
+        ok = grid_barrier(sync_ptr, (meetings * s + 1) * n_prog, spin_limit)
         bs, off, bs_p, off_p, bs_n, off_n = backward_step_rows(s, T, bs_ptr, off_ptr, REVERSE)
-        rec = backward_recurrence(tl.zeros((BLOCK_B, BLOCK_H), COMPUTE), dgates_ptr, off_n, bs_n,
-                                  stride_dg, w, w_hh_ptr, units, unit_ok, stride_w, K, row,
+        rec = backward_recurrence(tl.zeros((BLOCK_B, BLOCK_O), COMPUTE), dgates_ptr, off_n, bs_n,
+                                  stride_dg, w, w_hh_ptr, cols, col_ok, stride_w, K, row,
                                   RESIDENT, K_PAD, BLOCK_K, DOT)
         dh = tl.where(row < bs_n, rec, dh)
 
         active = row < bs
         mask = active & unit_ok
         rows = off + row
-        dm = load_gate(dy_ptr, rows, units, stride_dy, 0, H, mask, COMPUTE) + dh
+        if PROJ:  # dm = (dy + dh) W_hr needs every column of dy + dh: a second meeting
+            dr = load_gate(dy_ptr, rows, cols, stride_dy, 0, R, active & col_ok, COMPUTE) + dh
+            store_gate(dr_ptr, rows, cols, stride_dr, 0, R, dr, active & col_ok)
+            ok = ok & grid_barrier(sync_ptr, (meetings * s + 2) * n_prog, spin_limit)
+            dm = stream_matmul(tl.zeros((BLOCK_B, BLOCK_H), COMPUTE), dr_ptr, off, bs, stride_dr,
+                               dr_ptr, 0, bs, row, w_hr_ptr, units, unit_ok, stride_whr, 1, R,
+                               BLOCK_K, DOT)
+        else:
+            dm = load_gate(dy_ptr, rows, units, stride_dy, 0, H, mask, COMPUTE) + dh
         i, f, g, o = load_gates4(gates_ptr, rows, units, stride_gates, H, mask, COMPUTE)
         c = load_gate(c_save_ptr, rows, units, stride_cs, 0, H, mask, COMPUTE)
         c_prev = load_rows(c_save_ptr, off_p, tl.minimum(bs_p, bs), stride_cs, c0_ptr, stride_c0,
@@ -144,65 +179,75 @@ def lstm_persistent_bwd_kernel(
         store_gates4(dgates_ptr, rows, units, stride_dg, H, d_i, d_f, d_g, d_o, mask)
         dc = tl.where(active, dc_prev, dc)
         s += 1
-    store_gate(dh0_ptr, row, units, stride_dh0, 0, H, dh, state_mask)
+    store_gate(dh0_ptr, row, cols, stride_dh0, 0, R, dh, out_mask)
     store_gate(dc0_ptr, row, units, stride_dc0, 0, H, dc, state_mask)
 
 
-def lstm_persistent_fwd(gx, sched, h0, c0, w_hh, save, plan: PersistentPlan):
-    """Recurrence of one LSTM layer-direction (no projection) from its input projection.
+def lstm_persistent_fwd(gx, sched, h0, c0, w_hh, w_hr, save, plan: PersistentPlan):
+    """Recurrence of one LSTM layer-direction from its input projection.
 
-    gx: (N, 4H) with both biases; h0, c0: (B, H); w_hh: (4H, H).
-    Returns (y (N, H), h_n (B, H), c_n (B, H), gates (N, 4H) | None, c_all (N, H) | None)
-    with stepwise.lstm_forward's dtypes, or None when the grid barrier failed.
+    gx: (N, 4H) with both biases; h0: (B, R), c0: (B, H); w_hh: (4H, R); w_hr: (P, H) or
+    None (then R = H). Returns (y (N, R), h_n (B, R), c_n (B, H), gates (N, 4H) | None,
+    c_all (N, H) | None, m_all (N, H) | None: the unprojected outputs, with a projection
+    and save) with stepwise.lstm_forward's dtypes, or None when the grid barrier failed.
     """
-    n_rows, (batch, hidden) = gx.shape[0], h0.shape
+    n_rows, (batch, width), hidden = gx.shape[0], h0.shape, c0.shape[1]
+    proj = w_hr is not None
     bs, off = schedule_tensors(sched, gx.device)
     sync = new_sync_state(gx.device)
     compute = compute_dtype(gx.dtype)
-    y = gx.new_empty(n_rows, hidden)
-    h_n, c_n = h0.new_empty(batch, hidden), c0.new_empty(batch, hidden)
+    y = gx.new_empty(n_rows, width)
+    m_all = gx.new_empty(n_rows, hidden) if proj else y
+    h_n, c_n = h0.new_empty(batch, width), c0.new_empty(batch, hidden)
     state = torch.float64 if gx.dtype == torch.float64 else torch.float32  # stepwise.state_dtype
     gates = gx.new_empty(n_rows, 4 * hidden) if save else None
     c_all = gx.new_empty(n_rows, hidden, dtype=state) if save else None
     lstm_persistent_fwd_kernel[(plan.grid,)](
-        gx, h0, c0, w_hh, y, h_n, c_n, gates if save else gx, c_all if save else y,
-        bs, off, sync,
-        sched.steps, batch, hidden,
-        gx.stride(0), h0.stride(0), c0.stride(0), w_hh.stride(0), y.stride(0), h_n.stride(0),
-        c_n.stride(0), gates.stride(0) if save else 0, c_all.stride(0) if save else 0,
-        plan.spin_limit,
-        REVERSE=sched.reverse, SAVE=save, RESIDENT=plan.resident, DOT=plan.dot, COMPUTE=compute,
-        BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k,
-        K_PAD=max(16, triton.next_power_of_2(hidden)), num_warps=plan.num_warps,
-    )
-    if barrier_failed(sync):
-        return None
-    return y, h_n, c_n, gates, c_all
-
-
-def lstm_persistent_bwd(dy, dh_n, dc_n, sched, c0, w_hh, gates, c_all, plan: PersistentPlan):
-    """Backward recurrence of one LSTM layer-direction (no projection).
-
-    Returns (dgates (N, 4H), dh0 (B, H), dc0 (B, H)) in dy's dtype, or None when the
-    grid barrier failed. Weight gradients and dx are GEMMs over dgates (caller).
-    """
-    n_rows, (batch, hidden) = dy.shape[0], dc_n.shape
-    bs, off = schedule_tensors(sched, dy.device)
-    sync = new_sync_state(dy.device)
-    dgates = dy.new_empty(n_rows, 4 * hidden)
-    dh0, dc0 = dh_n.new_empty(batch, hidden), dy.new_empty(batch, hidden)
-    lstm_persistent_bwd_kernel[(plan.grid,)](
-        dy, dh_n, dc_n, gates, c_all, c0, w_hh, dgates, dh0, dc0,
-        bs, off, sync,
-        sched.steps, batch, hidden,
-        dy.stride(0), dh_n.stride(0), dc_n.stride(0), gates.stride(0), c_all.stride(0),
-        c0.stride(0), w_hh.stride(0), dgates.stride(0), dh0.stride(0), dc0.stride(0),
-        plan.spin_limit,
-        REVERSE=sched.reverse, RESIDENT=plan.resident, DOT=plan.dot,
-        COMPUTE=compute_dtype(dy.dtype), BLOCK_B=plan.block_b, BLOCK_H=plan.block_h,
-        BLOCK_K=plan.block_k, K_PAD=max(16, triton.next_power_of_2(4 * hidden)),
+        gx, h0, c0, w_hh, w_hr if proj else w_hh, y, m_all, h_n, c_n,
+        gates if save else gx, c_all if save else y, bs, off, sync,
+        sched.steps, batch, hidden, width,
+        gx.stride(0), h0.stride(0), c0.stride(0), w_hh.stride(0), w_hr.stride(0) if proj else 0,
+        y.stride(0), m_all.stride(0), h_n.stride(0), c_n.stride(0),
+        gates.stride(0) if save else 0, c_all.stride(0) if save else 0, plan.spin_limit,
+        REVERSE=sched.reverse, SAVE=save, PROJ=proj, RESIDENT=plan.resident, DOT=plan.dot,
+        COMPUTE=compute, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_O=plan.block_o,
+        BLOCK_K=plan.block_k, K_PAD=max(16, triton.next_power_of_2(width)),
         num_warps=plan.num_warps,
     )
     if barrier_failed(sync):
         return None
-    return dgates, dh0, dc0
+    return y, h_n, c_n, gates, c_all, (m_all if proj and save else None)
+
+
+def lstm_persistent_bwd(dy, dh_n, dc_n, sched, c0, w_hh, w_hr, gates, c_all,
+                        plan: PersistentPlan):
+    """Backward recurrence of one LSTM layer-direction.
+
+    Returns (dgates (N, 4H), dh0 (B, R), dc0 (B, H), dr (N, P) | None) in dy's dtype, or
+    None when the grid barrier failed; dr (with a projection) is the gradient of each
+    step's projected output, for dW_hr = dr^T m. Weight gradients and dx are GEMMs over
+    dgates (caller).
+    """
+    n_rows, (batch, hidden), width = dy.shape[0], dc_n.shape, dh_n.shape[1]
+    proj = w_hr is not None
+    bs, off = schedule_tensors(sched, dy.device)
+    sync = new_sync_state(dy.device)
+    dgates = dy.new_empty(n_rows, 4 * hidden)
+    dr = dy.new_empty(n_rows, width) if proj else None
+    dh0, dc0 = dh_n.new_empty(batch, width), dy.new_empty(batch, hidden)
+    lstm_persistent_bwd_kernel[(plan.grid,)](
+        dy, dh_n, dc_n, gates, c_all, c0, w_hh, w_hr if proj else w_hh,
+        dr if proj else dgates, dgates, dh0, dc0, bs, off, sync,
+        sched.steps, batch, hidden, width,
+        dy.stride(0), dh_n.stride(0), dc_n.stride(0), gates.stride(0), c_all.stride(0),
+        c0.stride(0), w_hh.stride(0), w_hr.stride(0) if proj else 0,
+        dr.stride(0) if proj else 0, dgates.stride(0), dh0.stride(0), dc0.stride(0),
+        plan.spin_limit,
+        REVERSE=sched.reverse, PROJ=proj, RESIDENT=plan.resident, DOT=plan.dot,
+        COMPUTE=compute_dtype(dy.dtype), BLOCK_B=plan.block_b, BLOCK_H=plan.block_h,
+        BLOCK_O=plan.block_o, BLOCK_K=plan.block_k,
+        K_PAD=max(16, triton.next_power_of_2(4 * hidden)), num_warps=plan.num_warps,
+    )
+    if barrier_failed(sync):
+        return None
+    return dgates, dh0, dc0, dr

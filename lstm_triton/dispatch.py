@@ -26,8 +26,6 @@
 "persistent" is a request, served per layer-direction by `persistent_plan`;
 what it cannot serve runs on "stepwise", explicitly (persistent.py warns once
 per reason):
-  - LSTM with proj_size > 0: the projection h = m W_hr^T needs a second grid
-    barrier per step (every program needs all of m); not built yet.
   - batches whose per-program state (gate accumulators, c, h) would take more
     than half of one SM's register file: there the recurrent GEMM is
     compute-bound and cuBLAS (stepwise) is the right tool.
@@ -125,12 +123,10 @@ def persistent_plan(cell, device, dtype, batch, hidden, out_size):
     """(plan, None) when the persistent kernel can run this layer-direction, else (None, reason).
 
     cell: "lstm" | "gru"; state (batch, out_size) with out_size == hidden unless the LSTM
-    has a projection. The plan (grid, block sizes, resident or streamed W_hh) comes from
+    has a projection (then out_size = proj_size, two grid meetings per step). The plan
+    (grid, block sizes, resident or streamed W_hh) comes from
     kernels/persistent_config.py, which reads the device's SM count and register file.
     """
     from .kernels.persistent_config import plan
 
-    if out_size != hidden:
-        return None, ("proj_size > 0 has no persistent kernel (the projection needs a second "
-                      "grid barrier per step)")
-    return plan(4 if cell == "lstm" else 3, device, dtype, batch, hidden)
+    return plan(4 if cell == "lstm" else 3, device, dtype, batch, hidden, out_size)

@@ -17,8 +17,8 @@ A resident W_hh slice that fails to compile (OutOfResources) is retried with
 the slice streamed from L2 in K-chunks.
 
 Fallbacks to stepwise (see dispatch.persistent_plan): layers the persistent
-kernel does not serve (LSTM proj_size > 0, very large batches, devices without
-Triton), warned once per reason; and a launch whose grid barrier failed (the
+kernel does not serve (very large batches, devices without Triton), warned once
+per reason; and a launch whose grid barrier failed (the
 grid was not co-resident, e.g. a GPU shared with other work), warned each time.
 """
 import warnings
@@ -66,12 +66,12 @@ def lstm_forward(x, sched, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, save):
     if plan is not None:
         bias = None if b_ih is None else b_ih + b_hh
         gx = stepwise.input_projection(x, w_ih, bias)  # (N, 4H)
-        out = _launch(lstm_persistent_fwd, plan, gx, sched, h0, c0, w_hh, save)
+        out = _launch(lstm_persistent_fwd, plan, gx, sched, h0, c0, w_hh, w_hr, save)
         if out is not None:
-            y, h_n, c_n, gates, c_all = out
+            y, h_n, c_n, gates, c_all, m_all = out
             empty = x.new_empty(0)
             return (y, h_n, c_n, gates if save else empty.clone(),
-                    c_all if save else empty.clone(), empty)
+                    c_all if save else empty.clone(), m_all if m_all is not None else empty)
         reason = BARRIER_FAILED
     _fallback("LSTM forward", reason)
     return stepwise.lstm_forward(x, sched, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, save)
@@ -82,13 +82,14 @@ def lstm_backward(dy, dh_n, dc_n, x, sched, h0, c0, w_ih, w_hh, w_hr, y, gates, 
     """Gradients (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr); None where not applicable."""
     plan, reason = _plan("lstm", x, h0, c0.shape[1])
     if plan is not None:
-        out = _launch(lstm_persistent_bwd, plan, dy, dh_n, dc_n, sched, c0, w_hh, gates,
+        out = _launch(lstm_persistent_bwd, plan, dy, dh_n, dc_n, sched, c0, w_hh, w_hr, gates,
                       c_all)
         if out is not None:
-            dgates, dh0, dc0 = out  # (N, 4H), (B, H), (B, H)
+            dgates, dh0, dc0, dr = out  # (N, 4H), (B, P), (B, H), (N, P) | None
             dx, dw_ih, dw_hh, db_ih, db_hh = stepwise.lstm_weight_grads(
                 dgates, x, y, h0, sched, w_ih, has_bias, need_dx)
-            return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, None
+            dw_hr = dr.t() @ m_all if dr is not None else None
+            return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr
         reason = BARRIER_FAILED
     _fallback("LSTM backward", reason)
     return stepwise.lstm_backward(dy, dh_n, dc_n, x, sched, h0, c0, w_ih, w_hh, w_hr, y, gates,

@@ -30,11 +30,14 @@ def run_without_fallback(module, x):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16],
                          ids=["fp32", "fp16", "bf16"])
 @pytest.mark.parametrize("hidden", [256, 768])
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "lstm-proj"])
 def test_many_program_persistent_matches_torch(cell, hidden, dtype):
     """H=256/768 spreads the hidden units over many programs: every step really waits at
-    the grid barrier. Forward and every gradient against float64 torch."""
-    module, oracle = twin_modules(cell, 64, hidden, dtype=dtype, backend="persistent")
+    the grid barrier (twice with a projection, P = H/2 columns spread over the programs
+    too). Forward and every gradient against float64 torch."""
+    extra = {"proj_size": hidden // 2} if cell == "lstm-proj" else {}
+    module, oracle = twin_modules(cell.removesuffix("-proj"), 64, hidden, dtype=dtype,
+                                  backend="persistent", **extra)
     x = torch.randn(33, 8, 64, dtype=dtype, requires_grad=True)
     x64 = x.detach().double().requires_grad_()
     weights = run_without_fallback(module, x)

@@ -89,15 +89,34 @@ def test_failed_barrier_falls_back_to_stepwise_with_a_warning(cell, monkeypatch)
 
 
 # -------------------------------------------------------------------------------- dispatch
-def test_projection_is_routed_to_stepwise_explicitly():
-    plan, reason = dispatch.persistent_plan("lstm", torch.device("cpu"), torch.float32, 2, 6, 3)
-    assert plan is None and "proj_size" in reason
-    module, oracle = twin_modules("lstm", I, 6, proj_size=3, backend="persistent")
-    x = torch.randn(3, 2, I)
-    persistent._warned.clear()
-    with pytest.warns(RuntimeWarning, match="proj_size"):
-        out, _ = module(x)
-    assert_close(out, oracle(x.double())[0], torch.float32, "output")
+@pytest.mark.parametrize("resident", [True, False], ids=["resident", "streamed"])
+def test_projection_runs_persistent_with_two_meetings_per_step(resident, monkeypatch):
+    """proj_size: h = m W_hr^T needs all of m, so forward and backward meet twice a step;
+    packed, bidirectional, every gradient, and no fallback to stepwise."""
+    if not resident:
+        original = persistent_config.plan
+        monkeypatch.setattr(persistent_config, "plan",
+                            lambda *a: (persistent_config.streamed(original(*a)[0]), None))
+    plan, _ = dispatch.persistent_plan("lstm", torch.device(DEVICE), torch.float64, 3, 6, 3)
+    assert plan is not None and plan.block_o >= 3
+    module, oracle = twin_modules("lstm", I, 6, proj_size=3, bidirectional=True,
+                                  dtype=torch.float64, backend="persistent")
+    packed = pack_sequence([torch.randn(n, I, dtype=torch.float64) for n in (2, 5, 1)],
+                           enforce_sorted=False)
+    data = packed.data.detach().requires_grad_()
+    packed = PackedSequence(data, packed.batch_sizes, packed.sorted_indices,
+                            packed.unsorted_indices)
+    h0 = torch.randn(2, 3, 3, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(2, 3, 6, dtype=torch.float64, requires_grad=True)
+    weights_out = [torch.randn(data.shape[0], 6, dtype=torch.float64), torch.randn_like(h0),
+                   torch.randn_like(c0)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no silent fallback: this must run persistent
+        got = outputs_and_grads(module, packed, (h0, c0), weights_out, [data, h0, c0])
+    want = outputs_and_grads(oracle, packed, (h0, c0), weights_out, [data, h0, c0])
+    assert_close(got[0].data, want[0].data, torch.float64, "output")
+    for k, (g, w) in enumerate(zip(list(got[1]) + list(got[2]), list(want[1]) + list(want[2]))):
+        assert_close(g, w, torch.float64, f"final state / gradient {k}")
 
 
 def test_cpu_without_interpreter_has_no_plan(monkeypatch):
@@ -263,15 +282,18 @@ for kernel in (persistent_lstm.lstm_persistent_fwd_kernel, persistent_lstm.lstm_
     for dt, resident in (("fp16", True), ("bf16", True), ("bf16", False), ("fp32", False),
                          ("fp32", FP32_RESIDENT), ("fp64", False)):
         dot, compute = DTYPES[dt]
-        cx = dict(REVERSE=True, RESIDENT=resident, DOT=dot, COMPUTE=compute, BLOCK_B=16,
-                  BLOCK_H=16, BLOCK_K=16 if dot == 2 else 64, K_PAD=128)
-        cx.update({k: True for k in ("SAVE", "HAS_BHH") if k in kernel.arg_names})
-        state = "*fp64" if dt == "fp64" else "*fp32"
-        ptrs = {"bs_ptr": "*i32", "off_ptr": "*i64", "sync_ptr": "*i32", "c_save_ptr": state}
-        sig = {n: "constexpr" if n in cx else (ptrs.get(n, "*" + dt) if n.endswith("_ptr")
-                                               else "i32") for n in kernel.arg_names}
-        triton.compile(ASTSource(kernel, sig, constexprs=cx), target=GPUTarget("cuda", 90, 32),
-                       options={"num_warps": 4})
+        for proj in ((False, True) if "PROJ" in kernel.arg_names else (None,)):
+            cx = dict(REVERSE=True, RESIDENT=resident, DOT=dot, COMPUTE=compute, BLOCK_B=16,
+                      BLOCK_H=16, BLOCK_K=16 if dot == 2 else 64, K_PAD=128)
+            cx.update({k: True for k in ("SAVE", "HAS_BHH") if k in kernel.arg_names})
+            if proj is not None:  # the LSTM, with and without a projection (two meetings a step)
+                cx.update(PROJ=proj, BLOCK_O=32 if proj else 16)
+            state = "*fp64" if dt == "fp64" else "*fp32"
+            ptrs = {"bs_ptr": "*i32", "off_ptr": "*i64", "sync_ptr": "*i32", "c_save_ptr": state}
+            sig = {n: "constexpr" if n in cx else (ptrs.get(n, "*" + dt) if n.endswith("_ptr")
+                                                   else "i32") for n in kernel.arg_names}
+            triton.compile(ASTSource(kernel, sig, constexprs=cx), target=GPUTarget("cuda", 90, 32),
+                           options={"num_warps": 4})
 from lstm_triton.kernels import gru_pointwise, lstm_pointwise
 for kernel in (lstm_pointwise.lstm_step_fwd_kernel, lstm_pointwise.lstm_step_bwd_kernel,
                gru_pointwise.gru_step_fwd_kernel, gru_pointwise.gru_step_bwd_kernel):
