@@ -16,13 +16,15 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def pointwise_blocks(n_rows: int, n_units: int) -> tuple[int, int]:
-    """(BLOCK_B, BLOCK_H) for a step kernel over an (n_rows, n_units) tile."""
+def pointwise_launch(n_rows: int, n_units: int) -> tuple[tuple[int, int], int, int]:
+    """(grid, BLOCK_B, BLOCK_H) of a step kernel over an (n_rows, n_units) tile."""
     if interpreting():
-        return (triton.next_power_of_2(max(n_rows, 1)), triton.next_power_of_2(max(n_units, 1)))
-    block_h = min(triton.next_power_of_2(max(n_units, 1)), 128)
-    block_b = min(triton.next_power_of_2(max(n_rows, 1)), max(1, 2048 // block_h))
-    return block_b, block_h
+        block_b = triton.next_power_of_2(max(n_rows, 1))
+        block_h = triton.next_power_of_2(max(n_units, 1))
+    else:
+        block_h = min(triton.next_power_of_2(max(n_units, 1)), 128)
+        block_b = min(triton.next_power_of_2(max(n_rows, 1)), max(1, 2048 // block_h))
+    return (triton.cdiv(n_rows, block_b), triton.cdiv(n_units, block_h)), block_b, block_h
 
 
 def compute_dtype(tensor_dtype):

@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from .cell_math import gru_cell_backward, gru_cell_forward, load_gates4, store_gates3, store_gates4
-from .config import compute_dtype, pointwise_blocks
+from .config import compute_dtype, pointwise_launch
 from .tiles import load_gate, store_gate, tile_index
 
 
@@ -74,9 +74,8 @@ def gru_step_fwd(gx, rec, h_state, y, gates):
     n, H = gx.shape[0], h_state.shape[1]
     if n == 0:
         return
-    block_b, block_h = pointwise_blocks(n, H)
+    grid, block_b, block_h = pointwise_launch(n, H)
     save = gates is not None
-    grid = (triton.cdiv(n, block_b), triton.cdiv(H, block_h))
     gru_step_fwd_kernel[grid](
         gx, rec, h_state, y, gates if save else gx,
         n, H,
@@ -90,8 +89,7 @@ def gru_step_bwd(dy, dh_rec, gates, h_prev, n_prev, h0, dgx, drec):
     n, H = dy.shape[0], dh_rec.shape[1]
     if n == 0:
         return
-    block_b, block_h = pointwise_blocks(n, H)
-    grid = (triton.cdiv(n, block_b), triton.cdiv(H, block_h))
+    grid, block_b, block_h = pointwise_launch(n, H)
     gru_step_bwd_kernel[grid](
         dy, dh_rec, gates, h_prev if h_prev is not None else h0, n_prev, h0, dgx, drec,
         n, H,
