@@ -1,6 +1,6 @@
 """The persistent kernels' floor: what one grid barrier costs, with no math around it.
 
-    python -m bench.barrier [--out reports/raw/<date>-<device>-barrier.csv]
+    python -m bench.barrier [--out reports/raw/barrier/<date>-<device>.csv]
 
 Launches a kernel whose programs do nothing but meet `steps` times through
 kernels/grid_sync.grid_barrier, for grids from 1 program to one per SM, and
@@ -14,6 +14,7 @@ import csv
 import datetime
 import statistics
 from importlib import metadata
+from pathlib import Path
 
 import torch
 import triton
@@ -61,7 +62,9 @@ def main(argv=None):
     props = torch.cuda.get_device_properties(0)
     n_sm = props.multi_processor_count
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
-    out = args.out or REPORTS / "raw" / f"{date}-{slug(props.name)}-barrier.csv"
+    # its own folder: reports/raw/*.csv are the lab's CSVs, which the report index reads
+    out = Path(args.out or REPORTS / "raw" / "barrier" / f"{date}-{slug(props.name)}.csv")
+    out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for grid in sorted({1, 8, 16, 32, 48, 64, 96, n_sm}):
         if grid > n_sm:

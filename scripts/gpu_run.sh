@@ -50,6 +50,6 @@ case "$phase" in
     lab "${LAB_SECONDS:-560}" lab-auto.log --sweep bar-lstm,bar-gru --impl triton-auto,cudnn "$@" ;;
   *) echo "unknown phase $phase (main | bar | auto)"; exit 2 ;;
 esac
-cp reports/raw/*.csv "$out/" 2>/dev/null
+cp reports/raw/*.csv reports/raw/barrier/*.csv "$out/" 2>/dev/null
 tar czf "$out/results-$phase.tgz" reports/ -C "$(dirname "$logs")" "logs-$phase" 2>/dev/null
 ls -la "$out"
