@@ -3,10 +3,10 @@
 # raw results back under $OUT. A session with 30 minutes of device time runs them in order:
 #
 #   bash scripts/gpu_run.sh main   install; GPU-only tests (120 s); the rest of the suite on
-#                                  CUDA (150 s); the grid-barrier floor (bench/barrier.py);
-#                                  the lab's default sweep (300 s)
-#   bash scripts/gpu_run.sh bar    issue 6's bar: --sweep bar-lstm,bar-gru for stepwise,
-#                                  persistent and cuDNN (~5 min by bench/sweeps.py)
+#                                  CUDA (140 s); the lab's default sweep (290 s)
+#   bash scripts/gpu_run.sh bar    the grid-barrier floor (bench/barrier.py, 40 s); issue 6's
+#                                  bar: --sweep bar-lstm,bar-gru for stepwise, persistent and
+#                                  cuDNN (~5 min by bench/sweeps.py, cut at 500 s)
 #   bash scripts/gpu_run.sh auto   after `python -m bench.calibrate` has written the dispatch
 #                                  table from the bar CSV: auto against cuDNN on the bar cases
 #
@@ -39,12 +39,12 @@ case "$phase" in
   main)
     run "${GPU_TEST_SECONDS:-120}" gpu-tests.log python3 -m pytest tests/test_gpu.py \
       tests/test_persistent.py -q -p no:cacheprovider --maxfail=25 --durations=10
-    run "${TEST_SECONDS:-150}" tests.log python3 -m pytest tests/ -q -p no:cacheprovider \
+    run "${TEST_SECONDS:-140}" tests.log python3 -m pytest tests/ -q -p no:cacheprovider \
       --maxfail=25 --ignore tests/test_gpu.py --ignore tests/test_persistent.py --durations=10
-    run 60 barrier.log python3 -m bench.barrier
-    lab "${LAB_SECONDS:-300}" lab.log "$@" ;;
+    lab "${LAB_SECONDS:-290}" lab.log "$@" ;;
   bar)
-    lab "${LAB_SECONDS:-560}" lab-bar.log --sweep bar-lstm,bar-gru \
+    run 40 barrier.log python3 -m bench.barrier
+    lab "${LAB_SECONDS:-500}" lab-bar.log --sweep bar-lstm,bar-gru \
       --impl triton-stepwise,triton-persistent,cudnn "$@" ;;
   auto)
     lab "${LAB_SECONDS:-560}" lab-auto.log --sweep bar-lstm,bar-gru --impl triton-auto,cudnn "$@" ;;
