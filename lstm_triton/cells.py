@@ -35,9 +35,10 @@ class _TritonCellDriver(BackendOption):
     """Mixin holding the forward shared by TritonLSTMCell and TritonGRUCell."""
 
     def forward(self, input, hx=None):
-        if choose_backend(self.backend, input.device) == "torch":
+        backend = choose_backend(self.backend, input.device)
+        if backend == "torch":
             return super(BackendOption, self).forward(input, hx)  # torch's own cell
-        return self._cell_forward(input, hx)
+        return self._cell_forward(input, hx, backend)
 
     def _check(self, x, states):
         name = type(self).__name__
@@ -81,7 +82,7 @@ class _TritonCellDriver(BackendOption):
                     f"{name}: {what} is on {t.device} but the parameters are on "
                     f"{self.weight_ih.device}; move it with .to({self.weight_ih.device}).")
 
-    def _step(self, x, states):
+    def _step(self, x, states, backend):
         """Checks, layout and dtype; returns the new states (h,) or (h, c)."""
         lstm = self.cell == "lstm"
         self._check(x, states)
@@ -101,7 +102,6 @@ class _TritonCellDriver(BackendOption):
         x, states = cast(x).contiguous(), [cast(s).contiguous() for s in states]
         h0, c0 = states[0], (states[1] if lstm else None)
 
-        backend = choose_backend(self.backend, x.device)
         _, h, c = run_layer(self.cell, backend, x, None, h0, c0, (*weights, None), False)
         new = (h, c) if lstm else (h,)
         return new if batched else tuple(s.squeeze(0) for s in new)
@@ -117,10 +117,10 @@ class TritonLSTMCell(_TritonCellDriver, nn.LSTMCell):
 
     cell = "lstm"
 
-    def _cell_forward(self, input, hx):
+    def _cell_forward(self, input, hx, backend):
         if hx is not None and len(hx) != 2:
             raise RuntimeError("TritonLSTMCell expects hx as a tuple (h_0, c_0); pass both.")
-        return self._step(input, list(hx) if hx is not None else [])
+        return self._step(input, list(hx) if hx is not None else [], backend)
 
 
 class TritonGRUCell(_TritonCellDriver, nn.GRUCell):
@@ -128,5 +128,5 @@ class TritonGRUCell(_TritonCellDriver, nn.GRUCell):
 
     cell = "gru"
 
-    def _cell_forward(self, input, hx):
-        return self._step(input, [hx] if hx is not None else [])[0]
+    def _cell_forward(self, input, hx, backend):
+        return self._step(input, [hx] if hx is not None else [], backend)[0]
