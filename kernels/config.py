@@ -27,6 +27,13 @@ def pointwise_launch(n_rows: int, n_units: int) -> tuple[tuple[int, int], int, i
     return (triton.cdiv(n_rows, block_b), triton.cdiv(n_units, block_h)), block_b, block_h
 
 
+def state_dtype(dtype):
+    """Carried cell state / gradient (torch dtype): float32 for half types, else the dtype."""
+    import torch
+
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 def compute_dtype(tensor_dtype):
     """Gate math runs in float32, or float64 when the module is float64 (gradcheck)."""
     import torch

@@ -29,12 +29,11 @@ Without a projection BLOCK_O = BLOCK_H and the columns of h are the units.
 The launchers return None when the grid barrier failed (grid not co-resident);
 the caller then reruns the stepwise backend.
 """
-import torch
 import triton
 import triton.language as tl
 
 from .cell_math import load_gates4, lstm_cell_backward, lstm_cell_forward, store_gates4
-from .config import compute_dtype
+from .config import compute_dtype, state_dtype
 from .grid_sync import barrier_failed, grid_barrier, new_sync_state
 from .persistent_config import PersistentPlan, schedule_tensors
 from .persistent_tiles import (backward_recurrence, backward_step_rows, backward_weight_slice,
@@ -199,9 +198,8 @@ def lstm_persistent_fwd(gx, sched, h0, c0, w_hh, w_hr, save, plan: PersistentPla
     y = gx.new_empty(n_rows, width)
     m_all = gx.new_empty(n_rows, hidden) if proj else y
     h_n, c_n = h0.new_empty(batch, width), c0.new_empty(batch, hidden)
-    state = torch.float64 if gx.dtype == torch.float64 else torch.float32  # stepwise.state_dtype
     gates = gx.new_empty(n_rows, 4 * hidden) if save else None
-    c_all = gx.new_empty(n_rows, hidden, dtype=state) if save else None
+    c_all = gx.new_empty(n_rows, hidden, dtype=state_dtype(gx.dtype)) if save else None
     lstm_persistent_fwd_kernel[(plan.grid,)](
         gx, h0, c0, w_hh, w_hr if proj else w_hh, y, m_all, h_n, c_n,
         gates if save else gx, c_all if save else y, bs, off, sync,

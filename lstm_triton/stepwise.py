@@ -14,14 +14,10 @@ Backward recomputes nothing else; h_{t-1} is read from the outputs y and h0.
 """
 import torch
 
+from .kernels.config import state_dtype
 from .kernels.gru_pointwise import gru_step_bwd, gru_step_fwd
 from .kernels.lstm_pointwise import lstm_step_bwd, lstm_step_fwd
 from .schedule import Schedule
-
-
-def state_dtype(dtype):
-    """Carried cell state / gradient: float32 for half types, else the dtype itself."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def input_projection(x, w_ih, bias):
