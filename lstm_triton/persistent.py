@@ -86,9 +86,8 @@ def lstm_backward(dy, dh_n, dc_n, x, sched, h0, c0, w_ih, w_hh, w_hr, y, gates, 
                       c_all)
         if out is not None:
             dgates, dh0, dc0, dr = out  # (N, 4H), (B, P), (B, H), (N, P) | None
-            dx, dw_ih, dw_hh, db_ih, db_hh = stepwise.lstm_weight_grads(
-                dgates, x, y, h0, sched, w_ih, has_bias, need_dx)
-            dw_hr = dr.t() @ m_all if dr is not None else None
+            dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr = stepwise.lstm_weight_grads(
+                dgates, x, y, h0, sched, w_ih, has_bias, need_dx, dr, m_all)
             return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr
         reason = BARRIER_FAILED
     _fallback("LSTM backward", reason)

@@ -42,13 +42,15 @@ def column_sum(dg):
     return dg.sum(0, dtype=state_dtype(dg.dtype)).to(dg.dtype)
 
 
-def lstm_weight_grads(dgates, x, y, h0, sched, w_ih, has_bias, need_dx):
-    """(dx, dw_ih, dw_hh, db_ih, db_hh) from the gate gradients of all steps (N, 4H):
-    big GEMMs after the loop, shared by every backend. db_ih == db_hh (both biases
-    enter the same pre-activation), returned as two tensors."""
+def lstm_weight_grads(dgates, x, y, h0, sched, w_ih, has_bias, need_dx, dr=None, m_all=None):
+    """(dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr) from the gate gradients of all steps (N, 4H)
+    and, with a projection, the gradients dr (N, P) of the projected outputs and the
+    unprojected outputs m_all (N, H): big GEMMs after the loop, shared by every backend.
+    db_ih == db_hh (both biases enter the same pre-activation), returned as two tensors."""
     db = column_sum(dgates) if has_bias else None
     return (dgates @ w_ih if need_dx else None, dgates.t() @ x,
-            dgates.t() @ previous_states(y, h0, sched), db, None if db is None else db.clone())
+            dgates.t() @ previous_states(y, h0, sched), db, None if db is None else db.clone(),
+            dr.t() @ m_all if dr is not None else None)
 
 
 def gru_weight_grads(dgx, drec, x, y, h0, sched, w_ih, has_bias, need_dx):
@@ -115,10 +117,9 @@ def lstm_backward(dy, dh_n, dc_n, x, sched, h0, c0, w_ih, w_hh, w_hr, y, gates, 
         lstm_step_bwd(dm, dh_carried, dc, gates[rows], c_all[rows], c_prev, n_prev, c0_state,
                       dgates[rows])
         torch.mm(dgates[rows], w_hh, out=dh_rec[:bs])
-    dx, dw_ih, dw_hh, db_ih, db_hh = lstm_weight_grads(dgates, x, y, h0, sched, w_ih, has_bias,
-                                                       need_dx)
-    return (dx, dh_rec, dc.to(x.dtype), dw_ih, dw_hh, db_ih, db_hh,
-            dh_all.t() @ m_all if proj else None)
+    dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr = lstm_weight_grads(
+        dgates, x, y, h0, sched, w_ih, has_bias, need_dx, dh_all, m_all)
+    return dx, dh_rec, dc.to(x.dtype), dw_ih, dw_hh, db_ih, db_hh, dw_hr
 
 
 # ----------------------------------------------------------------------------- GRU
