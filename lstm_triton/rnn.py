@@ -137,9 +137,11 @@ class _TritonRNNDriver(BackendOption):
         # With no cast rule, autocast still lets the input's dtype differ from the weights':
         # torch then mostly answers in the input's dtype, so the layers run in it.
         dtype = cast or x.dtype
-        seq_len = batch_sizes.shape[0] if packed else x.shape[0]
-        workload = Workload(self.cell, dtype, batch, self.hidden_size, seq_len,
-                            self._needs_grad(x, hx))
+        workload = None  # only "auto" looks at the call's shape (and walks the parameters)
+        if self.backend == "auto":
+            seq_len = batch_sizes.shape[0] if packed else x.shape[0]
+            workload = Workload(self.cell, dtype, batch, self.hidden_size, seq_len,
+                                self._needs_grad(x, hx))
         backend = choose_backend(self.backend, x.device, workload)
         if backend == "torch":  # torch's own forward on the same parameters (cuDNN on CUDA)
             return super(BackendOption, self).forward(input, hx)
