@@ -1,0 +1,142 @@
+"""What the compiler makes of the persistent kernels, without a GPU.
+
+    python -m bench.compiled [--out PATH.md]
+    (default reports/compiled/<date>-triton<version>.md, its rows in a .csv beside it)
+
+Compiles each persistent kernel for an H100 (sm_90, 132 SMs, 227 KiB of shared
+memory per program) at the plan `persistent_config.plan` gives the bar's cases
+(batch 16, bf16, H 256 to 1024) and reports, per kernel and step:
+
+  mma/SMSP   tensor-core instructions (mma.sync, PTX) per step that each of the
+             SM's four sub-partitions issues: per warp times warps / 4, the serial
+             tensor-core work of a step. A streamed W counts its K-loop's body times
+             the number of iterations.
+  regs       registers per thread and bytes spilled (ptxas -v).
+  smem       shared memory of the program (a resident W lives there).
+
+These are facts about the generated code, not timings: they say how much work
+each step puts on one warp, which the GPU session then times (NOTES.md). Runs
+on any machine with Triton, no GPU needed; run it without TRITON_INTERPRET (the
+interpreter replaces @triton.jit functions, which then cannot be compiled).
+"""
+import argparse
+import csv
+import datetime
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+import triton
+import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from lstm_triton.kernels import persistent_config, persistent_gru, persistent_lstm
+
+from .rows import REPORTS
+
+H100 = dict(n_sm=132, reg_bytes=65536 * 4, smem_bytes=232448)
+TARGET = GPUTarget("cuda", 90, 32)
+KERNELS = {("lstm", "fwd"): persistent_lstm.lstm_persistent_fwd_kernel,
+           ("lstm", "bwd"): persistent_lstm.lstm_persistent_bwd_kernel,
+           ("gru", "fwd"): persistent_gru.gru_persistent_fwd_kernel,
+           ("gru", "bwd"): persistent_gru.gru_persistent_bwd_kernel}
+DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+
+
+def h100_plan(cell, dtype, batch, hidden):
+    """persistent_config.plan as it runs on an H100, computed here without one."""
+    budget = persistent_config._gpu_budget
+    persistent_config._gpu_budget = lambda device: tuple(H100.values())
+    try:
+        plan, reason = persistent_config.plan(4 if cell == "lstm" else 3,
+                                              torch.device("cuda"), dtype, batch, hidden)
+    finally:
+        persistent_config._gpu_budget = budget
+    if plan is None:
+        raise ValueError(reason)
+    return plan
+
+
+def compile_case(cell, direction, dtype, batch, hidden):
+    plan = h100_plan(cell, dtype, batch, hidden)
+    kernel = KERNELS[cell, direction]
+    k = hidden if direction == "fwd" else (4 if cell == "lstm" else 3) * hidden
+    k_pad = max(16, triton.next_power_of_2(k))
+    cx = dict(REVERSE=False, RESIDENT=plan.resident, DOT=plan.dot, COMPUTE=tl.float32,
+              BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k, K_PAD=k_pad,
+              SAVE=True, HAS_BHH=True, PROJ=False, BLOCK_O=plan.block_o)
+    if "SPLIT" in kernel.arg_names:
+        n_cols = 4 * plan.block_h if direction == "fwd" else plan.block_o
+        cx["SPLIT"] = persistent_config.split_k(k_pad, n_cols, plan.num_warps)
+    cx = {n: v for n, v in cx.items() if n in kernel.arg_names}
+    dt = DTYPES[dtype]
+    ptrs = {"bs_ptr": "*i32", "off_ptr": "*i64", "sync_ptr": "*i64", "c_save_ptr": "*fp32"}
+    sig = {n: "constexpr" if n in cx else (ptrs.get(n, "*" + dt) if n.endswith("_ptr")
+                                           else "i32") for n in kernel.arg_names}
+    compiled = triton.compile(ASTSource(kernel, sig, constexprs=cx), target=TARGET,
+                              options={"num_warps": plan.num_warps})
+    ptx = compiled.asm["ptx"]
+    mma = ptx.count("mma.sync")
+    chunks = 1 if plan.resident else triton.cdiv(k, cx.get("SPLIT", 1) * plan.block_k)
+    regs, spill = ptxas_usage(ptx)
+    return dict(cell=cell, **{"pass": direction}, dtype=dt, batch=batch, hidden=hidden,
+                mode="resident" if plan.resident else f"streamed x{chunks}",
+                split=cx.get("SPLIT", 1), grid=plan.grid, warps=plan.num_warps,
+                mma_per_smsp=mma * chunks * plan.num_warps // 4,
+                regs=regs, spill_bytes=spill, smem_kib=compiled.metadata.shared / 1024)
+
+
+def ptxas_usage(ptx):
+    """(registers per thread, spilled bytes) reported by Triton's own ptxas for sm_90a."""
+    from triton.backends.nvidia.compiler import get_ptxas
+    ptxas = get_ptxas(90).path
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+        f.write(ptx)
+    done = subprocess.run([ptxas, "-v", "--gpu-name", "sm_90a", f.name, "-o", "/dev/null"],
+                          capture_output=True, text=True, check=True)
+    regs = re.search(r"Used (\d+) registers", done.stderr)
+    spill = re.search(r"(\d+) bytes spill stores", done.stderr)
+    return int(regs.group(1)) if regs else -1, int(spill.group(1)) if spill else 0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--hidden", default="256,512,768,1024")
+    args = parser.parse_args(argv)
+    rows = [compile_case(cell, direction, torch.bfloat16, 16, int(h))
+            for cell in ("lstm", "gru") for direction in ("fwd", "bwd")
+            for h in args.hidden.split(",")]
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    lines = [f"# Persistent kernels as compiled for sm_90 (H100), {date}, triton "
+             f"{triton.__version__}", "",
+             "Static facts about the generated code (no GPU, no timing): "
+             "`python -m bench.compiled`.", "",
+             "| cell | pass | dtype | B | H | W_hh | split | grid | warps | mma/SMSP/step | "
+             "regs | spill B | smem KiB |", "|" + "---|" * 13]
+    for r in rows:
+        lines.append(f"| {r['cell']} | {r['pass']} | {r['dtype']} | {r['batch']} | "
+                     f"{r['hidden']} | {r['mode']} | {r['split']} | {r['grid']} | {r['warps']} | "
+                     f"{r['mma_per_smsp']} | {r['regs']} | {r['spill_bytes']} | "
+                     f"{r['smem_kib']:.0f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    out = Path(args.out or REPORTS / "compiled" / f"{date}-triton{triton.__version__}.md")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    with open(out.with_suffix(".csv"), "w", newline="") as f:
+        fields = ["date", "target", "torch", "triton", *rows[0]]
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow(dict(r, date=date, target="cuda sm_90 (H100 plan: 132 SMs)",
+                                 torch=torch.__version__, triton=triton.__version__))
+    print(f"wrote {out} and {out.with_suffix('.csv').name}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
