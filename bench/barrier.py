@@ -20,7 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
-from lstm_triton.kernels.grid_sync import barrier_failed, grid_barrier, new_sync_state
+from lstm_triton.kernels.grid_sync import (barrier_failed, grid_barrier, grid_not_failed,
+                                           new_sync_state)
 from lstm_triton.kernels.persistent_config import SPIN_LIMIT
 
 from .rows import REPORTS, slug
@@ -28,8 +29,8 @@ from .rows import REPORTS, slug
 
 @triton.jit
 def _meet_kernel(sync_ptr, steps, spin_limit):
-    n_prog = tl.num_programs(0)
-    ok = tl.load(sync_ptr + 1) == 0
+    n_prog = tl.num_programs(0).to(tl.int64)
+    ok = grid_not_failed(sync_ptr)
     s = 0
     while (s < steps) & ok:
         ok = grid_barrier(sync_ptr, (s + 1) * n_prog, spin_limit)

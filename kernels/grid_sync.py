@@ -1,61 +1,102 @@
 """Grid-wide barrier for persistent kernels: bounded, so it can fail but never hang.
 
 A persistent kernel keeps every program alive for the whole time loop and
-meets the others once per step. The barrier is a monotonic arrival counter in
-global memory: before its k-th meeting each program adds 1 (release) and then
-waits until the counter reaches k * n_programs (acquire). The counter is never
-reset, so there is no reset race, and it must belong to one launch only:
+meets the others at least once per step. The barrier state is one int64 word in
+global memory: a monotonic arrival count in the low bits and a failure flag in
+bit 62. A meeting is split in two halves:
+
+  grid_arrive  every program adds 1 (release) once its stores for the meeting
+               are done;
+  grid_wait    it then waits until the count reaches k * n_programs for its k-th
+               meeting (acquire).
+
+Work that reads nothing written by other programs (this step's input
+projection, the saved gates backward reads) is issued between the two halves,
+so its memory latency overlaps the wait instead of adding to the step; stores
+that no other program reads in this launch (forward's saved gates) go after
+the arrive, so the release does not wait for them. The count is never reset,
+so there is no reset race, and the word belongs to one launch only:
 `new_sync_state` allocates a fresh zeroed one per launch (two launches on two
-streams never share it).
+streams never share it). int64, so the count cannot wrap (int32 would after
+~8M steps of a 132-program grid meeting twice per step).
 
-The wait is bounded. A program that spins `spin_limit` times without seeing
+Count and flag share one word so that each poll is one L2 round trip, not two:
+the wait is the persistent step's floor.
+
+The wait is bounded. A program that polls `spin_limit` times without seeing
 every arrival (the grid is not co-resident: another kernel holds the SMs, or
-more programs were launched than fit) sets the failure flag and returns 0;
-every other program sees the flag in its own wait and returns 0 too, so the
-whole grid drains in bounded time. The launcher reads the flag after the
-launch and reruns the step loop on the stepwise backend (with a warning).
-
-Layout of the sync state: int32[2] = [arrivals, failed].
+more programs were launched than fit) sets the flag and returns 0; every other
+program sees the flag in its own wait and returns 0 too, so the whole grid
+drains in bounded time. The launcher reads the flag after the launch and reruns
+the step loop on the stepwise backend (with a warning).
 """
 import torch
 import triton
 import triton.language as tl
 
+FAILED_BIT = 62
+FAILED = tl.constexpr(1 << FAILED_BIT)
+COUNT_MASK = tl.constexpr((1 << FAILED_BIT) - 1)
+
 
 def new_sync_state(device) -> torch.Tensor:
-    """A fresh zeroed [arrivals, failed] pair for one launch."""
-    return torch.zeros(2, dtype=torch.int32, device=device)
+    """A fresh zeroed barrier word for one launch."""
+    return torch.zeros(1, dtype=torch.int64, device=device)
+
+
+def failed_sync_state(device) -> torch.Tensor:
+    """A barrier word whose failure flag is already set (tests: every wait fails at once)."""
+    return torch.tensor([1 << FAILED_BIT], dtype=torch.int64, device=device)
 
 
 def barrier_failed(sync_state: torch.Tensor) -> bool:
     """True when some program of the launch gave up waiting (reads back: synchronises)."""
-    return bool(sync_state[1].item() != 0)
+    return bool((int(sync_state[0].item()) >> FAILED_BIT) & 1)
+
+
+def arrivals(sync_state: torch.Tensor) -> int:
+    """Arrivals counted so far (tests, benchmarks)."""
+    return int(sync_state[0].item()) & ((1 << FAILED_BIT) - 1)
+
+
+@triton.jit
+def grid_not_failed(sync_ptr):
+    """False when the launch's barrier has already failed (checked before the time loop)."""
+    return (tl.load(sync_ptr) & FAILED) == 0
+
+
+@triton.jit
+def grid_arrive(sync_ptr):
+    """Count this program's arrival, after all of its threads' earlier stores.
+
+    `debug_barrier` (bar.sync) orders every thread's prior stores before the
+    release add, which Triton issues from one thread of the program."""
+    tl.debug_barrier()
+    tl.atomic_add(sync_ptr, 1, sem="release")
+
+
+@triton.jit
+def grid_wait(sync_ptr, target, spin_limit):
+    """Wait until `target` arrivals are counted; 1 when met, 0 when the spin budget ran out
+    or another program already reported failure (the caller must then stop: its results
+    are discarded by the launcher).
+
+    The acquire reads plus the trailing bar.sync order the program's later loads after the
+    other programs' stores; loads of data written by other programs should still use
+    cache_modifier=".cg" (L2), so no stale L1 line is read."""
+    state = tl.atomic_add(sync_ptr, 0, sem="acquire")
+    spins = 0
+    while ((state & COUNT_MASK) < target) & ((state & FAILED) == 0) & (spins < spin_limit):
+        state = tl.atomic_add(sync_ptr, 0, sem="acquire")
+        spins += 1
+    met = ((state & COUNT_MASK) >= target) & ((state & FAILED) == 0)
+    tl.atomic_or(sync_ptr, FAILED, mask=met == 0, sem="release")
+    tl.debug_barrier()
+    return met
 
 
 @triton.jit
 def grid_barrier(sync_ptr, target, spin_limit):
-    """Arrive, then wait until `target` arrivals are counted.
-
-    Returns 1 when the grid met, 0 when the spin budget ran out or another
-    program already reported failure (the caller must then stop: its results
-    are discarded by the launcher).
-
-    Memory ordering: `debug_barrier` (bar.sync) orders every thread's prior
-    stores before the release add done for the program; the acquire reads plus
-    the trailing bar.sync order the program's later loads after the other
-    programs' stores. Loads of data written by other programs should still use
-    cache_modifier=".cg" (L2), so no stale L1 line is read.
-    """
-    tl.debug_barrier()
-    tl.atomic_add(sync_ptr, 1, sem="release")
-    arrived = tl.atomic_add(sync_ptr, 0, sem="acquire")
-    failed = tl.atomic_add(sync_ptr + 1, 0, sem="acquire")
-    spins = 0
-    while (arrived < target) & (failed == 0) & (spins < spin_limit):
-        arrived = tl.atomic_add(sync_ptr, 0, sem="acquire")
-        failed = tl.atomic_add(sync_ptr + 1, 0, sem="acquire")
-        spins += 1
-    met = (arrived >= target) & (failed == 0)
-    tl.atomic_xchg(sync_ptr + 1, 1, mask=met == 0, sem="release")
-    tl.debug_barrier()
-    return met
+    """Arrive, then wait for `target` arrivals (a meeting with nothing to overlap)."""
+    grid_arrive(sync_ptr)
+    return grid_wait(sync_ptr, target, spin_limit)

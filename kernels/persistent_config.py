@@ -33,19 +33,38 @@ import triton
 
 from .config import interpreting
 
-# Matmul modes (persistent_tiles.rec_dot).
+# Matmul modes (persistent_tiles.split_dot).
 DOT_NATIVE, DOT_IEEE_F32, DOT_FMA = 0, 1, 2
 
-# Spins of the grid barrier before a program gives up. One spin is two atomic
-# reads from L2 (~1 us on a GPU), so this is of the order of a second: far longer
-# than any step, short enough that a grid that cannot meet drains quickly.
+# Polls of the grid barrier before a program gives up. One poll is an atomic read
+# from L2 plus two bar.syncs (under 1 us on a GPU), so this is at most about a second:
+# far longer than any step, short enough that a grid that cannot meet drains quickly.
 SPIN_LIMIT = 1 << 20
 
 MIN_DOT = 16  # tl.dot needs every dimension >= 16
 
+# The recurrent dot's K is cut into SPLIT independent chunks (one batched dot, summed
+# after: persistent_tiles.split_dot) when its tile is narrower than WIDE_N columns. At
+# batch <= 16 the dot has one 16-row mma tile, so its warps can only split N: forward's
+# fused gate tile (4 * BLOCK_H >= 64 columns) gives each warp its own columns, but
+# backward's (BLOCK_H = 16 columns) would have every warp repeat the same product. With
+# one chunk per warp the warps split K instead. Chosen from the code Triton 3.6 (the GPU
+# image's) and 3.9 generate for sm_90 (mma instructions per SM sub-partition, registers,
+# spills: `python -m bench.compiled`; the exploration is in reports/NOTES.md), not yet timed.
+WIDE_N = 64
+NUM_WARPS = 8  # with 4, ptxas spills the resident kernels' operand tiles
+
 # Triton versions (major, minor) known to compile the resident float32 kernels for sm_90
 # (see the module docstring); any other version streams float32 weights.
 FP32_RESIDENT_TRITON = {(3, 6)}
+
+
+def split_k(k_pad: int, n_cols: int, num_warps: int) -> int:
+    """SPLIT for a recurrent dot of K_PAD rows and n_cols columns (see WIDE_N above); each
+    chunk keeps tl.dot's minimum of 16 rows."""
+    if n_cols >= WIDE_N:
+        return 1
+    return max(1, min(num_warps, k_pad // MIN_DOT))
 
 
 def fp32_resident_compiles(version: str = triton.__version__) -> bool:
@@ -121,18 +140,19 @@ def plan(n_gates: int, device, dtype, batch: int, hidden: int, width: int = 0):
     if state_bytes > reg_bytes // 2:
         return None, (f"batch {batch} x {block_h} hidden units per program need {state_bytes} "
                       f"bytes of state, more than half of one SM's {reg_bytes}-byte register file")
-    # Forward holds K = width rows of n_gates gate slices of block_h units, backward
-    # K = n_gates * hidden rows of block_o columns: the same weights, padded differently.
-    # (The projection's W_hr slice always streams.)
-    padded = max(_pow2(width) * n_gates * block_h, _pow2(n_gates * hidden) * block_o)
+    # Forward holds K = width rows of a fused gate tile 4 * block_h wide (a GRU's fourth
+    # slot is empty: tl.dot widths are powers of two), backward K = n_gates * hidden rows
+    # of block_o columns: the same weights, padded differently. (The projection's W_hr
+    # slice always streams.)
+    padded = max(_pow2(width) * 4 * block_h, _pow2(n_gates * hidden) * block_o)
     weight_bytes = padded * torch.tensor([], dtype=dtype).element_size()
     resident = ((dot == DOT_NATIVE or (dot == DOT_IEEE_F32 and fp32_resident_compiles()))
                 and weight_bytes <= smem_bytes // 2)
-    # float64 multiplies a (block_b, block_k, block_h) product in registers: keep it small.
-    block_k = MIN_DOT if dot == DOT_FMA else 64
+    # float64 multiplies a (block_b, block_k, 4 * block_h) product in registers: keep it small.
+    block_k = 4 if dot == DOT_FMA else 64
     return PersistentPlan(grid=grid, block_b=block_b, block_h=block_h, block_o=block_o,
-                          block_k=block_k,
-                          resident=resident, dot=dot, num_warps=4), None
+                          block_k=block_k, resident=resident, dot=dot,
+                          num_warps=NUM_WARPS), None
 
 
 def streamed(p: PersistentPlan, block_k: int = MIN_DOT) -> PersistentPlan:

@@ -1,8 +1,9 @@
 """Persistent GRU kernels: the whole time loop of one layer-direction in one launch.
 
 Same structure as persistent_lstm.py (read its docstring): each program owns
-BLOCK_H hidden units, all three gates r, z, n of them, and meets the grid once
-per step; y is the exchange buffer of h_{t-1}. Forward per step:
+BLOCK_H hidden units, all three gates r, z, n of them (one fused tile with an
+empty fourth slot), and meets the grid once per step; y is the exchange buffer
+of h_{t-1}. Forward per step:
     rec_q = h_{t-1} @ W_hh[q*H + units, :]^T + b_hh[q*H + units]     (q = r, z, n)
     r = sigmoid(gx_r + rec_r) ; z = sigmoid(gx_z + rec_z) ; n = tanh(gx_n + r * rec_n)
     h = (1 - z) * n + z * h_{t-1}        (own slice of h_{t-1} kept in registers)
@@ -17,22 +18,11 @@ import triton.language as tl
 
 from .cell_math import gru_cell_backward, gru_cell_forward, load_gates4, store_gates3, store_gates4
 from .config import compute_dtype
-from .grid_sync import barrier_failed, grid_barrier, new_sync_state
-from .persistent_config import PersistentPlan, schedule_tensors
-from .persistent_tiles import (backward_recurrence, backward_step_rows, backward_weight_slice,
-                               forward_step_rows, load_rows, load_w_tile, program_tile, rec_dot,
-                               stream_matmul)
+from .grid_sync import barrier_failed, grid_arrive, grid_not_failed, grid_wait, new_sync_state
+from .persistent_config import PersistentPlan, schedule_tensors, split_k
+from .persistent_tiles import (backward_step_rows, forward_step_rows, gate_columns, load_rows,
+                               program_tile, recurrent_matmul, resident_weights, split_gates)
 from .tiles import load_gate, store_gate
-
-
-@triton.jit
-def _gru_bias(b_hh_ptr, q, H, units, unit_ok, HAS_BHH: tl.constexpr, COMPUTE: tl.constexpr):
-    """(1, BLOCK_H) slice of b_hh for gate q, zero without bias."""
-    if HAS_BHH:
-        b = tl.load(b_hh_ptr + q * H + units, mask=unit_ok, other=0.0).to(COMPUTE)
-    else:
-        b = tl.zeros(units.shape, COMPUTE)
-    return b
 
 
 @triton.jit(do_not_specialize=["T", "spin_limit"])
@@ -48,50 +38,40 @@ def gru_persistent_fwd_kernel(
     stride_gx, stride_h0, stride_w, stride_y, stride_hn, stride_gates, spin_limit,
     REVERSE: tl.constexpr, SAVE: tl.constexpr, HAS_BHH: tl.constexpr, RESIDENT: tl.constexpr,
     DOT: tl.constexpr, COMPUTE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
-    BLOCK_K: tl.constexpr, K_PAD: tl.constexpr,
+    BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, K_PAD: tl.constexpr,
 ):
     row, units, unit_ok, state_mask = program_tile(BLOCK_B, BLOCK_H, B, H)
     h = load_gate(h0_ptr, row, units, stride_h0, 0, H, state_mask, COMPUTE)  # (BLOCK_B, BLOCK_H)
-    b_r = _gru_bias(b_hh_ptr, 0, H, units, unit_ok, HAS_BHH, COMPUTE)
-    b_z = _gru_bias(b_hh_ptr, 1, H, units, unit_ok, HAS_BHH, COMPUTE)
-    b_n = _gru_bias(b_hh_ptr, 2, H, units, unit_ok, HAS_BHH, COMPUTE)
-    if RESIDENT:  # this program's W_hh^T slices, (K_PAD, BLOCK_H) per gate, for all steps
-        ks = tl.arange(0, K_PAD)
-        w_r = load_w_tile(w_hh_ptr, ks, H, units, unit_ok, 1, stride_w)
-        w_z = load_w_tile(w_hh_ptr, ks, H, H + units, unit_ok, 1, stride_w)
-        w_n = load_w_tile(w_hh_ptr, ks, H, 2 * H + units, unit_ok, 1, stride_w)
-    n_prog = tl.num_programs(0)
-    ok = tl.load(sync_ptr + 1) == 0
+    # W_hh^T restricted to the three gates of this program's units: one (H, 4*BLOCK_H) tile
+    w_rows, w_ok = gate_columns(BLOCK_H, H, 3)
+    w = resident_weights(w_hh_ptr, H, w_rows, w_ok, 1, stride_w, RESIDENT, SPLIT, K_PAD)
+    if HAS_BHH:  # b_hh in the same fused layout: the recurrent matmul starts from it
+        b_hh = tl.load(b_hh_ptr + w_rows, mask=w_ok, other=0.0).to(COMPUTE)
+    else:
+        b_hh = tl.zeros(w_rows.shape, COMPUTE)
+    n_prog = tl.num_programs(0).to(tl.int64)
+    ok = grid_not_failed(sync_ptr)
+    grid_arrive(sync_ptr)  # meeting 0: the whole grid is running
     s = 0
     while (s < T) & ok:
-        ok = grid_barrier(sync_ptr, (s + 1) * n_prog, spin_limit)
         bs, off, bs_p, off_p = forward_step_rows(s, T, bs_ptr, off_ptr, REVERSE)
-        n_prev = tl.minimum(bs_p, bs)
-        if RESIDENT:
-            h_prev = load_rows(y_ptr, off_p, n_prev, stride_y, h0_ptr, stride_h0, bs,
-                               row, ks[None, :], H)  # (BLOCK_B, K_PAD)
-            rec_r = rec_dot(h_prev, w_r, tl.zeros((BLOCK_B, BLOCK_H), COMPUTE) + b_r, DOT)
-            rec_z = rec_dot(h_prev, w_z, tl.zeros((BLOCK_B, BLOCK_H), COMPUTE) + b_z, DOT)
-            rec_n = rec_dot(h_prev, w_n, tl.zeros((BLOCK_B, BLOCK_H), COMPUTE) + b_n, DOT)
-        else:
-            rec_r = stream_matmul(tl.zeros((BLOCK_B, BLOCK_H), COMPUTE) + b_r, y_ptr, off_p,
-                                  n_prev, stride_y, h0_ptr, stride_h0, bs, row, w_hh_ptr, units,
-                                  unit_ok, 1, stride_w, H, BLOCK_K, DOT)
-            rec_z = stream_matmul(tl.zeros((BLOCK_B, BLOCK_H), COMPUTE) + b_z, y_ptr, off_p,
-                                  n_prev, stride_y, h0_ptr, stride_h0, bs, row, w_hh_ptr,
-                                  H + units, unit_ok, 1, stride_w, H, BLOCK_K, DOT)
-            rec_n = stream_matmul(tl.zeros((BLOCK_B, BLOCK_H), COMPUTE) + b_n, y_ptr, off_p,
-                                  n_prev, stride_y, h0_ptr, stride_h0, bs, row, w_hh_ptr,
-                                  2 * H + units, unit_ok, 1, stride_w, H, BLOCK_K, DOT)
         active = row < bs
         mask = active & unit_ok
         rows = off + row
+        # no other program writes the input projection: its load overlaps the wait
         x_r = load_gate(gx_ptr, rows, units, stride_gx, 0, H, mask, COMPUTE)
         x_z = load_gate(gx_ptr, rows, units, stride_gx, 1, H, mask, COMPUTE)
         x_n = load_gate(gx_ptr, rows, units, stride_gx, 2, H, mask, COMPUTE)
+        ok = grid_wait(sync_ptr, (s + 1) * n_prog, spin_limit)
+        rec = recurrent_matmul(tl.zeros((BLOCK_B, 4 * BLOCK_H), COMPUTE) + b_hh, y_ptr, off_p,
+                               tl.minimum(bs_p, bs), stride_y, h0_ptr, stride_h0, bs, row, w,
+                               w_hh_ptr, w_rows, w_ok, 1, stride_w, H, RESIDENT, SPLIT, K_PAD,
+                               BLOCK_K, DOT)
+        rec_r, rec_z, rec_n, _ = split_gates(rec, BLOCK_B, BLOCK_H)
         r, z, n, h_new = gru_cell_forward(x_r, x_z, x_n, rec_r, rec_z, rec_n, h)
         store_gate(y_ptr, rows, units, stride_y, 0, H, h_new, mask)
-        if SAVE:
+        grid_arrive(sync_ptr)
+        if SAVE:  # read by backward only: stored after the arrive, off the step's critical path
             store_gates4(gates_ptr, rows, units, stride_gates, H, r, z, n, rec_n, mask)
         h = tl.where(active, h_new, h)
         s += 1
@@ -111,33 +91,36 @@ def gru_persistent_bwd_kernel(
     stride_dy, stride_dhn, stride_gates, stride_y, stride_h0, stride_w, stride_dgx,
     stride_drec, stride_dh0, spin_limit,
     REVERSE: tl.constexpr, RESIDENT: tl.constexpr, DOT: tl.constexpr, COMPUTE: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, K_PAD: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr,
+    K_PAD: tl.constexpr,
 ):
     row, units, unit_ok, state_mask = program_tile(BLOCK_B, BLOCK_H, B, H)
     dh = load_gate(dh_n_ptr, row, units, stride_dhn, 0, H, state_mask, COMPUTE)  # carried dh
     K = 3 * H
-    w = backward_weight_slice(w_hh_ptr, K, units, unit_ok, stride_w, RESIDENT, K_PAD)
-    n_prog = tl.num_programs(0)
-    ok = tl.load(sync_ptr + 1) == 0
+    w = resident_weights(w_hh_ptr, K, units, unit_ok, stride_w, 1, RESIDENT, SPLIT, K_PAD)
+    n_prog = tl.num_programs(0).to(tl.int64)
+    ok = grid_not_failed(sync_ptr)
+    grid_arrive(sync_ptr)
     s = 0
     while (s < T + 1) & ok:  # iteration T only finishes dh0
-        ok = grid_barrier(sync_ptr, (s + 1) * n_prog, spin_limit)
         bs, off, bs_p, off_p, bs_n, off_n = backward_step_rows(s, T, bs_ptr, off_ptr, REVERSE)
-        rec = backward_recurrence(tl.zeros((BLOCK_B, BLOCK_H), COMPUTE), drec_ptr, off_n, bs_n,
-                                  stride_drec, w, w_hh_ptr, units, unit_ok, stride_w, K, row,
-                                  RESIDENT, K_PAD, BLOCK_K, DOT)
-        dh = tl.where(row < bs_n, dh + rec, dh)
-
         active = row < bs
         mask = active & unit_ok
         rows = off + row
-        dh_t = load_gate(dy_ptr, rows, units, stride_dy, 0, H, mask, COMPUTE) + dh
+        # what forward saved for this step (no other program writes it) overlaps the wait
+        dy = load_gate(dy_ptr, rows, units, stride_dy, 0, H, mask, COMPUTE)
         r, z, n, rec_n = load_gates4(gates_ptr, rows, units, stride_gates, H, mask, COMPUTE)
         h_prev = load_rows(y_ptr, off_p, tl.minimum(bs_p, bs), stride_y, h0_ptr, stride_h0,
                            bs, row, units, H).to(COMPUTE)
-        d_r, d_z, d_n, dh_direct = gru_cell_backward(dh_t, r, z, n, rec_n, h_prev)
-        store_gates3(dgx_ptr, rows, units, stride_dgx, H, d_r, d_z, d_n, mask)
+        ok = grid_wait(sync_ptr, (s + 1) * n_prog, spin_limit)
+        rec = recurrent_matmul(tl.zeros((BLOCK_B, BLOCK_H), COMPUTE), drec_ptr, off_n, bs_n,
+                               stride_drec, drec_ptr, 0, bs_n, row, w, w_hh_ptr, units, unit_ok,
+                               stride_w, 1, K, RESIDENT, SPLIT, K_PAD, BLOCK_K, DOT)
+        dh = tl.where(row < bs_n, dh + rec, dh)
+        d_r, d_z, d_n, dh_direct = gru_cell_backward(dy + dh, r, z, n, rec_n, h_prev)
         store_gates3(drec_ptr, rows, units, stride_drec, H, d_r, d_z, d_n * r, mask)
+        grid_arrive(sync_ptr)
+        store_gates3(dgx_ptr, rows, units, stride_dgx, H, d_r, d_z, d_n, mask)  # read after it
         dh = tl.where(active, dh_direct, dh)
         s += 1
     store_gate(dh0_ptr, row, units, stride_dh0, 0, H, dh, state_mask)
@@ -151,6 +134,7 @@ def gru_persistent_fwd(gx, sched, h0, w_hh, b_hh, save, plan: PersistentPlan):
     n_rows, (batch, hidden) = gx.shape[0], h0.shape
     bs, off = schedule_tensors(sched, gx.device)
     sync = new_sync_state(gx.device)
+    k_pad = max(16, triton.next_power_of_2(hidden))
     y = gx.new_empty(n_rows, hidden)
     h_n = h0.new_empty(batch, hidden)
     gates = gx.new_empty(n_rows, 4 * hidden) if save else None
@@ -163,7 +147,8 @@ def gru_persistent_fwd(gx, sched, h0, w_hh, b_hh, save, plan: PersistentPlan):
         REVERSE=sched.reverse, SAVE=save, HAS_BHH=b_hh is not None, RESIDENT=plan.resident,
         DOT=plan.dot, COMPUTE=compute_dtype(gx.dtype), BLOCK_B=plan.block_b,
         BLOCK_H=plan.block_h, BLOCK_K=plan.block_k,
-        K_PAD=max(16, triton.next_power_of_2(hidden)), num_warps=plan.num_warps,
+        SPLIT=split_k(k_pad, 4 * plan.block_h, plan.num_warps), K_PAD=k_pad,
+        num_warps=plan.num_warps,
     )
     if barrier_failed(sync):
         return None
@@ -178,6 +163,7 @@ def gru_persistent_bwd(dy, dh_n, sched, h0, w_hh, y, gates, plan: PersistentPlan
     n_rows, (batch, hidden) = dy.shape[0], h0.shape
     bs, off = schedule_tensors(sched, dy.device)
     sync = new_sync_state(dy.device)
+    k_pad = max(16, triton.next_power_of_2(3 * hidden))
     dgx, drec = dy.new_empty(n_rows, 3 * hidden), dy.new_empty(n_rows, 3 * hidden)
     dh0 = dh_n.new_empty(batch, hidden)
     gru_persistent_bwd_kernel[(plan.grid,)](
@@ -188,8 +174,8 @@ def gru_persistent_bwd(dy, dh_n, sched, h0, w_hh, y, gates, plan: PersistentPlan
         w_hh.stride(0), dgx.stride(0), drec.stride(0), dh0.stride(0), plan.spin_limit,
         REVERSE=sched.reverse, RESIDENT=plan.resident, DOT=plan.dot,
         COMPUTE=compute_dtype(dy.dtype), BLOCK_B=plan.block_b, BLOCK_H=plan.block_h,
-        BLOCK_K=plan.block_k, K_PAD=max(16, triton.next_power_of_2(3 * hidden)),
-        num_warps=plan.num_warps,
+        BLOCK_K=plan.block_k, SPLIT=split_k(k_pad, plan.block_h, plan.num_warps),
+        K_PAD=k_pad, num_warps=plan.num_warps,
     )
     if barrier_failed(sync):
         return None

@@ -4,7 +4,11 @@ Each program owns BLOCK_H hidden units (all four gates i, f, g, o of them) and
 every batch row (padded to BLOCK_B). Per step, forward:
     pre = gx[rows of t] + h_{t-1} @ W_hh[q*H + units, :]^T      (q = i, f, g, o)
     c = f * c + i * g ;  m = o * tanh(c)    -> y[rows of t, units]
-and one grid barrier. h_{t-1} is read from the rows of y written at the
+and one grid meeting (kernels/grid_sync.py): a program arrives once its slice of
+h_t is stored and waits for the others just before it needs h_t, loading the
+next step's input projection in between. The four gates of the program's units
+are one fused tile, so one dot per step serves them all
+(persistent_tiles.gate_columns). h_{t-1} is read from the rows of y written at the
 previous step (rows that start at t, possible in the reverse direction of a
 packed batch, read h0), so y itself is the exchange buffer: its rows are
 written once and never overwritten, so no double buffer is needed. c, and the
@@ -34,11 +38,10 @@ import triton.language as tl
 
 from .cell_math import load_gates4, lstm_cell_backward, lstm_cell_forward, store_gates4
 from .config import compute_dtype, state_dtype
-from .grid_sync import barrier_failed, grid_barrier, new_sync_state
-from .persistent_config import PersistentPlan, schedule_tensors
-from .persistent_tiles import (backward_recurrence, backward_step_rows, backward_weight_slice,
-                               forward_step_rows, load_rows, load_w_tile, program_tile, rec_dot,
-                               stream_matmul)
+from .grid_sync import barrier_failed, grid_arrive, grid_not_failed, grid_wait, new_sync_state
+from .persistent_config import PersistentPlan, schedule_tensors, split_k
+from .persistent_tiles import (backward_step_rows, forward_step_rows, gate_columns, load_rows,
+                               program_tile, recurrent_matmul, resident_weights, split_gates)
 from .tiles import load_gate, store_gate
 
 
@@ -52,13 +55,13 @@ def lstm_persistent_fwd_kernel(
     m_ptr,  # (N, H) unprojected outputs (PROJ: the exchange buffer of the projection)
     h_n_ptr, c_n_ptr,  # (B, R), (B, H) out
     gates_ptr, c_save_ptr,  # (N, 4H) activated gates, (N, H) cell states: out when SAVE
-    bs_ptr, off_ptr, sync_ptr,  # (T,) batch sizes, (T,) first rows, int32[2] barrier state
+    bs_ptr, off_ptr, sync_ptr,  # (T,) batch sizes, (T,) first rows, int64 barrier word
     T, B, H, R,
     stride_gx, stride_h0, stride_c0, stride_w, stride_whr, stride_y, stride_m, stride_hn,
     stride_cn, stride_gates, stride_cs, spin_limit,
     REVERSE: tl.constexpr, SAVE: tl.constexpr, PROJ: tl.constexpr, RESIDENT: tl.constexpr,
     DOT: tl.constexpr, COMPUTE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
-    BLOCK_O: tl.constexpr, BLOCK_K: tl.constexpr, K_PAD: tl.constexpr,
+    BLOCK_O: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, K_PAD: tl.constexpr,
 ):
     row, units, unit_ok, state_mask = program_tile(BLOCK_B, BLOCK_H, B, H)
     # this program's columns of the recurrent state h (R wide): its units, or with a
@@ -66,56 +69,45 @@ def lstm_persistent_fwd_kernel(
     _, cols, col_ok, out_mask = program_tile(BLOCK_B, BLOCK_O, B, R)
     c = load_gate(c0_ptr, row, units, stride_c0, 0, H, state_mask, COMPUTE)  # (BLOCK_B, BLOCK_H)
     h = load_gate(h0_ptr, row, cols, stride_h0, 0, R, out_mask, COMPUTE)  # (BLOCK_B, BLOCK_O)
-    if RESIDENT:  # this program's W_hh^T slices, (K_PAD, BLOCK_H) per gate, for all steps
-        ks = tl.arange(0, K_PAD)
-        w_i = load_w_tile(w_hh_ptr, ks, R, units, unit_ok, 1, stride_w)
-        w_f = load_w_tile(w_hh_ptr, ks, R, H + units, unit_ok, 1, stride_w)
-        w_g = load_w_tile(w_hh_ptr, ks, R, 2 * H + units, unit_ok, 1, stride_w)
-        w_o = load_w_tile(w_hh_ptr, ks, R, 3 * H + units, unit_ok, 1, stride_w)
-    n_prog = tl.num_programs(0)
+    # W_hh^T restricted to the four gates of this program's units: one (R, 4*BLOCK_H) tile
+    w_rows, w_ok = gate_columns(BLOCK_H, H, 4)
+    w = resident_weights(w_hh_ptr, R, w_rows, w_ok, 1, stride_w, RESIDENT, SPLIT, K_PAD)
+    n_prog = tl.num_programs(0).to(tl.int64)
     meetings: tl.constexpr = 2 if PROJ else 1  # per step: the projection needs all of m
-    ok = tl.load(sync_ptr + 1) == 0
+    ok = grid_not_failed(sync_ptr)
+    grid_arrive(sync_ptr)  # meeting 0: the whole grid is running
     s = 0
     while (s < T) & ok:
-        ok = grid_barrier(sync_ptr, (meetings * s + 1) * n_prog, spin_limit)
         bs, off, bs_p, off_p = forward_step_rows(s, T, bs_ptr, off_ptr, REVERSE)
-        n_prev = tl.minimum(bs_p, bs)  # rows continuing from the previous step; others from h0
-        zero = tl.zeros((BLOCK_B, BLOCK_H), COMPUTE)
-        if RESIDENT:
-            h_prev = load_rows(y_ptr, off_p, n_prev, stride_y, h0_ptr, stride_h0, bs,
-                               row, ks[None, :], R)  # (BLOCK_B, K_PAD)
-            pre_i = rec_dot(h_prev, w_i, zero, DOT)
-            pre_f = rec_dot(h_prev, w_f, zero, DOT)
-            pre_g = rec_dot(h_prev, w_g, zero, DOT)
-            pre_o = rec_dot(h_prev, w_o, zero, DOT)
-        else:
-            pre_i = stream_matmul(zero, y_ptr, off_p, n_prev, stride_y, h0_ptr, stride_h0, bs, row,
-                                  w_hh_ptr, units, unit_ok, 1, stride_w, R, BLOCK_K, DOT)
-            pre_f = stream_matmul(zero, y_ptr, off_p, n_prev, stride_y, h0_ptr, stride_h0, bs, row,
-                                  w_hh_ptr, H + units, unit_ok, 1, stride_w, R, BLOCK_K, DOT)
-            pre_g = stream_matmul(zero, y_ptr, off_p, n_prev, stride_y, h0_ptr, stride_h0, bs, row,
-                                  w_hh_ptr, 2 * H + units, unit_ok, 1, stride_w, R, BLOCK_K, DOT)
-            pre_o = stream_matmul(zero, y_ptr, off_p, n_prev, stride_y, h0_ptr, stride_h0, bs, row,
-                                  w_hh_ptr, 3 * H + units, unit_ok, 1, stride_w, R, BLOCK_K, DOT)
         active = row < bs
         mask = active & unit_ok
         rows = off + row  # packed rows of step t (int64)
+        # no other program writes the input projection: its load overlaps the wait
         x_i, x_f, x_g, x_o = load_gates4(gx_ptr, rows, units, stride_gx, H, mask, COMPUTE)
+        ok = grid_wait(sync_ptr, (meetings * s + 1) * n_prog, spin_limit)
+        # h_{t-1}: rows continuing from the previous step from y, the others from h0
+        pre = recurrent_matmul(tl.zeros((BLOCK_B, 4 * BLOCK_H), COMPUTE), y_ptr, off_p,
+                               tl.minimum(bs_p, bs), stride_y, h0_ptr, stride_h0, bs, row, w,
+                               w_hh_ptr, w_rows, w_ok, 1, stride_w, R, RESIDENT, SPLIT, K_PAD,
+                               BLOCK_K, DOT)
+        pre_i, pre_f, pre_g, pre_o = split_gates(pre, BLOCK_B, BLOCK_H)
         i, f, g, o, c_new, m = lstm_cell_forward(pre_i + x_i, pre_f + x_f, pre_g + x_g,
                                                  pre_o + x_o, c)
-        if SAVE:
-            store_gates4(gates_ptr, rows, units, stride_gates, H, i, f, g, o, mask)
-            store_gate(c_save_ptr, rows, units, stride_cs, 0, H, c_new, mask)
         c = tl.where(active, c_new, c)
         if PROJ:  # h_t = m_t W_hr^T: every program needs all of m_t, hence a second meeting
             store_gate(m_ptr, rows, units, stride_m, 0, H, m, mask)
-            ok = ok & grid_barrier(sync_ptr, (meetings * s + 2) * n_prog, spin_limit)
-            h_t = stream_matmul(tl.zeros((BLOCK_B, BLOCK_O), COMPUTE), m_ptr, off, bs, stride_m,
-                                m_ptr, 0, bs, row, w_hr_ptr, cols, col_ok, 1, stride_whr, H,
-                                BLOCK_K, DOT)
+            grid_arrive(sync_ptr)
+            ok = ok & grid_wait(sync_ptr, (meetings * s + 2) * n_prog, spin_limit)
+            h_t = recurrent_matmul(tl.zeros((BLOCK_B, BLOCK_O), COMPUTE), m_ptr, off, bs,
+                                   stride_m, m_ptr, 0, bs, row, 0, w_hr_ptr, cols, col_ok, 1,
+                                   stride_whr, H, False, SPLIT, BLOCK_K, BLOCK_K, DOT)
         else:
             h_t = m
         store_gate(y_ptr, rows, cols, stride_y, 0, R, h_t, active & col_ok)
+        grid_arrive(sync_ptr)
+        if SAVE:  # read by backward only: stored after the arrive, off the step's critical path
+            store_gates4(gates_ptr, rows, units, stride_gates, H, i, f, g, o, mask)
+            store_gate(c_save_ptr, rows, units, stride_cs, 0, H, c_new, mask)
         h = tl.where(active, h_t, h)
         s += 1
     store_gate(h_n_ptr, row, cols, stride_hn, 0, R, h, out_mask)
@@ -138,44 +130,47 @@ def lstm_persistent_bwd_kernel(
     stride_dr, stride_dg, stride_dh0, stride_dc0, spin_limit,
     REVERSE: tl.constexpr, PROJ: tl.constexpr, RESIDENT: tl.constexpr, DOT: tl.constexpr,
     COMPUTE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_O: tl.constexpr,
-    BLOCK_K: tl.constexpr, K_PAD: tl.constexpr,
+    BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, K_PAD: tl.constexpr,
 ):
     row, units, unit_ok, state_mask = program_tile(BLOCK_B, BLOCK_H, B, H)
     _, cols, col_ok, out_mask = program_tile(BLOCK_B, BLOCK_O, B, R)  # columns of h (forward)
     dh = load_gate(dh_n_ptr, row, cols, stride_dhn, 0, R, out_mask, COMPUTE)  # carried dh
     dc = load_gate(dc_n_ptr, row, units, stride_dcn, 0, H, state_mask, COMPUTE)  # carried dc
     K = 4 * H
-    w = backward_weight_slice(w_hh_ptr, K, cols, col_ok, stride_w, RESIDENT, K_PAD)
-    n_prog = tl.num_programs(0)
+    w = resident_weights(w_hh_ptr, K, cols, col_ok, stride_w, 1, RESIDENT, SPLIT, K_PAD)
+    n_prog = tl.num_programs(0).to(tl.int64)
     meetings: tl.constexpr = 2 if PROJ else 1
-    ok = tl.load(sync_ptr + 1) == 0
+    ok = grid_not_failed(sync_ptr)
+    grid_arrive(sync_ptr)
     s = 0
     while (s < T + 1) & ok:  # iteration T only finishes dh0
-        ok = grid_barrier(sync_ptr, (meetings * s + 1) * n_prog, spin_limit)
         bs, off, bs_p, off_p, bs_n, off_n = backward_step_rows(s, T, bs_ptr, off_ptr, REVERSE)
-        rec = backward_recurrence(tl.zeros((BLOCK_B, BLOCK_O), COMPUTE), dgates_ptr, off_n, bs_n,
-                                  stride_dg, w, w_hh_ptr, cols, col_ok, stride_w, K, row,
-                                  RESIDENT, K_PAD, BLOCK_K, DOT)
-        dh = tl.where(row < bs_n, rec, dh)
-
         active = row < bs
         mask = active & unit_ok
         rows = off + row
-        if PROJ:  # dm = (dy + dh) W_hr needs every column of dy + dh: a second meeting
-            dr = load_gate(dy_ptr, rows, cols, stride_dy, 0, R, active & col_ok, COMPUTE) + dh
-            store_gate(dr_ptr, rows, cols, stride_dr, 0, R, dr, active & col_ok)
-            ok = ok & grid_barrier(sync_ptr, (meetings * s + 2) * n_prog, spin_limit)
-            dm = stream_matmul(tl.zeros((BLOCK_B, BLOCK_H), COMPUTE), dr_ptr, off, bs, stride_dr,
-                               dr_ptr, 0, bs, row, w_hr_ptr, units, unit_ok, stride_whr, 1, R,
-                               BLOCK_K, DOT)
-        else:
-            dm = load_gate(dy_ptr, rows, units, stride_dy, 0, H, mask, COMPUTE) + dh
+        # what forward saved for this step (no other program writes it) overlaps the wait
         i, f, g, o = load_gates4(gates_ptr, rows, units, stride_gates, H, mask, COMPUTE)
         c = load_gate(c_save_ptr, rows, units, stride_cs, 0, H, mask, COMPUTE)
         c_prev = load_rows(c_save_ptr, off_p, tl.minimum(bs_p, bs), stride_cs, c0_ptr, stride_c0,
                            bs, row, units, H).to(COMPUTE)
+        dy = load_gate(dy_ptr, rows, cols, stride_dy, 0, R, active & col_ok, COMPUTE)
+        ok = grid_wait(sync_ptr, (meetings * s + 1) * n_prog, spin_limit)
+        rec = recurrent_matmul(tl.zeros((BLOCK_B, BLOCK_O), COMPUTE), dgates_ptr, off_n, bs_n,
+                               stride_dg, dgates_ptr, 0, bs_n, row, w, w_hh_ptr, cols, col_ok,
+                               stride_w, 1, K, RESIDENT, SPLIT, K_PAD, BLOCK_K, DOT)
+        dh = tl.where(row < bs_n, rec, dh)
+        if PROJ:  # dm = (dy + dh) W_hr needs every column of dy + dh: a second meeting
+            store_gate(dr_ptr, rows, cols, stride_dr, 0, R, dy + dh, active & col_ok)
+            grid_arrive(sync_ptr)
+            ok = ok & grid_wait(sync_ptr, (meetings * s + 2) * n_prog, spin_limit)
+            dm = recurrent_matmul(tl.zeros((BLOCK_B, BLOCK_H), COMPUTE), dr_ptr, off, bs,
+                                  stride_dr, dr_ptr, 0, bs, row, 0, w_hr_ptr, units, unit_ok,
+                                  stride_whr, 1, R, False, SPLIT, BLOCK_K, BLOCK_K, DOT)
+        else:
+            dm = dy + dh
         d_i, d_f, d_g, d_o, dc_prev = lstm_cell_backward(dm, dc, i, f, g, o, c, c_prev)
         store_gates4(dgates_ptr, rows, units, stride_dg, H, d_i, d_f, d_g, d_o, mask)
+        grid_arrive(sync_ptr)
         dc = tl.where(active, dc_prev, dc)
         s += 1
     store_gate(dh0_ptr, row, cols, stride_dh0, 0, R, dh, out_mask)
@@ -195,6 +190,7 @@ def lstm_persistent_fwd(gx, sched, h0, c0, w_hh, w_hr, save, plan: PersistentPla
     bs, off = schedule_tensors(sched, gx.device)
     sync = new_sync_state(gx.device)
     compute = compute_dtype(gx.dtype)
+    k_pad = max(16, triton.next_power_of_2(width))
     y = gx.new_empty(n_rows, width)
     m_all = gx.new_empty(n_rows, hidden) if proj else y
     h_n, c_n = h0.new_empty(batch, width), c0.new_empty(batch, hidden)
@@ -209,8 +205,8 @@ def lstm_persistent_fwd(gx, sched, h0, c0, w_hh, w_hr, save, plan: PersistentPla
         gates.stride(0) if save else 0, c_all.stride(0) if save else 0, plan.spin_limit,
         REVERSE=sched.reverse, SAVE=save, PROJ=proj, RESIDENT=plan.resident, DOT=plan.dot,
         COMPUTE=compute, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_O=plan.block_o,
-        BLOCK_K=plan.block_k, K_PAD=max(16, triton.next_power_of_2(width)),
-        num_warps=plan.num_warps,
+        BLOCK_K=plan.block_k, SPLIT=split_k(k_pad, 4 * plan.block_h, plan.num_warps),
+        K_PAD=k_pad, num_warps=plan.num_warps,
     )
     if barrier_failed(sync):
         return None
@@ -230,6 +226,7 @@ def lstm_persistent_bwd(dy, dh_n, dc_n, sched, c0, w_hh, w_hr, gates, c_all,
     proj = w_hr is not None
     bs, off = schedule_tensors(sched, dy.device)
     sync = new_sync_state(dy.device)
+    k_pad = max(16, triton.next_power_of_2(4 * hidden))
     dgates = dy.new_empty(n_rows, 4 * hidden)
     dr = dy.new_empty(n_rows, width) if proj else None
     dh0, dc0 = dh_n.new_empty(batch, width), dy.new_empty(batch, hidden)
@@ -244,7 +241,8 @@ def lstm_persistent_bwd(dy, dh_n, dc_n, sched, c0, w_hh, w_hr, gates, c_all,
         REVERSE=sched.reverse, PROJ=proj, RESIDENT=plan.resident, DOT=plan.dot,
         COMPUTE=compute_dtype(dy.dtype), BLOCK_B=plan.block_b, BLOCK_H=plan.block_h,
         BLOCK_O=plan.block_o, BLOCK_K=plan.block_k,
-        K_PAD=max(16, triton.next_power_of_2(4 * hidden)), num_warps=plan.num_warps,
+        SPLIT=split_k(k_pad, plan.block_o, plan.num_warps), K_PAD=k_pad,
+        num_warps=plan.num_warps,
     )
     if barrier_failed(sync):
         return None

@@ -1,13 +1,23 @@
 """Helpers shared by the persistent LSTM and GRU kernels (forward and backward).
 
 Every persistent kernel does, per step, one small recurrent matmul
-`acc (BLOCK_B, BLOCK_H) += A (BLOCK_B, K) @ W (K, BLOCK_H)` where
-  A: rows of a packed (N, K) matrix written by all programs at the previous
+`acc (BLOCK_B, N) += A (BLOCK_B, K) @ W (K, N)` where
+  A: rows of a packed (N_rows, K) matrix written by all programs at the previous
      step (forward: h_{t-1} from y, or h0 for rows that start here; backward:
      the gate gradients of the step undone before), and
-  W: this program's slice of W_hh (forward: W_hh[q*H + units, :]^T per gate q;
-     backward: W_hh[:, units], K = n_gates * H),
+  W: this program's slice of W_hh (forward: the rows of all gates of its units,
+     fused into one tile, see `gate_columns`; backward: W_hh[:, units], K = n_gates*H),
 plus the bookkeeping of the packed schedule (batch size and first row of a step).
+
+Two shapes keep the tensor cores busy at small batch, where A has only 16 rows
+(one mma tile) and Triton cannot split M across warps (compiling for sm_90
+without a GPU shows the warps then each repeat the whole product):
+  - forward fuses the gates into one dot N = 4*BLOCK_H wide, which the warps split;
+  - a resident W is held as SPLIT independent K-chunks (a batched dot, summed after),
+    so no chain of dependent mma instructions is longer than K / (16*SPLIT); backward's
+    N is only BLOCK_H, so there the chunks are what the warps split.
+A streamed W is read SPLIT chunks of BLOCK_K at a time, each batch summed before the
+next, so its chains are only BLOCK_K / 16 long.
 
 DOT selects how a matmul runs (chosen by the launcher from the dtype and the
 device, see persistent_config.dot_mode):
@@ -21,15 +31,54 @@ import triton.language as tl
 
 
 @triton.jit
-def rec_dot(a, w, acc, DOT: tl.constexpr):
-    """acc + a @ w; a: (BLOCK_B, BK), w: (BK, BLOCK_H), acc: (BLOCK_B, BLOCK_H)."""
+def split_dot(a, w, acc, DOT: tl.constexpr):
+    """acc + sum_s a[s] @ w[s]; a: (SPLIT, BLOCK_B, KS), w: (SPLIT, KS, N), acc: (BLOCK_B, N)."""
+    if a.shape[0] == 1:  # one chunk: a 2-D dot (Triton 3.6 puts a 3-D dot's warps on dim 0)
+        a2 = tl.reshape(a, (a.shape[1], a.shape[2]))
+        w2 = tl.reshape(w, (w.shape[1], w.shape[2]))
+        if DOT == 0:
+            part = tl.dot(a2, w2)
+        elif DOT == 1:
+            part = tl.dot(a2.to(tl.float32), w2.to(tl.float32), input_precision="ieee")
+        else:
+            part = tl.sum(a2.to(acc.dtype)[:, :, None] * w2.to(acc.dtype)[None, :, :], axis=1)
+        return acc + part.to(acc.dtype)
     if DOT == 0:
-        return tl.dot(a, w, acc)
+        part = tl.dot(a, w)
     elif DOT == 1:
-        return tl.dot(a.to(tl.float32), w.to(tl.float32), acc, input_precision="ieee")
+        part = tl.dot(a.to(tl.float32), w.to(tl.float32), input_precision="ieee")
     else:
-        prod = a.to(acc.dtype)[:, :, None] * w.to(acc.dtype)[None, :, :]
-        return acc + tl.sum(prod, axis=1)
+        part = tl.sum(a.to(acc.dtype)[:, :, :, None] * w.to(acc.dtype)[:, None, :, :], axis=2)
+    return acc + tl.sum(part, axis=0).to(acc.dtype)
+
+
+@triton.jit
+def k_chunks(k0, SPLIT: tl.constexpr, KS: tl.constexpr):
+    """Indices k0 + s*KS + kk of SPLIT chunks of KS, shaped for an A tile (SPLIT, 1, KS) and
+    for a W tile (SPLIT, KS, 1)."""
+    first = k0 + tl.arange(0, SPLIT)[:, None, None] * KS
+    return first + tl.arange(0, KS)[None, None, :], first + tl.arange(0, KS)[None, :, None]
+
+
+@triton.jit
+def gate_columns(BLOCK_H: tl.constexpr, H, N_GATES: tl.constexpr):
+    """Rows of W_hh behind the columns of this program's fused gate tile ((1, 4*BLOCK_H)),
+    and which exist. Column j = 4u + q is gate q of the program's unit u: unit-major, so a
+    unit's gates sit side by side and `split_gates` is mostly register-local. A GRU
+    (N_GATES = 3) leaves every fourth column empty: tl.dot needs a power-of-two width."""
+    j = tl.arange(0, 4 * BLOCK_H)
+    unit = tl.program_id(0) * BLOCK_H + j // 4
+    q = j % 4
+    return (q * H + unit)[None, :], ((unit < H) & (q < N_GATES))[None, :]
+
+
+@triton.jit
+def split_gates(acc, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    """(BLOCK_B, 4*BLOCK_H) fused gate tile -> its four (BLOCK_B, BLOCK_H) gates, q = 0..3."""
+    even, odd = tl.split(tl.reshape(acc, (BLOCK_B, BLOCK_H, 2, 2)))  # column 4u + 2a + b
+    q0, q2 = tl.split(even)
+    q1, q3 = tl.split(odd)
+    return q0, q1, q2, q3
 
 
 @triton.jit
@@ -42,10 +91,11 @@ def step_rows(bs_ptr, off_ptr, t, T):
 
 
 @triton.jit
-def load_rows(src_ptr, src_row0, n_src, src_stride, alt_ptr, alt_stride, n_active, r, cols, n_cols):
-    """(BLOCK_B, len(cols)) tile: row r < n_src from src[src_row0 + r], n_src <= r < n_active
-    from alt[r] (the initial state), zero elsewhere. Read through L2 (.cg): other programs
-    wrote src since this program last looked."""
+def load_rows(src_ptr, src_row0, n_src, src_stride, alt_ptr, alt_stride, n_active, r, cols,
+              n_cols):
+    """Tile of the broadcast shape of (r, cols): row r < n_src from src[src_row0 + r],
+    n_src <= r < n_active from alt[r] (the initial state), zero elsewhere. Read through L2
+    (.cg): other programs wrote src since this program last looked."""
     col_ok = cols < n_cols
     from_src = (r < n_src) & col_ok
     from_alt = (r >= n_src) & (r < n_active) & col_ok
@@ -57,23 +107,45 @@ def load_rows(src_ptr, src_row0, n_src, src_stride, alt_ptr, alt_stride, n_activ
 
 @triton.jit
 def load_w_tile(w_ptr, ks, K, cols, col_ok, stride_k, stride_n):
-    """(len(ks), len(cols)) tile W[k, n] = w[k * stride_k + cols[n] * stride_n], zero-padded."""
-    offs = ks[:, None].to(tl.int64) * stride_k + cols.to(tl.int64) * stride_n
-    return tl.load(w_ptr + offs, mask=(ks[:, None] < K) & col_ok, other=0.0)
+    """Tile W[k, n] = w[ks * stride_k + cols * stride_n] (broadcast shapes), zero-padded."""
+    offs = ks.to(tl.int64) * stride_k + cols.to(tl.int64) * stride_n
+    return tl.load(w_ptr + offs, mask=(ks < K) & col_ok, other=0.0)
 
 
 @triton.jit
-def stream_matmul(acc, src_ptr, src_row0, n_src, src_stride, alt_ptr, alt_stride, n_active, r,
-                  w_ptr, cols, col_ok, stride_k, stride_n, K,
-                  BLOCK_K: tl.constexpr, DOT: tl.constexpr):
-    """acc + A @ W with A from `load_rows` and W from `load_w_tile`, in K-chunks of BLOCK_K
-    (the weight slice is re-read from L2 every step: the not-resident path)."""
-    for k0 in range(0, K, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
+def resident_weights(w_ptr, K, cols, col_ok, stride_k, stride_n, RESIDENT: tl.constexpr,
+                     SPLIT: tl.constexpr, K_PAD: tl.constexpr):
+    """This program's W (K x len(cols)) as SPLIT K-chunks (SPLIT, K_PAD / SPLIT, N), loaded
+    once and kept for every step, when RESIDENT; else a placeholder (streamed every step)."""
+    if RESIDENT:
+        _, ks = k_chunks(0, SPLIT, K_PAD // SPLIT)
+        w = load_w_tile(w_ptr, ks, K, cols[None, :, :], col_ok[None, :, :], stride_k, stride_n)
+    else:
+        w = 0
+    return w
+
+
+@triton.jit
+def recurrent_matmul(acc, src_ptr, src_row0, n_src, src_stride, alt_ptr, alt_stride, n_active,
+                     r, w, w_ptr, cols, col_ok, stride_k, stride_n, K,
+                     RESIDENT: tl.constexpr, SPLIT: tl.constexpr, K_PAD: tl.constexpr,
+                     BLOCK_K: tl.constexpr, DOT: tl.constexpr):
+    """acc + A @ W: A's rows from `load_rows` (r: (BLOCK_B, 1) rows), W either the resident
+    chunks `w` from `resident_weights` or streamed from w_ptr (as in `load_w_tile`), SPLIT
+    chunks of BLOCK_K at a time, re-read from L2 every step."""
+    if RESIDENT:
+        ks, _ = k_chunks(0, SPLIT, K_PAD // SPLIT)
         a = load_rows(src_ptr, src_row0, n_src, src_stride, alt_ptr, alt_stride, n_active,
-                      r, ks[None, :], K)
-        w = load_w_tile(w_ptr, ks, K, cols, col_ok, stride_k, stride_n)
-        acc = rec_dot(a, w, acc, DOT)
+                      r[None, :, :], ks, K)
+        acc = split_dot(a, w, acc, DOT)
+    else:
+        for k0 in range(0, K, SPLIT * BLOCK_K):
+            ks_a, ks_w = k_chunks(k0, SPLIT, BLOCK_K)
+            a = load_rows(src_ptr, src_row0, n_src, src_stride, alt_ptr, alt_stride, n_active,
+                          r[None, :, :], ks_a, K)
+            w_k = load_w_tile(w_ptr, ks_w, K, cols[None, :, :], col_ok[None, :, :], stride_k,
+                              stride_n)
+            acc = split_dot(a, w_k, acc, DOT)
     return acc
 
 
@@ -114,31 +186,3 @@ def backward_step_rows(s, T, bs_ptr, off_ptr, REVERSE: tl.constexpr):
     bs, off, bs_p, off_p = forward_step_rows(j, T, bs_ptr, off_ptr, REVERSE)
     bs_n, off_n = step_rows(bs_ptr, off_ptr, step_at(j + 1, T, REVERSE), T)
     return bs, off, bs_p, off_p, bs_n, off_n
-
-
-@triton.jit
-def backward_weight_slice(w_hh_ptr, K, units, unit_ok, stride_w,
-                          RESIDENT: tl.constexpr, K_PAD: tl.constexpr):
-    """W_hh[:, units] as a (K_PAD, BLOCK_H) tile kept for all steps when RESIDENT; else a
-    placeholder (the streamed path re-reads the slice from L2 every step)."""
-    if RESIDENT:
-        w = load_w_tile(w_hh_ptr, tl.arange(0, K_PAD), K, units, unit_ok, stride_w, 1)
-    else:
-        w = 0
-    return w
-
-
-@triton.jit
-def backward_recurrence(acc, ex_ptr, off_n, bs_n, stride_ex, w, w_hh_ptr, units, unit_ok,
-                        stride_w, K, row, RESIDENT: tl.constexpr, K_PAD: tl.constexpr,
-                        BLOCK_K: tl.constexpr, DOT: tl.constexpr):
-    """acc + G @ W_hh[:, units], G = the (K-wide) gate gradients of the step undone just
-    before, read from the exchange buffer ex: the recurrent part of this step's dh."""
-    if RESIDENT:
-        g = load_rows(ex_ptr, off_n, bs_n, stride_ex, ex_ptr, 0, bs_n, row,
-                      tl.arange(0, K_PAD)[None, :], K)  # (BLOCK_B, K_PAD)
-        out = rec_dot(g, w, acc, DOT)
-    else:
-        out = stream_matmul(acc, ex_ptr, off_n, bs_n, stride_ex, ex_ptr, 0, bs_n, row,
-                            w_hh_ptr, units, unit_ok, stride_w, 1, K, BLOCK_K, DOT)
-    return out

@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 from lstm_triton.kernels import grid_sync, persistent_config
-from lstm_triton.kernels.grid_sync import grid_barrier, new_sync_state
+from lstm_triton.kernels.grid_sync import grid_barrier, grid_not_failed, new_sync_state
 from rnn_testing import (DEVICE, DTYPES, assert_close, interpreter_only, outputs_and_grads,
                          twin_modules)
 from torch.nn.utils.rnn import PackedSequence, pack_sequence
@@ -29,28 +29,38 @@ I, H = 3, 5
 
 # ---------------------------------------------------------------------------- grid barrier
 @triton.jit
-def _barrier_probe_kernel(sync_ptr, met_ptr, steps, n_expected, spin_limit):
-    """Meets `steps` times, expecting n_expected programs; met_ptr[s] = 1 if meeting s met."""
-    ok = tl.load(sync_ptr + 1) == 0
+def _barrier_probe_kernel(sync_ptr, met_ptr, steps, n_expected, base, spin_limit):
+    """Meets `steps` times, expecting n_expected programs after `base` earlier arrivals;
+    met_ptr[s] = 1 if meeting s met."""
+    ok = grid_not_failed(sync_ptr)
     s = 0
     while (s < steps) & ok:
-        ok = grid_barrier(sync_ptr, (s + 1) * n_expected, spin_limit)
+        ok = grid_barrier(sync_ptr, base + (s + 1) * n_expected, spin_limit)
         tl.store(met_ptr + s, ok.to(tl.int32))
         s += 1
 
 
-def run_probe(steps, n_expected, spin_limit):
-    sync = new_sync_state(DEVICE)
+def run_probe(steps, n_expected, spin_limit, sync=None, base=0):
+    sync = new_sync_state(DEVICE) if sync is None else sync
     met = torch.full((steps,), -1, dtype=torch.int32)
-    _barrier_probe_kernel[(1,)](sync, met, steps, n_expected, spin_limit)
+    _barrier_probe_kernel[(1,)](sync, met, steps, n_expected, base, spin_limit)
     return sync, met
 
 
 def test_grid_barrier_meets_every_step_on_one_program():
     sync, met = run_probe(steps=4, n_expected=1, spin_limit=8)
     assert met.tolist() == [1, 1, 1, 1]
-    assert sync.tolist() == [4, 0]  # four arrivals, no failure
-    assert not grid_sync.barrier_failed(sync)
+    assert grid_sync.arrivals(sync) == 4 and not grid_sync.barrier_failed(sync)
+
+
+def test_grid_barrier_counts_past_int32():
+    """The arrival count is 64-bit: a launch that has already counted 2**33 arrivals (a very
+    long sequence on a large grid) still meets, and the flag bit is untouched."""
+    base = 1 << 33
+    sync = torch.tensor([base], dtype=torch.int64)
+    sync, met = run_probe(steps=3, n_expected=1, spin_limit=8, sync=sync, base=base)
+    assert met.tolist() == [1, 1, 1]
+    assert grid_sync.arrivals(sync) == base + 3 and not grid_sync.barrier_failed(sync)
 
 
 def test_grid_barrier_that_cannot_meet_reports_failure_instead_of_hanging():
@@ -58,14 +68,13 @@ def test_grid_barrier_that_cannot_meet_reports_failure_instead_of_hanging():
     set, and the program stops at its first meeting."""
     sync, met = run_probe(steps=3, n_expected=2, spin_limit=5)
     assert met.tolist() == [0, -1, -1]
-    assert grid_sync.barrier_failed(sync)
+    assert grid_sync.barrier_failed(sync) and grid_sync.arrivals(sync) == 1
 
 
 def test_grid_barrier_sees_failure_reported_by_another_program():
     """A flag already set (another program gave up) stops the wait at once."""
-    sync = torch.tensor([0, 1], dtype=torch.int32)
-    met = torch.full((1,), -1, dtype=torch.int32)
-    _barrier_probe_kernel[(1,)](sync, met, 1, 1, 1 << 30)
+    sync, met = run_probe(steps=1, n_expected=1, spin_limit=1 << 30,
+                          sync=grid_sync.failed_sync_state(DEVICE))
     assert met.tolist() == [-1]  # the loop never started
 
 
@@ -74,8 +83,7 @@ def test_failed_barrier_falls_back_to_stepwise_with_a_warning(cell, monkeypatch)
     """Every launch reports a failed barrier (flag preset): forward and backward rerun on
     stepwise, say so, and still match torch."""
     kernels = __import__(f"lstm_triton.kernels.persistent_{cell}", fromlist=["x"])
-    monkeypatch.setattr(kernels, "new_sync_state",
-                        lambda device: torch.tensor([0, 1], dtype=torch.int32, device=device))
+    monkeypatch.setattr(kernels, "new_sync_state", grid_sync.failed_sync_state)
     module, oracle = twin_modules(cell, I, H, dtype=torch.float64, backend="persistent")
     x = torch.randn(4, 2, I, dtype=torch.float64, requires_grad=True)
     weights_out = [torch.randn(4, 2, H, dtype=torch.float64)] + \
@@ -284,12 +292,12 @@ for kernel in (persistent_lstm.lstm_persistent_fwd_kernel, persistent_lstm.lstm_
         dot, compute = DTYPES[dt]
         for proj in ((False, True) if "PROJ" in kernel.arg_names else (None,)):
             cx = dict(REVERSE=True, RESIDENT=resident, DOT=dot, COMPUTE=compute, BLOCK_B=16,
-                      BLOCK_H=16, BLOCK_K=16 if dot == 2 else 64, K_PAD=128)
+                      BLOCK_H=16, BLOCK_K=4 if dot == 2 else 64, SPLIT=2, K_PAD=128)
             cx.update({k: True for k in ("SAVE", "HAS_BHH") if k in kernel.arg_names})
             if proj is not None:  # the LSTM, with and without a projection (two meetings a step)
                 cx.update(PROJ=proj, BLOCK_O=32 if proj else 16)
             state = "*fp64" if dt == "fp64" else "*fp32"
-            ptrs = {"bs_ptr": "*i32", "off_ptr": "*i64", "sync_ptr": "*i32", "c_save_ptr": state}
+            ptrs = {"bs_ptr": "*i32", "off_ptr": "*i64", "sync_ptr": "*i64", "c_save_ptr": state}
             sig = {n: "constexpr" if n in cx else (ptrs.get(n, "*" + dt) if n.endswith("_ptr")
                                                    else "i32") for n in kernel.arg_names}
             triton.compile(ASTSource(kernel, sig, constexprs=cx), target=GPUTarget("cuda", 90, 32),
@@ -327,3 +335,42 @@ def test_kernels_compile_for_sm90_without_a_gpu():
     done = subprocess.run([sys.executable, "-c", COMPILE_FOR_SM90], env=env, check=False,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]
+
+
+WARPS_SHARE_THE_DOT = r'''
+import torch, triton
+from bench.compiled import compile_case, h100_plan
+from lstm_triton.kernels import persistent_config
+for cell, n_gates in (("lstm", 4), ("gru", 3)):
+    for direction in ("fwd", "bwd"):
+        for hidden in (256, 1024):  # W_hh resident, streamed
+            got = compile_case(cell, direction, torch.bfloat16, 16, hidden)
+            plan = h100_plan(cell, torch.bfloat16, 16, hidden)
+            n = 4 * plan.block_h if direction == "fwd" else plan.block_o
+            k = hidden if direction == "fwd" else n_gates * hidden
+            k_pad = max(16, triton.next_power_of_2(k))
+            split = persistent_config.split_k(k_pad, n, plan.num_warps)
+            k_run = k_pad if plan.resident else triton.cdiv(k, split * plan.block_k) * split * plan.block_k
+            useful = (plan.block_b // 16) * (n // 8) * (k_run // 16)  # mma.m16n8k16 of one step
+            assert got["mma_per_smsp"] * 4 == useful, (cell, direction, hidden, got, useful)
+            assert got["spill_bytes"] == 0, (cell, direction, hidden, got)
+print("shared")
+'''
+
+
+@pytest.mark.slow
+def test_warps_share_the_recurrent_dot_instead_of_repeating_it():
+    """At batch 16 the recurrent dot is one 16-row mma tile. Compiled for an H100 (sm_90),
+    each step's tensor-core instructions must be spread over the SM's four sub-partitions
+    with none repeated (forward: the fused gate tile's columns; backward: K-chunks), and
+    ptxas must not spill: resident (H=256) and streamed (H=1024) W_hh, LSTM and GRU."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    done = subprocess.run([sys.executable, "-c", WARPS_SHARE_THE_DOT], env=env, check=False,
+                          capture_output=True, text=True, timeout=900,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0 and "shared" in done.stdout, done.stderr[-3000:]
