@@ -66,6 +66,16 @@ def grid_not_failed(sync_ptr):
 
 
 @triton.jit
+def grid_start(sync_ptr):
+    """Meeting 0 of a persistent launch: arrive (so the first wait also checks that the whole
+    grid is running) and return (programs as int64, for meeting targets; False when the
+    barrier had already failed)."""
+    ok = grid_not_failed(sync_ptr)
+    grid_arrive(sync_ptr)
+    return tl.num_programs(0).to(tl.int64), ok
+
+
+@triton.jit
 def grid_arrive(sync_ptr):
     """Count this program's arrival, after all of its threads' earlier stores.
 

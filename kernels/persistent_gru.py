@@ -18,10 +18,11 @@ import triton.language as tl
 
 from .cell_math import gru_cell_backward, gru_cell_forward, load_gates4, store_gates3, store_gates4
 from .config import compute_dtype
-from .grid_sync import barrier_failed, grid_arrive, grid_not_failed, grid_wait, new_sync_state
+from .grid_sync import barrier_failed, grid_arrive, grid_start, grid_wait, new_sync_state
 from .persistent_config import PersistentPlan, schedule_tensors, split_k
 from .persistent_tiles import (backward_step_rows, forward_step_rows, gate_columns, load_rows,
-                               program_tile, recurrent_matmul, resident_weights, split_gates)
+                               program_tile, recurrent_matmul, resident_weights, split_gates,
+                               step_tile)
 from .tiles import load_gate, store_gate
 
 
@@ -49,15 +50,11 @@ def gru_persistent_fwd_kernel(
         b_hh = tl.load(b_hh_ptr + w_rows, mask=w_ok, other=0.0).to(COMPUTE)
     else:
         b_hh = tl.zeros(w_rows.shape, COMPUTE)
-    n_prog = tl.num_programs(0).to(tl.int64)
-    ok = grid_not_failed(sync_ptr)
-    grid_arrive(sync_ptr)  # meeting 0: the whole grid is running
+    n_prog, ok = grid_start(sync_ptr)  # meeting 0: the whole grid is running
     s = 0
     while (s < T) & ok:
         bs, off, bs_p, off_p = forward_step_rows(s, T, bs_ptr, off_ptr, REVERSE)
-        active = row < bs
-        mask = active & unit_ok
-        rows = off + row
+        active, mask, rows = step_tile(row, off, bs, unit_ok)
         # no other program writes the input projection: its load overlaps the wait
         x_r = load_gate(gx_ptr, rows, units, stride_gx, 0, H, mask, COMPUTE)
         x_z = load_gate(gx_ptr, rows, units, stride_gx, 1, H, mask, COMPUTE)
@@ -98,15 +95,11 @@ def gru_persistent_bwd_kernel(
     dh = load_gate(dh_n_ptr, row, units, stride_dhn, 0, H, state_mask, COMPUTE)  # carried dh
     K = 3 * H
     w = resident_weights(w_hh_ptr, K, units, unit_ok, stride_w, 1, RESIDENT, SPLIT, K_PAD)
-    n_prog = tl.num_programs(0).to(tl.int64)
-    ok = grid_not_failed(sync_ptr)
-    grid_arrive(sync_ptr)
+    n_prog, ok = grid_start(sync_ptr)
     s = 0
     while (s < T + 1) & ok:  # iteration T only finishes dh0
         bs, off, bs_p, off_p, bs_n, off_n = backward_step_rows(s, T, bs_ptr, off_ptr, REVERSE)
-        active = row < bs
-        mask = active & unit_ok
-        rows = off + row
+        active, mask, rows = step_tile(row, off, bs, unit_ok)
         # what forward saved for this step (no other program writes it) overlaps the wait
         dy = load_gate(dy_ptr, rows, units, stride_dy, 0, H, mask, COMPUTE)
         r, z, n, rec_n = load_gates4(gates_ptr, rows, units, stride_gates, H, mask, COMPUTE)

@@ -38,10 +38,11 @@ import triton.language as tl
 
 from .cell_math import load_gates4, lstm_cell_backward, lstm_cell_forward, store_gates4
 from .config import compute_dtype, state_dtype
-from .grid_sync import barrier_failed, grid_arrive, grid_not_failed, grid_wait, new_sync_state
+from .grid_sync import barrier_failed, grid_arrive, grid_start, grid_wait, new_sync_state
 from .persistent_config import PersistentPlan, schedule_tensors, split_k
 from .persistent_tiles import (backward_step_rows, forward_step_rows, gate_columns, load_rows,
-                               program_tile, recurrent_matmul, resident_weights, split_gates)
+                               program_tile, recurrent_matmul, resident_weights, split_gates,
+                               step_tile)
 from .tiles import load_gate, store_gate
 
 
@@ -72,16 +73,12 @@ def lstm_persistent_fwd_kernel(
     # W_hh^T restricted to the four gates of this program's units: one (R, 4*BLOCK_H) tile
     w_rows, w_ok = gate_columns(BLOCK_H, H, 4)
     w = resident_weights(w_hh_ptr, R, w_rows, w_ok, 1, stride_w, RESIDENT, SPLIT, K_PAD)
-    n_prog = tl.num_programs(0).to(tl.int64)
     meetings: tl.constexpr = 2 if PROJ else 1  # per step: the projection needs all of m
-    ok = grid_not_failed(sync_ptr)
-    grid_arrive(sync_ptr)  # meeting 0: the whole grid is running
+    n_prog, ok = grid_start(sync_ptr)  # meeting 0: the whole grid is running
     s = 0
     while (s < T) & ok:
         bs, off, bs_p, off_p = forward_step_rows(s, T, bs_ptr, off_ptr, REVERSE)
-        active = row < bs
-        mask = active & unit_ok
-        rows = off + row  # packed rows of step t (int64)
+        active, mask, rows = step_tile(row, off, bs, unit_ok)
         # no other program writes the input projection: its load overlaps the wait
         x_i, x_f, x_g, x_o = load_gates4(gx_ptr, rows, units, stride_gx, H, mask, COMPUTE)
         ok = grid_wait(sync_ptr, (meetings * s + 1) * n_prog, spin_limit)
@@ -138,16 +135,12 @@ def lstm_persistent_bwd_kernel(
     dc = load_gate(dc_n_ptr, row, units, stride_dcn, 0, H, state_mask, COMPUTE)  # carried dc
     K = 4 * H
     w = resident_weights(w_hh_ptr, K, cols, col_ok, stride_w, 1, RESIDENT, SPLIT, K_PAD)
-    n_prog = tl.num_programs(0).to(tl.int64)
     meetings: tl.constexpr = 2 if PROJ else 1
-    ok = grid_not_failed(sync_ptr)
-    grid_arrive(sync_ptr)
+    n_prog, ok = grid_start(sync_ptr)
     s = 0
     while (s < T + 1) & ok:  # iteration T only finishes dh0
         bs, off, bs_p, off_p, bs_n, off_n = backward_step_rows(s, T, bs_ptr, off_ptr, REVERSE)
-        active = row < bs
-        mask = active & unit_ok
-        rows = off + row
+        active, mask, rows = step_tile(row, off, bs, unit_ok)
         # what forward saved for this step (no other program writes it) overlaps the wait
         i, f, g, o = load_gates4(gates_ptr, rows, units, stride_gates, H, mask, COMPUTE)
         c = load_gate(c_save_ptr, rows, units, stride_cs, 0, H, mask, COMPUTE)

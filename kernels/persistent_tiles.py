@@ -170,6 +170,14 @@ def program_tile(BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, B, H):
 
 
 @triton.jit
+def step_tile(row, off, bs, unit_ok):
+    """(active rows, mask of active rows x existing units, packed rows (int64)) of a step
+    whose batch size is bs and whose first packed row is off."""
+    active = row < bs
+    return active, active & unit_ok, off + row
+
+
+@triton.jit
 def forward_step_rows(s, T, bs_ptr, off_ptr, REVERSE: tl.constexpr):
     """(bs, off) of the s-th step processed and (bs_p, off_p) of the one processed before it."""
     bs, off = step_rows(bs_ptr, off_ptr, step_at(s, T, REVERSE), T)
