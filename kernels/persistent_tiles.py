@@ -31,25 +31,29 @@ import triton.language as tl
 
 
 @triton.jit
+def tensor_core_dot(a, w, DOT: tl.constexpr):
+    """a @ w (2-D, or batched 3-D) on tensor cores, float32 result (DOT 0 or 1)."""
+    if DOT == 0:
+        return tl.dot(a, w)
+    return tl.dot(a.to(tl.float32), w.to(tl.float32), input_precision="ieee")
+
+
+@triton.jit
 def split_dot(a, w, acc, DOT: tl.constexpr):
     """acc + sum_s a[s] @ w[s]; a: (SPLIT, BLOCK_B, KS), w: (SPLIT, KS, N), acc: (BLOCK_B, N)."""
     if a.shape[0] == 1:  # one chunk: a 2-D dot (Triton 3.6 puts a 3-D dot's warps on dim 0)
-        a2 = tl.reshape(a, (a.shape[1], a.shape[2]))
-        w2 = tl.reshape(w, (w.shape[1], w.shape[2]))
-        if DOT == 0:
-            part = tl.dot(a2, w2)
-        elif DOT == 1:
-            part = tl.dot(a2.to(tl.float32), w2.to(tl.float32), input_precision="ieee")
+        a = tl.reshape(a, (a.shape[1], a.shape[2])).to(acc.dtype if DOT == 2 else a.dtype)
+        w = tl.reshape(w, (w.shape[1], w.shape[2])).to(acc.dtype if DOT == 2 else w.dtype)
+        if DOT == 2:
+            part = tl.sum(a[:, :, None] * w[None, :, :], axis=1)
         else:
-            part = tl.sum(a2.to(acc.dtype)[:, :, None] * w2.to(acc.dtype)[None, :, :], axis=1)
-        return acc + part.to(acc.dtype)
-    if DOT == 0:
-        part = tl.dot(a, w)
-    elif DOT == 1:
-        part = tl.dot(a.to(tl.float32), w.to(tl.float32), input_precision="ieee")
+            part = tensor_core_dot(a, w, DOT)
+    elif DOT == 2:
+        part = tl.sum(tl.sum(a.to(acc.dtype)[:, :, :, None] * w.to(acc.dtype)[:, None, :, :],
+                             axis=2), axis=0)
     else:
-        part = tl.sum(a.to(acc.dtype)[:, :, :, None] * w.to(acc.dtype)[:, None, :, :], axis=2)
-    return acc + tl.sum(part, axis=0).to(acc.dtype)
+        part = tl.sum(tensor_core_dot(a, w, DOT), axis=0)
+    return acc + part.to(acc.dtype)
 
 
 @triton.jit
