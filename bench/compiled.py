@@ -71,6 +71,7 @@ def compile_case(cell, direction, dtype, batch, hidden):
     if "SPLIT" in kernel.arg_names:
         n_cols = 4 * plan.block_h if direction == "fwd" else plan.block_o
         cx["SPLIT"] = persistent_config.split_k(k_pad, n_cols, plan.num_warps)
+    cx["PROJ_SPLIT"] = 1  # no projection in these cases
     cx = {n: v for n, v in cx.items() if n in kernel.arg_names}
     dt = DTYPES[dtype]
     ptrs = {"bs_ptr": "*i32", "off_ptr": "*i64", "sync_ptr": "*i64", "c_save_ptr": "*fp32"}

@@ -62,7 +62,8 @@ def lstm_persistent_fwd_kernel(
     stride_cn, stride_gates, stride_cs, spin_limit,
     REVERSE: tl.constexpr, SAVE: tl.constexpr, PROJ: tl.constexpr, RESIDENT: tl.constexpr,
     DOT: tl.constexpr, COMPUTE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
-    BLOCK_O: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, K_PAD: tl.constexpr,
+    BLOCK_O: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, PROJ_SPLIT: tl.constexpr,
+    K_PAD: tl.constexpr,
 ):
     row, units, unit_ok, state_mask = program_tile(BLOCK_B, BLOCK_H, B, H)
     # this program's columns of the recurrent state h (R wide): its units, or with a
@@ -97,7 +98,7 @@ def lstm_persistent_fwd_kernel(
             ok = ok & grid_wait(sync_ptr, (meetings * s + 2) * n_prog, spin_limit)
             h_t = recurrent_matmul(tl.zeros((BLOCK_B, BLOCK_O), COMPUTE), m_ptr, off, bs,
                                    stride_m, m_ptr, 0, bs, row, 0, w_hr_ptr, cols, col_ok, 1,
-                                   stride_whr, H, False, SPLIT, BLOCK_K, BLOCK_K, DOT)
+                                   stride_whr, H, False, PROJ_SPLIT, BLOCK_K, BLOCK_K, DOT)
         else:
             h_t = m
         store_gate(y_ptr, rows, cols, stride_y, 0, R, h_t, active & col_ok)
@@ -199,6 +200,8 @@ def lstm_persistent_fwd(gx, sched, h0, c0, w_hh, w_hr, save, plan: PersistentPla
         REVERSE=sched.reverse, SAVE=save, PROJ=proj, RESIDENT=plan.resident, DOT=plan.dot,
         COMPUTE=compute, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_O=plan.block_o,
         BLOCK_K=plan.block_k, SPLIT=split_k(k_pad, 4 * plan.block_h, plan.num_warps),
+        # the projection's dot is BLOCK_O (often 16) wide, with K = H
+        PROJ_SPLIT=split_k(triton.next_power_of_2(hidden), plan.block_o, plan.num_warps),
         K_PAD=k_pad, num_warps=plan.num_warps,
     )
     if barrier_failed(sync):

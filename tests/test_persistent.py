@@ -296,6 +296,8 @@ for kernel in (persistent_lstm.lstm_persistent_fwd_kernel, persistent_lstm.lstm_
             cx.update({k: True for k in ("SAVE", "HAS_BHH") if k in kernel.arg_names})
             if proj is not None:  # the LSTM, with and without a projection (two meetings a step)
                 cx.update(PROJ=proj, BLOCK_O=32 if proj else 16)
+                if "PROJ_SPLIT" in kernel.arg_names:
+                    cx.update(PROJ_SPLIT=2)
             state = "*fp64" if dt == "fp64" else "*fp32"
             ptrs = {"bs_ptr": "*i32", "off_ptr": "*i64", "sync_ptr": "*i64", "c_save_ptr": state}
             sig = {n: "constexpr" if n in cx else (ptrs.get(n, "*" + dt) if n.endswith("_ptr")
