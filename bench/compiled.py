@@ -48,13 +48,8 @@ DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 
 def h100_plan(cell, dtype, batch, hidden):
     """persistent_config.plan as it runs on an H100, computed here without one."""
-    budget = persistent_config._gpu_budget
-    persistent_config._gpu_budget = lambda device: tuple(H100.values())
-    try:
-        plan, reason = persistent_config.plan(4 if cell == "lstm" else 3,
-                                              torch.device("cuda"), dtype, batch, hidden)
-    finally:
-        persistent_config._gpu_budget = budget
+    plan, reason = persistent_config.plan(4 if cell == "lstm" else 3, torch.device("cuda"),
+                                          dtype, batch, hidden, budget=tuple(H100.values()))
     if plan is None:
         raise ValueError(reason)
     return plan
@@ -64,7 +59,7 @@ def compile_case(cell, direction, dtype, batch, hidden):
     plan = h100_plan(cell, dtype, batch, hidden)
     kernel = KERNELS[cell, direction]
     k = hidden if direction == "fwd" else (4 if cell == "lstm" else 3) * hidden
-    k_pad = max(16, triton.next_power_of_2(k))
+    k_pad = persistent_config.pad_dot(k)
     cx = dict(REVERSE=False, RESIDENT=plan.resident, DOT=plan.dot, COMPUTE=tl.float32,
               BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k, K_PAD=k_pad,
               SAVE=True, HAS_BHH=True, PROJ=False, BLOCK_O=plan.block_o)

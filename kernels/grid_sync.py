@@ -46,17 +46,17 @@ def new_sync_state(device) -> torch.Tensor:
 
 def failed_sync_state(device) -> torch.Tensor:
     """A barrier word whose failure flag is already set (tests: every wait fails at once)."""
-    return torch.tensor([1 << FAILED_BIT], dtype=torch.int64, device=device)
+    return torch.tensor([FAILED.value], dtype=torch.int64, device=device)
 
 
 def barrier_failed(sync_state: torch.Tensor) -> bool:
     """True when some program of the launch gave up waiting (reads back: synchronises)."""
-    return bool((int(sync_state[0].item()) >> FAILED_BIT) & 1)
+    return bool(int(sync_state[0].item()) & FAILED.value)
 
 
 def arrivals(sync_state: torch.Tensor) -> int:
     """Arrivals counted so far (tests, benchmarks)."""
-    return int(sync_state[0].item()) & ((1 << FAILED_BIT) - 1)
+    return int(sync_state[0].item()) & COUNT_MASK.value
 
 
 @triton.jit

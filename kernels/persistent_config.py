@@ -11,8 +11,9 @@ limit is derived from the device's own properties, never from a model name:
   BLOCK_H   the smallest power of two >= 16 (tl.dot's minimum) that keeps the grid
             within the SM count: as many programs as possible share the weight reads.
   BLOCK_B   the batch padded to a power of two >= 16 (tl.dot's minimum).
-  resident  W_hh slice (K x n_gates*BLOCK_H) loaded once before the time loop when
-            it fits in half of one program's shared memory (Triton keeps a
+  resident  W_hh slice (forward: H x 4*BLOCK_H, the fused gate tile; backward:
+            n_gates*H x BLOCK_H, in K-chunks, see split_k) loaded once before the time
+            loop when it fits in half of one program's shared memory (Triton keeps a
             loop-invariant tl.dot operand in shared memory: compiling for sm_90 shows
             the slice's bytes in the kernel's shared-memory size); otherwise streamed
             from L2 in BLOCK_K chunks every step. float32 is resident only on the
@@ -94,8 +95,9 @@ def dot_mode(dtype, device) -> int:
     return DOT_NATIVE
 
 
-def _pow2(n: int, floor: int = MIN_DOT) -> int:
-    return max(floor, triton.next_power_of_2(max(n, 1)))
+def pad_dot(n: int) -> int:
+    """n rounded up to a power of two of at least MIN_DOT: a block size or K of a tl.dot."""
+    return max(MIN_DOT, triton.next_power_of_2(max(n, 1)))
 
 
 def _gpu_budget(device):
@@ -110,28 +112,30 @@ def _gpu_budget(device):
     return props.multi_processor_count, 4 * regs, smem
 
 
-def plan(n_gates: int, device, dtype, batch: int, hidden: int, width: int = 0):
+def plan(n_gates: int, device, dtype, batch: int, hidden: int, width: int = 0, budget=None):
     """(PersistentPlan, None) when a persistent launch can serve this layer, else (None, reason).
 
     width: columns of the recurrent state h, P for an LSTM with a projection (proj_size),
     else hidden (0 means hidden). Programs split the hidden units for the cell update and,
-    with a projection, the P columns of h for the projection.
+    with a projection, the P columns of h for the projection. budget: (SM count,
+    register-file bytes, shared bytes per program) to plan a CUDA launch for instead of
+    the device's own (bench/compiled.py plans for an H100 without one).
     """
     width = width or hidden
     dot = dot_mode(dtype, device)
-    block_b = _pow2(batch)
+    block_b = pad_dot(batch)
     if device.type == "cpu":
         if not interpreting():
             return None, "Triton kernels need CUDA tensors or TRITON_INTERPRET=1"
-        return PersistentPlan(grid=1, block_b=block_b, block_h=_pow2(hidden),
-                              block_o=_pow2(width), block_k=MIN_DOT,
+        return PersistentPlan(grid=1, block_b=block_b, block_h=pad_dot(hidden),
+                              block_o=pad_dot(width), block_k=MIN_DOT,
                               resident=True, dot=dot, num_warps=4), None
     if device.type != "cuda":
         return None, f"no persistent kernel for device type {device.type!r}"
-    n_sm, reg_bytes, smem_bytes = _gpu_budget(device)
-    block_h = _pow2(triton.cdiv(hidden, n_sm))
+    n_sm, reg_bytes, smem_bytes = budget or _gpu_budget(device)
+    block_h = pad_dot(triton.cdiv(hidden, n_sm))
     grid = triton.cdiv(hidden, block_h)
-    block_o = block_h if width == hidden else _pow2(triton.cdiv(width, grid))
+    block_o = block_h if width == hidden else pad_dot(triton.cdiv(width, grid))
     # Per-program state kept in registers: n_gates accumulators + c/h + a gate tile,
     # float32, (block_b x block_h) each. Beyond half the register file (a large batch,
     # or a hidden size so large for the SM count that each program owns hundreds of
@@ -144,7 +148,7 @@ def plan(n_gates: int, device, dtype, batch: int, hidden: int, width: int = 0):
     # slot is empty: tl.dot widths are powers of two), backward K = n_gates * hidden rows
     # of block_o columns: the same weights, padded differently. (The projection's W_hr
     # slice always streams.)
-    padded = max(_pow2(width) * 4 * block_h, _pow2(n_gates * hidden) * block_o)
+    padded = max(pad_dot(width) * 4 * block_h, pad_dot(n_gates * hidden) * block_o)
     weight_bytes = padded * torch.tensor([], dtype=dtype).element_size()
     resident = ((dot == DOT_NATIVE or (dot == DOT_IEEE_F32 and fp32_resident_compiles()))
                 and weight_bytes <= smem_bytes // 2)

@@ -19,7 +19,7 @@ import triton.language as tl
 from .cell_math import gru_cell_backward, gru_cell_forward, load_gates4, store_gates3, store_gates4
 from .config import compute_dtype
 from .grid_sync import barrier_failed, grid_arrive, grid_start, grid_wait, new_sync_state
-from .persistent_config import PersistentPlan, schedule_tensors, split_k
+from .persistent_config import PersistentPlan, pad_dot, schedule_tensors, split_k
 from .persistent_tiles import (backward_step_rows, forward_step_rows, gate_columns, load_rows,
                                program_tile, recurrent_matmul, resident_weights, split_gates,
                                step_tile)
@@ -127,7 +127,7 @@ def gru_persistent_fwd(gx, sched, h0, w_hh, b_hh, save, plan: PersistentPlan):
     n_rows, (batch, hidden) = gx.shape[0], h0.shape
     bs, off = schedule_tensors(sched, gx.device)
     sync = new_sync_state(gx.device)
-    k_pad = max(16, triton.next_power_of_2(hidden))
+    k_pad = pad_dot(hidden)
     y = gx.new_empty(n_rows, hidden)
     h_n = h0.new_empty(batch, hidden)
     gates = gx.new_empty(n_rows, 4 * hidden) if save else None
@@ -156,7 +156,7 @@ def gru_persistent_bwd(dy, dh_n, sched, h0, w_hh, y, gates, plan: PersistentPlan
     n_rows, (batch, hidden) = dy.shape[0], h0.shape
     bs, off = schedule_tensors(sched, dy.device)
     sync = new_sync_state(dy.device)
-    k_pad = max(16, triton.next_power_of_2(3 * hidden))
+    k_pad = pad_dot(3 * hidden)
     dgx, drec = dy.new_empty(n_rows, 3 * hidden), dy.new_empty(n_rows, 3 * hidden)
     dh0 = dh_n.new_empty(batch, hidden)
     gru_persistent_bwd_kernel[(plan.grid,)](

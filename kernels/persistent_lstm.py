@@ -39,7 +39,7 @@ import triton.language as tl
 from .cell_math import load_gates4, lstm_cell_backward, lstm_cell_forward, store_gates4
 from .config import compute_dtype, state_dtype
 from .grid_sync import barrier_failed, grid_arrive, grid_start, grid_wait, new_sync_state
-from .persistent_config import PersistentPlan, schedule_tensors, split_k
+from .persistent_config import PersistentPlan, pad_dot, schedule_tensors, split_k
 from .persistent_tiles import (backward_step_rows, forward_step_rows, gate_columns, load_rows,
                                program_tile, recurrent_matmul, resident_weights, split_gates,
                                step_tile)
@@ -128,7 +128,7 @@ def lstm_persistent_bwd_kernel(
     stride_dr, stride_dg, stride_dh0, stride_dc0, spin_limit,
     REVERSE: tl.constexpr, PROJ: tl.constexpr, RESIDENT: tl.constexpr, DOT: tl.constexpr,
     COMPUTE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_O: tl.constexpr,
-    BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, K_PAD: tl.constexpr,
+    BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, PROJ_SPLIT: tl.constexpr, K_PAD: tl.constexpr,
 ):
     row, units, unit_ok, state_mask = program_tile(BLOCK_B, BLOCK_H, B, H)
     _, cols, col_ok, out_mask = program_tile(BLOCK_B, BLOCK_O, B, R)  # columns of h (forward)
@@ -159,7 +159,7 @@ def lstm_persistent_bwd_kernel(
             ok = ok & grid_wait(sync_ptr, (meetings * s + 2) * n_prog, spin_limit)
             dm = recurrent_matmul(tl.zeros((BLOCK_B, BLOCK_H), COMPUTE), dr_ptr, off, bs,
                                   stride_dr, dr_ptr, 0, bs, row, 0, w_hr_ptr, units, unit_ok,
-                                  stride_whr, 1, R, False, SPLIT, BLOCK_K, BLOCK_K, DOT)
+                                  stride_whr, 1, R, False, PROJ_SPLIT, BLOCK_K, BLOCK_K, DOT)
         else:
             dm = dy + dh
         d_i, d_f, d_g, d_o, dc_prev = lstm_cell_backward(dm, dc, i, f, g, o, c, c_prev)
@@ -184,7 +184,7 @@ def lstm_persistent_fwd(gx, sched, h0, c0, w_hh, w_hr, save, plan: PersistentPla
     bs, off = schedule_tensors(sched, gx.device)
     sync = new_sync_state(gx.device)
     compute = compute_dtype(gx.dtype)
-    k_pad = max(16, triton.next_power_of_2(width))
+    k_pad = pad_dot(width)
     y = gx.new_empty(n_rows, width)
     m_all = gx.new_empty(n_rows, hidden) if proj else y
     h_n, c_n = h0.new_empty(batch, width), c0.new_empty(batch, hidden)
@@ -201,7 +201,7 @@ def lstm_persistent_fwd(gx, sched, h0, c0, w_hh, w_hr, save, plan: PersistentPla
         COMPUTE=compute, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_O=plan.block_o,
         BLOCK_K=plan.block_k, SPLIT=split_k(k_pad, 4 * plan.block_h, plan.num_warps),
         # the projection's dot is BLOCK_O (often 16) wide, with K = H
-        PROJ_SPLIT=split_k(triton.next_power_of_2(hidden), plan.block_o, plan.num_warps),
+        PROJ_SPLIT=split_k(pad_dot(hidden), plan.block_o, plan.num_warps),
         K_PAD=k_pad, num_warps=plan.num_warps,
     )
     if barrier_failed(sync):
@@ -222,7 +222,7 @@ def lstm_persistent_bwd(dy, dh_n, dc_n, sched, c0, w_hh, w_hr, gates, c_all,
     proj = w_hr is not None
     bs, off = schedule_tensors(sched, dy.device)
     sync = new_sync_state(dy.device)
-    k_pad = max(16, triton.next_power_of_2(4 * hidden))
+    k_pad = pad_dot(4 * hidden)
     dgates = dy.new_empty(n_rows, 4 * hidden)
     dr = dy.new_empty(n_rows, width) if proj else None
     dh0, dc0 = dh_n.new_empty(batch, width), dy.new_empty(batch, hidden)
@@ -237,8 +237,10 @@ def lstm_persistent_bwd(dy, dh_n, dc_n, sched, c0, w_hh, w_hr, gates, c_all,
         REVERSE=sched.reverse, PROJ=proj, RESIDENT=plan.resident, DOT=plan.dot,
         COMPUTE=compute_dtype(dy.dtype), BLOCK_B=plan.block_b, BLOCK_H=plan.block_h,
         BLOCK_O=plan.block_o, BLOCK_K=plan.block_k,
-        SPLIT=split_k(k_pad, plan.block_o, plan.num_warps), K_PAD=k_pad,
-        num_warps=plan.num_warps,
+        SPLIT=split_k(k_pad, plan.block_o, plan.num_warps),
+        # dm = dr W_hr: BLOCK_H wide, with K = P
+        PROJ_SPLIT=split_k(pad_dot(width), plan.block_h, plan.num_warps),
+        K_PAD=k_pad, num_warps=plan.num_warps,
     )
     if barrier_failed(sync):
         return None

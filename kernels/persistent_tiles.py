@@ -13,11 +13,11 @@ Two shapes keep the tensor cores busy at small batch, where A has only 16 rows
 (one mma tile) and Triton cannot split M across warps (compiling for sm_90
 without a GPU shows the warps then each repeat the whole product):
   - forward fuses the gates into one dot N = 4*BLOCK_H wide, which the warps split;
-  - a resident W is held as SPLIT independent K-chunks (a batched dot, summed after),
-    so no chain of dependent mma instructions is longer than K / (16*SPLIT); backward's
-    N is only BLOCK_H, so there the chunks are what the warps split.
-A streamed W is read SPLIT chunks of BLOCK_K at a time, each batch summed before the
-next, so its chains are only BLOCK_K / 16 long.
+  - a dot too narrow for that (backward's N = BLOCK_H) runs on SPLIT independent
+    K-chunks (a batched dot, summed after), which the warps split instead
+    (persistent_config.split_k chooses SPLIT).
+A resident W is held as those chunks, (SPLIT, K_PAD / SPLIT, N); a streamed W is read
+SPLIT chunks of BLOCK_K at a time, each batch summed before the next.
 
 DOT selects how a matmul runs (chosen by the launcher from the dtype and the
 device, see persistent_config.dot_mode):

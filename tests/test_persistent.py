@@ -350,7 +350,7 @@ for cell, n_gates in (("lstm", 4), ("gru", 3)):
             plan = h100_plan(cell, torch.bfloat16, 16, hidden)
             n = 4 * plan.block_h if direction == "fwd" else plan.block_o
             k = hidden if direction == "fwd" else n_gates * hidden
-            k_pad = max(16, triton.next_power_of_2(k))
+            k_pad = persistent_config.pad_dot(k)
             split = persistent_config.split_k(k_pad, n, plan.num_warps)
             k_run = k_pad if plan.resident else triton.cdiv(k, split * plan.block_k) * split * plan.block_k
             useful = (plan.block_b // 16) * (n // 8) * (k_run // 16)  # mma.m16n8k16 of one step
