@@ -55,32 +55,31 @@ def h100_plan(cell, dtype, batch, hidden):
     return plan
 
 
-def compile_case(cell, direction, dtype, batch, hidden):
-    plan = h100_plan(cell, dtype, batch, hidden)
+def compile_case(cell, direction, dtype, batch, hidden, plan=None):
+    """Compile one kernel at its H100 plan (or at `plan`) and read the facts of the table."""
+    plan = plan or h100_plan(cell, dtype, batch, hidden)
     kernel = KERNELS[cell, direction]
     k = hidden if direction == "fwd" else (4 if cell == "lstm" else 3) * hidden
-    k_pad = persistent_config.pad_dot(k)
+    n_cols = 4 * plan.block_h if direction == "fwd" else plan.block_o
     cx = dict(REVERSE=False, RESIDENT=plan.resident, DOT=plan.dot, COMPUTE=tl.float32,
-              BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k, K_PAD=k_pad,
-              SAVE=True, HAS_BHH=True, PROJ=False, BLOCK_O=plan.block_o)
-    if "SPLIT" in kernel.arg_names:
-        n_cols = 4 * plan.block_h if direction == "fwd" else plan.block_o
-        cx["SPLIT"] = persistent_config.split_k(k_pad, n_cols, plan.num_warps)
-    cx["PROJ_SPLIT"] = 1  # no projection in these cases
+              BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k,
+              SAVE=True, HAS_BHH=True, PROJ=False, BLOCK_O=plan.block_o,
+              PROJ_SPLIT=1,  # no projection in these cases
+              **persistent_config.recurrent_dot(k, n_cols, plan.block_b, plan.num_warps))
     cx = {n: v for n, v in cx.items() if n in kernel.arg_names}
     dt = DTYPES[dtype]
     ptrs = {"bs_ptr": "*i32", "off_ptr": "*i64", "sync_ptr": "*i64", "c_save_ptr": "*fp32"}
     sig = {n: "constexpr" if n in cx else (ptrs.get(n, "*" + dt) if n.endswith("_ptr")
                                            else "i32") for n in kernel.arg_names}
     compiled = triton.compile(ASTSource(kernel, sig, constexprs=cx), target=TARGET,
-                              options={"num_warps": plan.num_warps})
+                              options={"num_warps": plan.num_warps, "maxnreg": plan.max_regs})
     ptx = compiled.asm["ptx"]
     mma = ptx.count("mma.sync")
-    chunks = 1 if plan.resident else triton.cdiv(k, cx.get("SPLIT", 1) * plan.block_k)
+    chunks = 1 if plan.resident else triton.cdiv(k, cx["SPLIT"] * plan.block_k)
     regs, spill = ptxas_usage(ptx)
     return dict(cell=cell, **{"pass": direction}, dtype=dt, batch=batch, hidden=hidden,
                 mode="resident" if plan.resident else f"streamed x{chunks}",
-                split=cx.get("SPLIT", 1), grid=plan.grid, warps=plan.num_warps,
+                split=cx["SPLIT"], grid=plan.grid, warps=plan.num_warps,
                 mma_per_smsp=mma * chunks * plan.num_warps // 4,
                 regs=regs, spill_bytes=spill, smem_kib=compiled.metadata.shared / 1024)
 
@@ -89,10 +88,11 @@ def ptxas_usage(ptx):
     """(registers per thread, spilled bytes) reported by Triton's own ptxas for sm_90a."""
     from triton.backends.nvidia.compiler import get_ptxas
     ptxas = get_ptxas(90).path
-    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
-        f.write(ptx)
-    done = subprocess.run([ptxas, "-v", "--gpu-name", "sm_90a", f.name, "-o", "/dev/null"],
-                          capture_output=True, text=True, check=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "kernel.ptx"
+        path.write_text(ptx)
+        done = subprocess.run([ptxas, "-v", "--gpu-name", "sm_90a", str(path), "-o", "/dev/null"],
+                              capture_output=True, text=True, check=True)
     regs = re.search(r"Used (\d+) registers", done.stderr)
     spill = re.search(r"(\d+) bytes spill stores", done.stderr)
     return int(regs.group(1)) if regs else -1, int(spill.group(1)) if spill else 0

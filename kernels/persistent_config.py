@@ -12,11 +12,11 @@ limit is derived from the device's own properties, never from a model name:
             within the SM count: as many programs as possible share the weight reads.
   BLOCK_B   the batch padded to a power of two >= 16 (tl.dot's minimum).
   resident  W_hh slice (forward: H x 4*BLOCK_H, the fused gate tile; backward:
-            n_gates*H x BLOCK_H, in K-chunks, see split_k) loaded once before the time
-            loop when it fits in half of one program's shared memory (Triton keeps a
-            loop-invariant tl.dot operand in shared memory: compiling for sm_90 shows
-            the slice's bytes in the kernel's shared-memory size); otherwise streamed
-            from L2 in BLOCK_K chunks every step. float32 is resident only on the
+            n_gates*H x BLOCK_H; both as power-of-two K pieces, see k_pieces) loaded
+            once before the time loop when it and the A piece each dot stages fit in
+            one program's shared memory (Triton keeps a loop-invariant tl.dot operand
+            in shared memory: compiling for sm_90 shows exactly resident_bytes);
+            otherwise streamed from L2 in BLOCK_K chunks every step. float32 is resident only on the
             Triton versions in FP32_RESIDENT_TRITON: Triton 3.9's LLVM aborts
             (SLPVectorizer assertion) compiling the resident LSTM forward with IEEE
             float32 dots for sm_90, and an abort cannot be caught; Triton 3.6 (the GPU
@@ -53,19 +53,63 @@ MIN_DOT = 16  # tl.dot needs every dimension >= 16
 # image's) and 3.9 generate for sm_90 (mma instructions per SM sub-partition, registers,
 # spills: `python -m bench.compiled`; the exploration is in reports/NOTES.md), not yet timed.
 WIDE_N = 64
+# Elements of A (BLOCK_B x KP) one dot of a resident W stages: see k_pieces. Compiled for
+# sm_90 at B=16, H=1024 (Triton 3.9): two pieces of up to 2048 rows spilled 72 B/thread
+# forward and 488 backward, 512-row pieces 72 and 292, 256-row pieces 304 and 296.
+A_PIECE = 16 * 512
+# What one more piece is taken to cost, in rows of K (k_pieces): a guess, not yet timed.
+PIECE_ROWS = 16
+MAX_PIECES = 16
+# Shared memory left beside resident_bytes for the kernel's other staging (layout
+# conversions); a plan that still does not compile is retried streamed (persistent.py).
+SMEM_SLACK = 8 * 1024
 NUM_WARPS = 8  # with 4, ptxas spills the resident kernels' operand tiles
+MAX_REGS = 255  # registers a thread can address
 
 # Triton versions (major, minor) known to compile the resident float32 kernels for sm_90
 # (see the module docstring); any other version streams float32 weights.
 FP32_RESIDENT_TRITON = {(3, 6)}
 
 
-def split_k(k_pad: int, n_cols: int, num_warps: int) -> int:
-    """SPLIT for a recurrent dot of K_PAD rows and n_cols columns (see WIDE_N above); each
-    chunk keeps tl.dot's minimum of 16 rows."""
+def resident_bytes(k: int, n_cols: int, block_b: int, dtype, dot: int) -> tuple:
+    """(W, A) bytes of shared memory a resident recurrent dot of K = k rows and n_cols
+    columns holds: W's pieces (k_pieces), and the A piece each dot stages (float32 for
+    DOT_IEEE_F32). Compiling the four kernels for sm_90 shows exactly W + A of shared memory
+    (bench/compiled.py, Triton 3.6 and 3.9)."""
+    kp, n_pieces = k_pieces(k, block_b)
+    size = torch.tensor([], dtype=dtype).element_size()
+    a_size = 4 if dot == DOT_IEEE_F32 else size
+    return kp * n_pieces * n_cols * size, block_b * kp * a_size
+
+
+def split_k(k_rows: int, n_cols: int, num_warps: int) -> int:
+    """SPLIT for a recurrent dot of n_cols columns whose K pieces have k_rows rows (see
+    WIDE_N above); each chunk keeps tl.dot's minimum of 16 rows."""
     if n_cols >= WIDE_N:
         return 1
-    return max(1, min(num_warps, k_pad // MIN_DOT))
+    return max(1, min(num_warps, k_rows // MIN_DOT))
+
+
+def k_pieces(k: int, block_b: int) -> tuple:
+    """(KP, NP): a recurrent dot's K rows as NP pieces of KP rows, a power of two (tl.arange),
+    KP * NP >= k, each A piece at most A_PIECE elements unless that takes more than
+    MAX_PIECES pieces (each is unrolled in the kernel). A resident W is held as these pieces
+    and each dot stages only its piece of A, so the pieces pad K far less than one power of
+    two (768 = 3 x 256, not 1024) and bound the A tile in registers and shared memory, which
+    at backward's K = 4H would otherwise be as large as W itself. KP (from a quarter of the
+    cap up to the cap) minimises the rows the dots run, padding included, plus PIECE_ROWS a
+    piece: padding is wasted mma, and each piece adds its own A load and dot."""
+    cap = max(MIN_DOT, min(pad_dot(k), A_PIECE // block_b), pad_dot(triton.cdiv(k, MAX_PIECES)))
+    sizes = [kp for kp in (MIN_DOT << i for i in range(32)) if cap // 4 <= kp <= cap]
+    kp = min(sizes, key=lambda kp: (triton.cdiv(k, kp) * (kp + PIECE_ROWS), -kp))
+    return kp, triton.cdiv(k, kp)
+
+
+def recurrent_dot(k: int, n_cols: int, block_b: int, num_warps: int) -> dict:
+    """The constexprs KP, NP (k_pieces) and SPLIT (split_k) of a kernel's recurrent dot of
+    K = k rows and n_cols columns: what every launcher passes, in one place."""
+    kp, n_pieces = k_pieces(k, block_b)
+    return dict(KP=kp, NP=n_pieces, SPLIT=split_k(kp, n_cols, num_warps))
 
 
 def fp32_resident_compiles(version: str = triton.__version__) -> bool:
@@ -82,6 +126,10 @@ class PersistentPlan:
     resident: bool  # W_hh slice held across the time loop
     dot: int  # DOT_* mode
     num_warps: int
+    # registers per thread ptxas may use (None: its default). A persistent program has an
+    # SM to itself, but ptxas's own default aims at more than one block per SM: Triton
+    # 3.9's ptxas capped the GRU backward at 128 registers and spilled (bench/compiled.py).
+    max_regs: int = None
     spin_limit: int = SPIN_LIMIT
 
 
@@ -127,9 +175,11 @@ def plan(n_gates: int, device, dtype, batch: int, hidden: int, width: int = 0, b
     if device.type == "cpu":
         if not interpreting():
             return None, "Triton kernels need CUDA tensors or TRITON_INTERPRET=1"
+        # W resident as on a GPU, and streamed for float64 as on a GPU (no float64 dot:
+        # its broadcast product over a whole piece would pass Triton's tensor-size limit)
         return PersistentPlan(grid=1, block_b=block_b, block_h=pad_dot(hidden),
                               block_o=pad_dot(width), block_k=MIN_DOT,
-                              resident=True, dot=dot, num_warps=4), None
+                              resident=dot != DOT_FMA, dot=dot, num_warps=4), None
     if device.type != "cuda":
         return None, f"no persistent kernel for device type {device.type!r}"
     n_sm, reg_bytes, smem_bytes = budget or _gpu_budget(device)
@@ -145,18 +195,23 @@ def plan(n_gates: int, device, dtype, batch: int, hidden: int, width: int = 0, b
         return None, (f"batch {batch} x {block_h} hidden units per program need {state_bytes} "
                       f"bytes of state, more than half of one SM's {reg_bytes}-byte register file")
     # Forward holds K = width rows of a fused gate tile 4 * block_h wide (a GRU's fourth
-    # slot is empty: tl.dot widths are powers of two), backward K = n_gates * hidden rows
-    # of block_o columns: the same weights, padded differently. (The projection's W_hr
-    # slice always streams.)
-    padded = max(pad_dot(width) * 4 * block_h, pad_dot(n_gates * hidden) * block_o)
-    weight_bytes = padded * torch.tensor([], dtype=dtype).element_size()
+    # slot is empty: tl.dot widths are powers of two), backward K = n_gates * hidden rows of
+    # block_o columns: the same weights, padded differently (k_pieces). (The projection's
+    # W_hr slice always streams.) Resident when W and a staged A piece fit one program's
+    # shared memory, and W is at most half of the register file's bytes: ptxas's register
+    # use grows with W's pieces, and compiling for sm_90 (bf16, B=16, 8 warps) shows no
+    # spill up to 96 KiB of W, up to 292 B/thread at 128 KiB (H=1024), 0.35-1.4 KiB/thread
+    # at 192 KiB (H=1536, where streaming is the safer guess until a GPU times both).
+    need = [resident_bytes(width, 4 * block_h, block_b, dtype, dot),
+            resident_bytes(n_gates * hidden, block_o, block_b, dtype, dot)]
     resident = ((dot == DOT_NATIVE or (dot == DOT_IEEE_F32 and fp32_resident_compiles()))
-                and weight_bytes <= smem_bytes // 2)
+                and max(w + a for w, a in need) <= smem_bytes - SMEM_SLACK
+                and max(w for w, _ in need) <= reg_bytes // 2)
     # float64 multiplies a (block_b, block_k, 4 * block_h) product in registers: keep it small.
     block_k = 4 if dot == DOT_FMA else 64
     return PersistentPlan(grid=grid, block_b=block_b, block_h=block_h, block_o=block_o,
-                          block_k=block_k, resident=resident, dot=dot,
-                          num_warps=NUM_WARPS), None
+                          block_k=block_k, resident=resident, dot=dot, num_warps=NUM_WARPS,
+                          max_regs=min(MAX_REGS, reg_bytes // 4 // (32 * NUM_WARPS))), None
 
 
 def streamed(p: PersistentPlan, block_k: int = MIN_DOT) -> PersistentPlan:

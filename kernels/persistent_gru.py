@@ -19,7 +19,7 @@ import triton.language as tl
 from .cell_math import gru_cell_backward, gru_cell_forward, load_gates4, store_gates3, store_gates4
 from .config import compute_dtype
 from .grid_sync import barrier_failed, grid_arrive, grid_start, grid_wait, new_sync_state
-from .persistent_config import PersistentPlan, pad_dot, schedule_tensors, split_k
+from .persistent_config import PersistentPlan, recurrent_dot, schedule_tensors
 from .persistent_tiles import (backward_step_rows, forward_step_rows, gate_columns, load_rows,
                                program_tile, recurrent_matmul, resident_weights, split_gates,
                                step_tile)
@@ -39,13 +39,14 @@ def gru_persistent_fwd_kernel(
     stride_gx, stride_h0, stride_w, stride_y, stride_hn, stride_gates, spin_limit,
     REVERSE: tl.constexpr, SAVE: tl.constexpr, HAS_BHH: tl.constexpr, RESIDENT: tl.constexpr,
     DOT: tl.constexpr, COMPUTE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
-    BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, K_PAD: tl.constexpr,
+    BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, KP: tl.constexpr,
+    NP: tl.constexpr,
 ):
     row, units, unit_ok, state_mask = program_tile(BLOCK_B, BLOCK_H, B, H)
     h = load_gate(h0_ptr, row, units, stride_h0, 0, H, state_mask, COMPUTE)  # (BLOCK_B, BLOCK_H)
     # W_hh^T restricted to the three gates of this program's units: one (H, 4*BLOCK_H) tile
     w_rows, w_ok = gate_columns(BLOCK_H, H, 3)
-    w = resident_weights(w_hh_ptr, H, w_rows, w_ok, 1, stride_w, RESIDENT, SPLIT, K_PAD)
+    w = resident_weights(w_hh_ptr, H, w_rows, w_ok, 1, stride_w, RESIDENT, SPLIT, KP, NP)
     if HAS_BHH:  # b_hh in the same fused layout: the recurrent matmul starts from it
         b_hh = tl.load(b_hh_ptr + w_rows, mask=w_ok, other=0.0).to(COMPUTE)
     else:
@@ -62,7 +63,7 @@ def gru_persistent_fwd_kernel(
         ok = grid_wait(sync_ptr, (s + 1) * n_prog, spin_limit)
         rec = recurrent_matmul(tl.zeros((BLOCK_B, 4 * BLOCK_H), COMPUTE) + b_hh, y_ptr, off_p,
                                tl.minimum(bs_p, bs), stride_y, h0_ptr, stride_h0, bs, row, w,
-                               w_hh_ptr, w_rows, w_ok, 1, stride_w, H, RESIDENT, SPLIT, K_PAD,
+                               w_hh_ptr, w_rows, w_ok, 1, stride_w, H, RESIDENT, SPLIT, KP, NP,
                                BLOCK_K, DOT)
         rec_r, rec_z, rec_n, _ = split_gates(rec, BLOCK_B, BLOCK_H)
         r, z, n, h_new = gru_cell_forward(x_r, x_z, x_n, rec_r, rec_z, rec_n, h)
@@ -89,12 +90,12 @@ def gru_persistent_bwd_kernel(
     stride_drec, stride_dh0, spin_limit,
     REVERSE: tl.constexpr, RESIDENT: tl.constexpr, DOT: tl.constexpr, COMPUTE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr,
-    K_PAD: tl.constexpr,
+    KP: tl.constexpr, NP: tl.constexpr,
 ):
     row, units, unit_ok, state_mask = program_tile(BLOCK_B, BLOCK_H, B, H)
     dh = load_gate(dh_n_ptr, row, units, stride_dhn, 0, H, state_mask, COMPUTE)  # carried dh
     K = 3 * H
-    w = resident_weights(w_hh_ptr, K, units, unit_ok, stride_w, 1, RESIDENT, SPLIT, K_PAD)
+    w = resident_weights(w_hh_ptr, K, units, unit_ok, stride_w, 1, RESIDENT, SPLIT, KP, NP)
     n_prog, ok = grid_start(sync_ptr)
     s = 0
     while (s < T + 1) & ok:  # iteration T only finishes dh0
@@ -108,7 +109,7 @@ def gru_persistent_bwd_kernel(
         ok = grid_wait(sync_ptr, (s + 1) * n_prog, spin_limit)
         rec = recurrent_matmul(tl.zeros((BLOCK_B, BLOCK_H), COMPUTE), drec_ptr, off_n, bs_n,
                                stride_drec, drec_ptr, 0, bs_n, row, w, w_hh_ptr, units, unit_ok,
-                               stride_w, 1, K, RESIDENT, SPLIT, K_PAD, BLOCK_K, DOT)
+                               stride_w, 1, K, RESIDENT, SPLIT, KP, NP, BLOCK_K, DOT)
         dh = tl.where(row < bs_n, dh + rec, dh)
         d_r, d_z, d_n, dh_direct = gru_cell_backward(dy + dh, r, z, n, rec_n, h_prev)
         store_gates3(drec_ptr, rows, units, stride_drec, H, d_r, d_z, d_n * r, mask)
@@ -127,7 +128,6 @@ def gru_persistent_fwd(gx, sched, h0, w_hh, b_hh, save, plan: PersistentPlan):
     n_rows, (batch, hidden) = gx.shape[0], h0.shape
     bs, off = schedule_tensors(sched, gx.device)
     sync = new_sync_state(gx.device)
-    k_pad = pad_dot(hidden)
     y = gx.new_empty(n_rows, hidden)
     h_n = h0.new_empty(batch, hidden)
     gates = gx.new_empty(n_rows, 4 * hidden) if save else None
@@ -140,8 +140,8 @@ def gru_persistent_fwd(gx, sched, h0, w_hh, b_hh, save, plan: PersistentPlan):
         REVERSE=sched.reverse, SAVE=save, HAS_BHH=b_hh is not None, RESIDENT=plan.resident,
         DOT=plan.dot, COMPUTE=compute_dtype(gx.dtype), BLOCK_B=plan.block_b,
         BLOCK_H=plan.block_h, BLOCK_K=plan.block_k,
-        SPLIT=split_k(k_pad, 4 * plan.block_h, plan.num_warps), K_PAD=k_pad,
-        num_warps=plan.num_warps,
+        **recurrent_dot(hidden, 4 * plan.block_h, plan.block_b, plan.num_warps),
+        num_warps=plan.num_warps, maxnreg=plan.max_regs,
     )
     if barrier_failed(sync):
         return None
@@ -156,7 +156,6 @@ def gru_persistent_bwd(dy, dh_n, sched, h0, w_hh, y, gates, plan: PersistentPlan
     n_rows, (batch, hidden) = dy.shape[0], h0.shape
     bs, off = schedule_tensors(sched, dy.device)
     sync = new_sync_state(dy.device)
-    k_pad = pad_dot(3 * hidden)
     dgx, drec = dy.new_empty(n_rows, 3 * hidden), dy.new_empty(n_rows, 3 * hidden)
     dh0 = dh_n.new_empty(batch, hidden)
     gru_persistent_bwd_kernel[(plan.grid,)](
@@ -167,8 +166,9 @@ def gru_persistent_bwd(dy, dh_n, sched, h0, w_hh, y, gates, plan: PersistentPlan
         w_hh.stride(0), dgx.stride(0), drec.stride(0), dh0.stride(0), plan.spin_limit,
         REVERSE=sched.reverse, RESIDENT=plan.resident, DOT=plan.dot,
         COMPUTE=compute_dtype(dy.dtype), BLOCK_B=plan.block_b, BLOCK_H=plan.block_h,
-        BLOCK_K=plan.block_k, SPLIT=split_k(k_pad, plan.block_h, plan.num_warps),
-        K_PAD=k_pad, num_warps=plan.num_warps,
+        BLOCK_K=plan.block_k,
+        **recurrent_dot(3 * hidden, plan.block_h, plan.block_b, plan.num_warps),
+        num_warps=plan.num_warps, maxnreg=plan.max_regs,
     )
     if barrier_failed(sync):
         return None

@@ -39,7 +39,7 @@ import triton.language as tl
 from .cell_math import load_gates4, lstm_cell_backward, lstm_cell_forward, store_gates4
 from .config import compute_dtype, state_dtype
 from .grid_sync import barrier_failed, grid_arrive, grid_start, grid_wait, new_sync_state
-from .persistent_config import PersistentPlan, pad_dot, schedule_tensors, split_k
+from .persistent_config import PersistentPlan, pad_dot, recurrent_dot, schedule_tensors, split_k
 from .persistent_tiles import (backward_step_rows, forward_step_rows, gate_columns, load_rows,
                                program_tile, recurrent_matmul, resident_weights, split_gates,
                                step_tile)
@@ -63,7 +63,7 @@ def lstm_persistent_fwd_kernel(
     REVERSE: tl.constexpr, SAVE: tl.constexpr, PROJ: tl.constexpr, RESIDENT: tl.constexpr,
     DOT: tl.constexpr, COMPUTE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_O: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, PROJ_SPLIT: tl.constexpr,
-    K_PAD: tl.constexpr,
+    KP: tl.constexpr, NP: tl.constexpr,
 ):
     row, units, unit_ok, state_mask = program_tile(BLOCK_B, BLOCK_H, B, H)
     # this program's columns of the recurrent state h (R wide): its units, or with a
@@ -73,7 +73,7 @@ def lstm_persistent_fwd_kernel(
     h = load_gate(h0_ptr, row, cols, stride_h0, 0, R, out_mask, COMPUTE)  # (BLOCK_B, BLOCK_O)
     # W_hh^T restricted to the four gates of this program's units: one (R, 4*BLOCK_H) tile
     w_rows, w_ok = gate_columns(BLOCK_H, H, 4)
-    w = resident_weights(w_hh_ptr, R, w_rows, w_ok, 1, stride_w, RESIDENT, SPLIT, K_PAD)
+    w = resident_weights(w_hh_ptr, R, w_rows, w_ok, 1, stride_w, RESIDENT, SPLIT, KP, NP)
     meetings: tl.constexpr = 2 if PROJ else 1  # per step: the projection needs all of m
     n_prog, ok = grid_start(sync_ptr)  # meeting 0: the whole grid is running
     s = 0
@@ -86,7 +86,7 @@ def lstm_persistent_fwd_kernel(
         # h_{t-1}: rows continuing from the previous step from y, the others from h0
         pre = recurrent_matmul(tl.zeros((BLOCK_B, 4 * BLOCK_H), COMPUTE), y_ptr, off_p,
                                tl.minimum(bs_p, bs), stride_y, h0_ptr, stride_h0, bs, row, w,
-                               w_hh_ptr, w_rows, w_ok, 1, stride_w, R, RESIDENT, SPLIT, K_PAD,
+                               w_hh_ptr, w_rows, w_ok, 1, stride_w, R, RESIDENT, SPLIT, KP, NP,
                                BLOCK_K, DOT)
         pre_i, pre_f, pre_g, pre_o = split_gates(pre, BLOCK_B, BLOCK_H)
         i, f, g, o, c_new, m = lstm_cell_forward(pre_i + x_i, pre_f + x_f, pre_g + x_g,
@@ -98,7 +98,7 @@ def lstm_persistent_fwd_kernel(
             ok = ok & grid_wait(sync_ptr, (meetings * s + 2) * n_prog, spin_limit)
             h_t = recurrent_matmul(tl.zeros((BLOCK_B, BLOCK_O), COMPUTE), m_ptr, off, bs,
                                    stride_m, m_ptr, 0, bs, row, 0, w_hr_ptr, cols, col_ok, 1,
-                                   stride_whr, H, False, PROJ_SPLIT, BLOCK_K, BLOCK_K, DOT)
+                                   stride_whr, H, False, PROJ_SPLIT, BLOCK_K, 1, BLOCK_K, DOT)
         else:
             h_t = m
         store_gate(y_ptr, rows, cols, stride_y, 0, R, h_t, active & col_ok)
@@ -128,14 +128,15 @@ def lstm_persistent_bwd_kernel(
     stride_dr, stride_dg, stride_dh0, stride_dc0, spin_limit,
     REVERSE: tl.constexpr, PROJ: tl.constexpr, RESIDENT: tl.constexpr, DOT: tl.constexpr,
     COMPUTE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_O: tl.constexpr,
-    BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, PROJ_SPLIT: tl.constexpr, K_PAD: tl.constexpr,
+    BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, PROJ_SPLIT: tl.constexpr, KP: tl.constexpr,
+    NP: tl.constexpr,
 ):
     row, units, unit_ok, state_mask = program_tile(BLOCK_B, BLOCK_H, B, H)
     _, cols, col_ok, out_mask = program_tile(BLOCK_B, BLOCK_O, B, R)  # columns of h (forward)
     dh = load_gate(dh_n_ptr, row, cols, stride_dhn, 0, R, out_mask, COMPUTE)  # carried dh
     dc = load_gate(dc_n_ptr, row, units, stride_dcn, 0, H, state_mask, COMPUTE)  # carried dc
     K = 4 * H
-    w = resident_weights(w_hh_ptr, K, cols, col_ok, stride_w, 1, RESIDENT, SPLIT, K_PAD)
+    w = resident_weights(w_hh_ptr, K, cols, col_ok, stride_w, 1, RESIDENT, SPLIT, KP, NP)
     meetings: tl.constexpr = 2 if PROJ else 1
     n_prog, ok = grid_start(sync_ptr)
     s = 0
@@ -151,7 +152,7 @@ def lstm_persistent_bwd_kernel(
         ok = grid_wait(sync_ptr, (meetings * s + 1) * n_prog, spin_limit)
         rec = recurrent_matmul(tl.zeros((BLOCK_B, BLOCK_O), COMPUTE), dgates_ptr, off_n, bs_n,
                                stride_dg, dgates_ptr, 0, bs_n, row, w, w_hh_ptr, cols, col_ok,
-                               stride_w, 1, K, RESIDENT, SPLIT, K_PAD, BLOCK_K, DOT)
+                               stride_w, 1, K, RESIDENT, SPLIT, KP, NP, BLOCK_K, DOT)
         dh = tl.where(row < bs_n, rec, dh)
         if PROJ:  # dm = (dy + dh) W_hr needs every column of dy + dh: a second meeting
             store_gate(dr_ptr, rows, cols, stride_dr, 0, R, dy + dh, active & col_ok)
@@ -159,7 +160,7 @@ def lstm_persistent_bwd_kernel(
             ok = ok & grid_wait(sync_ptr, (meetings * s + 2) * n_prog, spin_limit)
             dm = recurrent_matmul(tl.zeros((BLOCK_B, BLOCK_H), COMPUTE), dr_ptr, off, bs,
                                   stride_dr, dr_ptr, 0, bs, row, 0, w_hr_ptr, units, unit_ok,
-                                  stride_whr, 1, R, False, PROJ_SPLIT, BLOCK_K, BLOCK_K, DOT)
+                                  stride_whr, 1, R, False, PROJ_SPLIT, BLOCK_K, 1, BLOCK_K, DOT)
         else:
             dm = dy + dh
         d_i, d_f, d_g, d_o, dc_prev = lstm_cell_backward(dm, dc, i, f, g, o, c, c_prev)
@@ -184,7 +185,6 @@ def lstm_persistent_fwd(gx, sched, h0, c0, w_hh, w_hr, save, plan: PersistentPla
     bs, off = schedule_tensors(sched, gx.device)
     sync = new_sync_state(gx.device)
     compute = compute_dtype(gx.dtype)
-    k_pad = pad_dot(width)
     y = gx.new_empty(n_rows, width)
     m_all = gx.new_empty(n_rows, hidden) if proj else y
     h_n, c_n = h0.new_empty(batch, width), c0.new_empty(batch, hidden)
@@ -199,10 +199,11 @@ def lstm_persistent_fwd(gx, sched, h0, c0, w_hh, w_hr, save, plan: PersistentPla
         gates.stride(0) if save else 0, c_all.stride(0) if save else 0, plan.spin_limit,
         REVERSE=sched.reverse, SAVE=save, PROJ=proj, RESIDENT=plan.resident, DOT=plan.dot,
         COMPUTE=compute, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_O=plan.block_o,
-        BLOCK_K=plan.block_k, SPLIT=split_k(k_pad, 4 * plan.block_h, plan.num_warps),
+        BLOCK_K=plan.block_k,
+        **recurrent_dot(width, 4 * plan.block_h, plan.block_b, plan.num_warps),
         # the projection's dot is BLOCK_O (often 16) wide, with K = H
         PROJ_SPLIT=split_k(pad_dot(hidden), plan.block_o, plan.num_warps),
-        K_PAD=k_pad, num_warps=plan.num_warps,
+        num_warps=plan.num_warps, maxnreg=plan.max_regs,
     )
     if barrier_failed(sync):
         return None
@@ -222,7 +223,6 @@ def lstm_persistent_bwd(dy, dh_n, dc_n, sched, c0, w_hh, w_hr, gates, c_all,
     proj = w_hr is not None
     bs, off = schedule_tensors(sched, dy.device)
     sync = new_sync_state(dy.device)
-    k_pad = pad_dot(4 * hidden)
     dgates = dy.new_empty(n_rows, 4 * hidden)
     dr = dy.new_empty(n_rows, width) if proj else None
     dh0, dc0 = dh_n.new_empty(batch, width), dy.new_empty(batch, hidden)
@@ -237,10 +237,10 @@ def lstm_persistent_bwd(dy, dh_n, dc_n, sched, c0, w_hh, w_hr, gates, c_all,
         REVERSE=sched.reverse, PROJ=proj, RESIDENT=plan.resident, DOT=plan.dot,
         COMPUTE=compute_dtype(dy.dtype), BLOCK_B=plan.block_b, BLOCK_H=plan.block_h,
         BLOCK_O=plan.block_o, BLOCK_K=plan.block_k,
-        SPLIT=split_k(k_pad, plan.block_o, plan.num_warps),
+        **recurrent_dot(4 * hidden, plan.block_o, plan.block_b, plan.num_warps),
         # dm = dr W_hr: BLOCK_H wide, with K = P
         PROJ_SPLIT=split_k(pad_dot(width), plan.block_h, plan.num_warps),
-        K_PAD=k_pad, num_warps=plan.num_warps,
+        num_warps=plan.num_warps, maxnreg=plan.max_regs,
     )
     if barrier_failed(sync):
         return None

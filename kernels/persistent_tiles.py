@@ -16,8 +16,9 @@ without a GPU shows the warps then each repeat the whole product):
   - a dot too narrow for that (backward's N = BLOCK_H) runs on SPLIT independent
     K-chunks (a batched dot, summed after), which the warps split instead
     (persistent_config.split_k chooses SPLIT).
-A resident W is held as those chunks, (SPLIT, K_PAD / SPLIT, N); a streamed W is read
-SPLIT chunks of BLOCK_K at a time, each batch summed before the next.
+A resident W is held as NP pieces of such chunks, each (SPLIT, KP / SPLIT, N)
+(`resident_weights`); a streamed W is read SPLIT chunks of BLOCK_K
+at a time, each batch summed before the next.
 
 DOT selects how a matmul runs (chosen by the launcher from the dtype and the
 device, see persistent_config.dot_mode):
@@ -117,39 +118,57 @@ def load_w_tile(w_ptr, ks, K, cols, col_ok, stride_k, stride_n):
 
 
 @triton.jit
+def load_w_chunks(w_ptr, k0, K, cols, col_ok, stride_k, stride_n, SPLIT: tl.constexpr,
+                  KP: tl.constexpr):
+    """Rows [k0, k0 + KP) of this program's W as SPLIT chunks (SPLIT, KP / SPLIT, N)."""
+    _, ks = k_chunks(k0, SPLIT, KP // SPLIT)
+    return load_w_tile(w_ptr, ks, K, cols[None, :, :], col_ok[None, :, :], stride_k, stride_n)
+
+
+@triton.jit
+def chunk_dot(acc, w, k0, src_ptr, src_row0, n_src, src_stride, alt_ptr, alt_stride, n_active,
+              r, K, SPLIT: tl.constexpr, KP: tl.constexpr, DOT: tl.constexpr):
+    """acc + A[:, k0:k0 + KP] @ w, w the chunks of `load_w_chunks` for the same rows; A's rows
+    from `load_rows` (r: (BLOCK_B, 1) rows)."""
+    ks, _ = k_chunks(k0, SPLIT, KP // SPLIT)
+    a = load_rows(src_ptr, src_row0, n_src, src_stride, alt_ptr, alt_stride, n_active,
+                  r[None, :, :], ks, K)
+    return split_dot(a, w, acc, DOT)
+
+
+@triton.jit
 def resident_weights(w_ptr, K, cols, col_ok, stride_k, stride_n, RESIDENT: tl.constexpr,
-                     SPLIT: tl.constexpr, K_PAD: tl.constexpr):
-    """This program's W (K x len(cols)) as SPLIT K-chunks (SPLIT, K_PAD / SPLIT, N), loaded
-    once and kept for every step, when RESIDENT; else a placeholder (streamed every step)."""
+                     SPLIT: tl.constexpr, KP: tl.constexpr, NP: tl.constexpr):
+    """This program's W (K x len(cols)), loaded once and kept for every step when RESIDENT: a
+    tuple of NP pieces of KP rows (a power of two), each SPLIT K-chunks. Pieces pad K less
+    than one power of two (768 = 3 x 256, not 1024), and each dot stages only its piece of
+    A (persistent_config.k_pieces). Else an empty tuple: W is streamed every step."""
+    w = ()
     if RESIDENT:
-        _, ks = k_chunks(0, SPLIT, K_PAD // SPLIT)
-        w = load_w_tile(w_ptr, ks, K, cols[None, :, :], col_ok[None, :, :], stride_k, stride_n)
-    else:
-        w = 0
+        for p in tl.static_range(NP):
+            w = w + (load_w_chunks(w_ptr, p * KP, K, cols, col_ok, stride_k, stride_n, SPLIT,
+                                   KP),)
     return w
 
 
 @triton.jit
 def recurrent_matmul(acc, src_ptr, src_row0, n_src, src_stride, alt_ptr, alt_stride, n_active,
                      r, w, w_ptr, cols, col_ok, stride_k, stride_n, K,
-                     RESIDENT: tl.constexpr, SPLIT: tl.constexpr, K_PAD: tl.constexpr,
-                     BLOCK_K: tl.constexpr, DOT: tl.constexpr):
+                     RESIDENT: tl.constexpr, SPLIT: tl.constexpr, KP: tl.constexpr,
+                     NP: tl.constexpr, BLOCK_K: tl.constexpr, DOT: tl.constexpr):
     """acc + A @ W: A's rows from `load_rows` (r: (BLOCK_B, 1) rows), W either the resident
-    chunks `w` from `resident_weights` or streamed from w_ptr (as in `load_w_tile`), SPLIT
+    pieces `w` from `resident_weights` or streamed from w_ptr (as in `load_w_tile`), SPLIT
     chunks of BLOCK_K at a time, re-read from L2 every step."""
     if RESIDENT:
-        ks, _ = k_chunks(0, SPLIT, K_PAD // SPLIT)
-        a = load_rows(src_ptr, src_row0, n_src, src_stride, alt_ptr, alt_stride, n_active,
-                      r[None, :, :], ks, K)
-        acc = split_dot(a, w, acc, DOT)
+        for p in tl.static_range(NP):
+            acc = chunk_dot(acc, w[p], p * KP, src_ptr, src_row0, n_src, src_stride, alt_ptr,
+                            alt_stride, n_active, r, K, SPLIT, KP, DOT)
     else:
         for k0 in range(0, K, SPLIT * BLOCK_K):
-            ks_a, ks_w = k_chunks(k0, SPLIT, BLOCK_K)
-            a = load_rows(src_ptr, src_row0, n_src, src_stride, alt_ptr, alt_stride, n_active,
-                          r[None, :, :], ks_a, K)
-            w_k = load_w_tile(w_ptr, ks_w, K, cols[None, :, :], col_ok[None, :, :], stride_k,
-                              stride_n)
-            acc = split_dot(a, w_k, acc, DOT)
+            w_k = load_w_chunks(w_ptr, k0, K, cols, col_ok, stride_k, stride_n, SPLIT,
+                                SPLIT * BLOCK_K)
+            acc = chunk_dot(acc, w_k, k0, src_ptr, src_row0, n_src, src_stride, alt_ptr,
+                            alt_stride, n_active, r, K, SPLIT, SPLIT * BLOCK_K, DOT)
     return acc
 
 
