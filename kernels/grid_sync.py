@@ -28,7 +28,9 @@ every arrival (the grid is not co-resident: another kernel holds the SMs, or
 more programs were launched than fit) sets the flag and returns 0; every other
 program sees the flag in its own wait and returns 0 too, so the whole grid
 drains in bounded time. The launcher reads the flag after the launch and reruns
-the step loop on the stepwise backend (with a warning).
+the step loop on the stepwise backend (with a warning). The persistent kernels are
+launched cooperatively (persistent_config.COOPERATIVE), so the driver starts a grid
+only once all of it is resident; the bounded wait is the guard behind that.
 """
 import torch
 import triton

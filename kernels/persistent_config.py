@@ -65,6 +65,13 @@ MAX_PIECES = 16
 SMEM_SLACK = 8 * 1024
 NUM_WARPS = 8  # with 4, ptxas spills the resident kernels' operand tiles
 MAX_REGS = 255  # registers a thread can address
+# Launch the persistent grid as a CUDA cooperative launch (Triton's launch_cooperative_grid):
+# the driver then starts it only with every program resident at once, so a GPU shared with
+# other work (or a second persistent launch on another stream) delays it instead of
+# leaving some programs spinning at the barrier until it fails and falls back. The bounded
+# barrier stays as the guard; a launch the driver refuses is retried plain (persistent.py).
+# Not yet run on a GPU: tests/test_gpu.py runs two full-grid launches at once both ways.
+COOPERATIVE = True
 
 # Triton versions (major, minor) known to compile the resident float32 kernels for sm_90
 # (see the module docstring); any other version streams float32 weights.
@@ -130,6 +137,8 @@ class PersistentPlan:
     # SM to itself, but ptxas's own default aims at more than one block per SM: Triton
     # 3.9's ptxas capped the GRU backward at 128 registers and spilled (bench/compiled.py).
     max_regs: int = None
+    # a cooperative launch (COOPERATIVE below); False once the driver refused one
+    cooperative: bool = False
     spin_limit: int = SPIN_LIMIT
 
 
@@ -211,7 +220,13 @@ def plan(n_gates: int, device, dtype, batch: int, hidden: int, width: int = 0, b
     block_k = 4 if dot == DOT_FMA else 64
     return PersistentPlan(grid=grid, block_b=block_b, block_h=block_h, block_o=block_o,
                           block_k=block_k, resident=resident, dot=dot, num_warps=NUM_WARPS,
-                          max_regs=min(MAX_REGS, reg_bytes // 4 // (32 * NUM_WARPS))), None
+                          max_regs=min(MAX_REGS, reg_bytes // 4 // (32 * NUM_WARPS)),
+                          cooperative=COOPERATIVE), None
+
+
+def not_cooperative(p: PersistentPlan) -> PersistentPlan:
+    """The same plan launched plainly (a driver that refuses a cooperative launch; tests)."""
+    return replace(p, cooperative=False)
 
 
 def streamed(p: PersistentPlan, block_k: int = MIN_DOT) -> PersistentPlan:

@@ -142,6 +142,7 @@ def gru_persistent_fwd(gx, sched, h0, w_hh, b_hh, save, plan: PersistentPlan):
         BLOCK_H=plan.block_h, BLOCK_K=plan.block_k,
         **recurrent_dot(hidden, 4 * plan.block_h, plan.block_b, plan.num_warps),
         num_warps=plan.num_warps, maxnreg=plan.max_regs,
+        launch_cooperative_grid=plan.cooperative,
     )
     if barrier_failed(sync):
         return None
@@ -169,6 +170,7 @@ def gru_persistent_bwd(dy, dh_n, sched, h0, w_hh, y, gates, plan: PersistentPlan
         BLOCK_K=plan.block_k,
         **recurrent_dot(3 * hidden, plan.block_h, plan.block_b, plan.num_warps),
         num_warps=plan.num_warps, maxnreg=plan.max_regs,
+        launch_cooperative_grid=plan.cooperative,
     )
     if barrier_failed(sync):
         return None

@@ -204,6 +204,7 @@ def lstm_persistent_fwd(gx, sched, h0, c0, w_hh, w_hr, save, plan: PersistentPla
         # the projection's dot is BLOCK_O (often 16) wide, with K = H
         PROJ_SPLIT=split_k(pad_dot(hidden), plan.block_o, plan.num_warps),
         num_warps=plan.num_warps, maxnreg=plan.max_regs,
+        launch_cooperative_grid=plan.cooperative,
     )
     if barrier_failed(sync):
         return None
@@ -241,6 +242,7 @@ def lstm_persistent_bwd(dy, dh_n, dc_n, sched, c0, w_hh, w_hr, gates, c_all,
         # dm = dr W_hr: BLOCK_H wide, with K = P
         PROJ_SPLIT=split_k(pad_dot(width), plan.block_h, plan.num_warps),
         num_warps=plan.num_warps, maxnreg=plan.max_regs,
+        launch_cooperative_grid=plan.cooperative,
     )
     if barrier_failed(sync):
         return None

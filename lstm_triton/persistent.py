@@ -14,7 +14,9 @@ What forward saves is stepwise's: LSTM activated gates (N, 4H) and cell states
 (N, H); GRU r, z, n, rec_n (N, 4H). Backward recomputes nothing.
 
 A resident W_hh slice that fails to compile (OutOfResources) is retried with
-the slice streamed from L2 in K-chunks.
+the slice streamed from L2 in K-chunks. A cooperative launch (persistent_config.
+COOPERATIVE) that the CUDA driver refuses is retried as a plain launch, and later
+launches stay plain (warned once): the bounded barrier still guards them.
 
 Fallbacks to stepwise (see dispatch.persistent_plan): layers the persistent
 kernel does not serve (very large batches, devices without Triton), warned once
@@ -27,7 +29,7 @@ from triton.runtime.errors import OutOfResources
 
 from . import stepwise
 from .dispatch import persistent_plan
-from .kernels.persistent_config import streamed
+from .kernels.persistent_config import not_cooperative, streamed
 from .kernels.persistent_gru import gru_persistent_bwd, gru_persistent_fwd
 from .kernels.persistent_lstm import lstm_persistent_bwd, lstm_persistent_fwd
 
@@ -48,15 +50,28 @@ def _plan(cell, x, h0, hidden):
     return persistent_plan(cell, x.device, x.dtype, h0.shape[0], hidden, h0.shape[1])
 
 
+COOPERATIVE_REFUSED = "the CUDA driver refused a cooperative launch"
+
+
 def _launch(launcher, plan, *args):
     """Run a persistent launcher; a resident W_hh slice that does not compile (out of
-    registers / shared memory) is retried streamed, which needs only a K-chunk on chip."""
+    registers / shared memory) is retried streamed, which needs only a K-chunk on chip, and
+    a cooperative launch that the driver refuses is retried plain."""
+    if COOPERATIVE_REFUSED in _warned:
+        plan = not_cooperative(plan)
     try:
         return launcher(*args, plan)
     except OutOfResources:
         if not plan.resident:
             raise
-        return launcher(*args, streamed(plan))
+        return _launch(launcher, streamed(plan), *args)
+    except RuntimeError as error:  # Triton's launcher raises "Triton Error [CUDA]: ..."
+        if not plan.cooperative or "Triton Error [CUDA]" not in str(error):
+            raise
+        _warned.add(COOPERATIVE_REFUSED)
+        warnings.warn(f"lstm_triton: {COOPERATIVE_REFUSED} ({error}); persistent kernels "
+                      "launch plainly from now on", RuntimeWarning, stacklevel=3)
+        return launcher(*args, not_cooperative(plan))
 
 
 # ---------------------------------------------------------------------------- LSTM

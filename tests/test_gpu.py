@@ -52,25 +52,33 @@ def test_many_program_persistent_matches_torch(cell, hidden, dtype):
         assert_close(g, g64, dtype, "gradient")
 
 
+@pytest.mark.parametrize("cooperative", [True, False], ids=["cooperative", "plain"])
+@pytest.mark.parametrize("hidden", [1024, 2048])
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_two_persistent_launches_at_once_finish_and_are_right(cell):
-    """Two threads launch full-grid persistent kernels on two streams at the same time.
-    They must both finish (the barrier is bounded: at worst one falls back to stepwise,
-    with a warning) and both be right."""
-    module, oracle = twin_modules(cell, 128, 1024, dtype=torch.float16, backend="persistent")
+def test_two_persistent_launches_at_once_finish_and_are_right(cell, hidden, cooperative,
+                                                              monkeypatch):
+    """Two threads launch persistent kernels on two streams at the same time: H=1024 (two
+    64-program grids, which fit side by side) and H=2048 (two 128-program grids, which do
+    not). They must both finish (the barrier is bounded: at worst one falls back to
+    stepwise, with a warning) and both be right. Cooperative launches (the default) must
+    not fall back at all: the driver starts each grid only when all of it is resident."""
+    from lstm_triton.kernels import persistent_config
+    monkeypatch.setattr(persistent_config, "COOPERATIVE", cooperative)
+    module, oracle = twin_modules(cell, 128, hidden, dtype=torch.float16, backend="persistent")
     xs = [torch.randn(256, 16, 128, dtype=torch.float16) for _ in range(2)]
-    results, errors = [None, None], []
+    results, errors, fallbacks = [None, None], [], []
     start = threading.Barrier(2)
 
     def work(k):
         try:
             stream = torch.cuda.Stream()
-            with torch.cuda.stream(stream), warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
+            with torch.cuda.stream(stream), warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", RuntimeWarning)
                 start.wait()
                 with torch.no_grad():
                     results[k] = module(xs[k])[0]
                 stream.synchronize()
+            fallbacks.extend(str(w.message) for w in caught)
         except Exception as e:  # reported below, in the main thread
             errors.append(e)
 
@@ -85,6 +93,9 @@ def test_two_persistent_launches_at_once_finish_and_are_right(cell):
         with torch.no_grad():
             expected = oracle(x.double())[0]
         assert_close(out, expected, torch.float16, "output")
+    print(f"{cell} H={hidden} cooperative={cooperative}: fallbacks {fallbacks}")
+    if cooperative:
+        assert not fallbacks, fallbacks
 
 
 def test_cuda_kernels_are_deterministic_at_scale():

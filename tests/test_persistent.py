@@ -10,6 +10,7 @@ test_packed.py already run every configuration on it through KERNEL_BACKENDS):
   - bfloat16 (matmuls upcast under the interpreter);
   - results identical bit for bit run to run.
 """
+import dataclasses
 import warnings
 
 import pytest
@@ -307,6 +308,50 @@ def test_resident_weights_out_of_resources_retry_streamed(monkeypatch):
         out, _ = module(x)
     assert [p.resident for p in plans] == [True, False]
     assert_close(out, oracle(x.double())[0], torch.float32, "output")
+
+
+def test_cooperative_launch_refused_by_the_driver_is_retried_plain(monkeypatch):
+    """GPU plans launch cooperatively; a driver that refuses (Triton raises RuntimeError
+    "Triton Error [CUDA]: ...") gets the same launch plainly, with one warning, and later
+    launches go plain at once. Other errors are not swallowed."""
+    plans = []
+    real = persistent.lstm_persistent_fwd
+
+    def launcher(*args):
+        plans.append(args[-1])
+        if args[-1].cooperative:
+            raise RuntimeError("Triton Error [CUDA]: too many blocks in cooperative launch")
+        return real(*args)
+
+    cooperative = persistent_config.plan
+    monkeypatch.setattr(persistent_config, "plan", lambda *a: (
+        dataclasses.replace(cooperative(*a)[0], cooperative=True), None))
+    monkeypatch.setattr(persistent, "lstm_persistent_fwd", launcher)
+    monkeypatch.setattr(persistent, "_warned", set())
+    module, oracle = twin_modules("lstm", I, H, backend="persistent")
+    x = torch.randn(3, 2, I)
+    with torch.no_grad(), pytest.warns(RuntimeWarning, match="refused a cooperative launch"):
+        out, _ = module(x)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again, _ = module(x)
+    assert [p.cooperative for p in plans] == [True, False, False]
+    assert_close(out, oracle(x.double())[0], torch.float32, "output")
+    assert torch.equal(out, again)
+
+    def broken(*args):
+        raise RuntimeError("Triton Error [CUDA]: an illegal memory access was encountered")
+    monkeypatch.setattr(persistent, "lstm_persistent_fwd", broken)
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        module(x)
+
+
+def test_gpu_plans_launch_cooperatively(monkeypatch):
+    monkeypatch.setattr(persistent_config, "_gpu_budget",
+                        lambda device: (132, 256 * 1024, 227 * 1024))
+    plan, _ = persistent_config.plan(4, torch.device("cuda"), torch.float16, 8, 256)
+    assert plan.cooperative == persistent_config.COOPERATIVE and plan.max_regs == 255
+    assert not persistent_config.not_cooperative(plan).cooperative
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
