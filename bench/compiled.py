@@ -59,13 +59,14 @@ def compile_case(cell, direction, dtype, batch, hidden, plan=None):
     """Compile one kernel at its H100 plan (or at `plan`) and read the facts of the table."""
     plan = plan or h100_plan(cell, dtype, batch, hidden)
     kernel = KERNELS[cell, direction]
-    k = hidden if direction == "fwd" else (4 if cell == "lstm" else 3) * hidden
-    n_cols = 4 * plan.block_h if direction == "fwd" else plan.block_o
+    n_gates, backward = (4 if cell == "lstm" else 3), direction == "bwd"
+    k, _ = persistent_config.recurrent_shape(n_gates, hidden, hidden, plan.block_h,
+                                             plan.block_o, backward)
     cx = dict(REVERSE=False, RESIDENT=plan.resident, DOT=plan.dot, COMPUTE=tl.float32,
               BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k,
               SAVE=True, HAS_BHH=True, PROJ=False, BLOCK_O=plan.block_o,
               PROJ_SPLIT=1,  # no projection in these cases
-              **persistent_config.recurrent_dot(k, n_cols, plan.block_b, plan.num_warps))
+              **persistent_config.recurrent_dot(plan, n_gates, hidden, hidden, backward))
     cx = {n: v for n, v in cx.items() if n in kernel.arg_names}
     dt = DTYPES[dtype]
     ptrs = {"bs_ptr": "*i32", "off_ptr": "*i64", "sync_ptr": "*i64", "c_save_ptr": "*fp32"}

@@ -16,8 +16,9 @@ limit is derived from the device's own properties, never from a model name:
             once before the time loop when it and the A piece each dot stages fit in
             one program's shared memory (Triton keeps a loop-invariant tl.dot operand
             in shared memory: compiling for sm_90 shows exactly resident_bytes);
-            otherwise streamed from L2 in BLOCK_K chunks every step. float32 is resident only on the
-            Triton versions in FP32_RESIDENT_TRITON: Triton 3.9's LLVM aborts
+            otherwise streamed from L2 in BLOCK_K chunks every step. float32 is
+            resident only on the Triton versions in FP32_RESIDENT_TRITON: Triton 3.9's
+            LLVM aborts
             (SLPVectorizer assertion) compiling the resident LSTM forward with IEEE
             float32 dots for sm_90, and an abort cannot be caught; Triton 3.6 (the GPU
             image's) compiles all four resident float32 kernels. Both found by
@@ -112,11 +113,21 @@ def k_pieces(k: int, block_b: int) -> tuple:
     return kp, triton.cdiv(k, kp)
 
 
-def recurrent_dot(k: int, n_cols: int, block_b: int, num_warps: int) -> dict:
-    """The constexprs KP, NP (k_pieces) and SPLIT (split_k) of a kernel's recurrent dot of
-    K = k rows and n_cols columns: what every launcher passes, in one place."""
-    kp, n_pieces = k_pieces(k, block_b)
-    return dict(KP=kp, NP=n_pieces, SPLIT=split_k(kp, n_cols, num_warps))
+def recurrent_shape(n_gates: int, hidden: int, width: int, block_h: int, block_o: int,
+                    backward: bool) -> tuple:
+    """(K, N) of a kernel's recurrent dot. Forward: h_{t-1} (K = width, the columns of h) times
+    the fused gate tile, 4 * block_h wide (a GRU's fourth slot is empty: tl.dot widths are
+    powers of two). Backward: the gate gradients (K = n_gates * hidden) times W_hh's block_o
+    columns of h. The same weights, padded differently (k_pieces)."""
+    return (n_gates * hidden, block_o) if backward else (width, 4 * block_h)
+
+
+def recurrent_dot(plan, n_gates: int, hidden: int, width: int, backward: bool) -> dict:
+    """The constexprs KP, NP (k_pieces) and SPLIT (split_k) of a kernel's recurrent dot
+    (recurrent_shape) under `plan`: what every launcher passes, in one place."""
+    k, n_cols = recurrent_shape(n_gates, hidden, width, plan.block_h, plan.block_o, backward)
+    kp, n_pieces = k_pieces(k, plan.block_b)
+    return dict(KP=kp, NP=n_pieces, SPLIT=split_k(kp, n_cols, plan.num_warps))
 
 
 def fp32_resident_compiles(version: str = triton.__version__) -> bool:
@@ -203,16 +214,14 @@ def plan(n_gates: int, device, dtype, batch: int, hidden: int, width: int = 0, b
     if state_bytes > reg_bytes // 2:
         return None, (f"batch {batch} x {block_h} hidden units per program need {state_bytes} "
                       f"bytes of state, more than half of one SM's {reg_bytes}-byte register file")
-    # Forward holds K = width rows of a fused gate tile 4 * block_h wide (a GRU's fourth
-    # slot is empty: tl.dot widths are powers of two), backward K = n_gates * hidden rows of
-    # block_o columns: the same weights, padded differently (k_pieces). (The projection's
-    # W_hr slice always streams.) Resident when W and a staged A piece fit one program's
-    # shared memory, and W is at most half of the register file's bytes: ptxas's register
-    # use grows with W's pieces, and compiling for sm_90 (bf16, B=16, 8 warps) shows no
-    # spill up to 96 KiB of W, up to 292 B/thread at 128 KiB (H=1024), 0.35-1.4 KiB/thread
-    # at 192 KiB (H=1536, where streaming is the safer guess until a GPU times both).
-    need = [resident_bytes(width, 4 * block_h, block_b, dtype, dot),
-            resident_bytes(n_gates * hidden, block_o, block_b, dtype, dot)]
+    # Resident when W (both passes' layouts, recurrent_shape; the projection's W_hr slice
+    # always streams) and a staged A piece fit one program's shared memory, and W is at
+    # most half of the register file's bytes: ptxas's register use grows with W's pieces,
+    # and compiling for sm_90 (bf16, B=16, 8 warps) shows no spill up to 96 KiB of W, up to
+    # 292 B/thread at 128 KiB (H=1024), 0.35-1.4 KiB/thread at 192 KiB (H=1536, where
+    # streaming is the safer guess until a GPU times both).
+    need = [resident_bytes(*recurrent_shape(n_gates, hidden, width, block_h, block_o, bwd),
+                           block_b, dtype, dot) for bwd in (False, True)]
     resident = ((dot == DOT_NATIVE or (dot == DOT_IEEE_F32 and fp32_resident_compiles()))
                 and max(w + a for w, a in need) <= smem_bytes - SMEM_SLACK
                 and max(w for w, _ in need) <= reg_bytes // 2)

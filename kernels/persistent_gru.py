@@ -140,7 +140,7 @@ def gru_persistent_fwd(gx, sched, h0, w_hh, b_hh, save, plan: PersistentPlan):
         REVERSE=sched.reverse, SAVE=save, HAS_BHH=b_hh is not None, RESIDENT=plan.resident,
         DOT=plan.dot, COMPUTE=compute_dtype(gx.dtype), BLOCK_B=plan.block_b,
         BLOCK_H=plan.block_h, BLOCK_K=plan.block_k,
-        **recurrent_dot(hidden, 4 * plan.block_h, plan.block_b, plan.num_warps),
+        **recurrent_dot(plan, 3, hidden, hidden, backward=False),
         num_warps=plan.num_warps, maxnreg=plan.max_regs,
         launch_cooperative_grid=plan.cooperative,
     )
@@ -168,7 +168,7 @@ def gru_persistent_bwd(dy, dh_n, sched, h0, w_hh, y, gates, plan: PersistentPlan
         REVERSE=sched.reverse, RESIDENT=plan.resident, DOT=plan.dot,
         COMPUTE=compute_dtype(dy.dtype), BLOCK_B=plan.block_b, BLOCK_H=plan.block_h,
         BLOCK_K=plan.block_k,
-        **recurrent_dot(3 * hidden, plan.block_h, plan.block_b, plan.num_warps),
+        **recurrent_dot(plan, 3, hidden, hidden, backward=True),
         num_warps=plan.num_warps, maxnreg=plan.max_regs,
         launch_cooperative_grid=plan.cooperative,
     )

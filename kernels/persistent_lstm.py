@@ -200,7 +200,7 @@ def lstm_persistent_fwd(gx, sched, h0, c0, w_hh, w_hr, save, plan: PersistentPla
         REVERSE=sched.reverse, SAVE=save, PROJ=proj, RESIDENT=plan.resident, DOT=plan.dot,
         COMPUTE=compute, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_O=plan.block_o,
         BLOCK_K=plan.block_k,
-        **recurrent_dot(width, 4 * plan.block_h, plan.block_b, plan.num_warps),
+        **recurrent_dot(plan, 4, hidden, width, backward=False),
         # the projection's dot is BLOCK_O (often 16) wide, with K = H
         PROJ_SPLIT=split_k(pad_dot(hidden), plan.block_o, plan.num_warps),
         num_warps=plan.num_warps, maxnreg=plan.max_regs,
@@ -238,7 +238,7 @@ def lstm_persistent_bwd(dy, dh_n, dc_n, sched, c0, w_hh, w_hr, gates, c_all,
         REVERSE=sched.reverse, PROJ=proj, RESIDENT=plan.resident, DOT=plan.dot,
         COMPUTE=compute_dtype(dy.dtype), BLOCK_B=plan.block_b, BLOCK_H=plan.block_h,
         BLOCK_O=plan.block_o, BLOCK_K=plan.block_k,
-        **recurrent_dot(4 * hidden, plan.block_o, plan.block_b, plan.num_warps),
+        **recurrent_dot(plan, 4, hidden, width, backward=True),
         # dm = dr W_hr: BLOCK_H wide, with K = P
         PROJ_SPLIT=split_k(pad_dot(width), plan.block_h, plan.num_warps),
         num_warps=plan.num_warps, maxnreg=plan.max_regs,

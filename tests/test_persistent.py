@@ -444,7 +444,8 @@ for cell, n_gates in (("lstm", 4), ("gru", 3)):
             got = compile_case(cell, direction, torch.bfloat16, 16, hidden, plan=plan)
             n = 4 * plan.block_h if direction == "fwd" else plan.block_o
             k = hidden if direction == "fwd" else n_gates * hidden
-            dot = persistent_config.recurrent_dot(k, n, plan.block_b, plan.num_warps)
+            dot = persistent_config.recurrent_dot(plan, n_gates, hidden, hidden,
+                                                  direction == "bwd")
             step = dot["SPLIT"] * plan.block_k
             k_run = dot["KP"] * dot["NP"] if resident else triton.cdiv(k, step) * step
             useful = (plan.block_b // 16) * (n // 8) * (k_run // 16)  # mma.m16n8k16 of one step
