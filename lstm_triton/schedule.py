@@ -54,14 +54,23 @@ class Schedule:
         return self.rows(p), min(self.batch_sizes[p], self.batch_sizes[t])
 
     def previous_index(self, device) -> torch.Tensor:
-        """(N,) row of cat([y, h0]) holding each row's previous state (for dW_hh)."""
-        n_rows = sum(self.batch_sizes)
-        index = torch.empty(n_rows, dtype=torch.int64)
-        for t in range(self.steps):
-            rows, n_prev = self.previous(t)
-            bs = self.batch_sizes[t]
-            target = index[self.rows(t)]
-            target.copy_(torch.arange(n_rows, n_rows + bs))  # from h0
-            if rows is not None:
-                target[:n_prev] = torch.arange(rows.start, rows.start + n_prev)
+        """(N,) row of cat([y, h0]) holding each row's previous state (for dW_hh).
+
+        Row j of step t continues row j of the step processed before it (see `previous`)
+        when j is below both steps' batch sizes, else it starts from h0's row j (index
+        N + j). Built with tensor ops, not a loop over steps: a packed batch of T=1024
+        steps took ~12 ms of host time per backward as a Python loop."""
+        sizes = torch.tensor(self.batch_sizes, dtype=torch.int64)
+        offsets = torch.tensor(self.offsets, dtype=torch.int64)
+        n_rows, steps = int(sizes.sum()), self.steps
+        # the step processed before each step, as a shift by one (none at the first)
+        prev_sizes, prev_offsets = torch.zeros_like(sizes), torch.zeros_like(offsets)
+        if self.reverse:
+            prev_sizes[:-1], prev_offsets[:-1] = sizes[1:], offsets[1:]
+        else:
+            prev_sizes[1:], prev_offsets[1:] = sizes[:-1], offsets[:-1]
+        n_prev = torch.minimum(prev_sizes, sizes)
+        step = torch.repeat_interleave(torch.arange(steps), sizes)  # (N,) each row's step
+        j = torch.arange(n_rows) - offsets[step]  # each row's place within its step
+        index = torch.where(j < n_prev[step], prev_offsets[step] + j, n_rows + j)
         return index.to(device)

@@ -123,3 +123,21 @@ def test_packed_state_batch_mismatch_raises_like_torch(cell, which):
         oracle(packed, hx)
     with pytest.raises(RuntimeError, match=r"Expected hidden.*\(1, 3, 5\), got \[1, 2, 5\]"):
         module(packed, hx)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_each_row_continues_the_same_row_of_the_step_before_or_starts_from_h0(reverse):
+    """Schedule.previous_index (which row of cat([y, h0]) feeds each row's dW_hh term),
+    against its definition step by step, on packed batches of very different lengths."""
+    from lstm_triton.schedule import Schedule
+
+    for lengths in [(9, 4, 4, 1), (1,), (5, 5), (7, 3, 2, 2, 1, 1)]:
+        packed = pack_sequence([torch.zeros(n, 1) for n in lengths])
+        sched = Schedule.build(packed.batch_sizes, packed.data.shape[0], len(lengths), reverse)
+        n_rows = packed.data.shape[0]
+        want = []
+        for t in range(sched.steps):
+            rows, n_prev = sched.previous(t)
+            for j in range(sched.batch_sizes[t]):
+                want.append(rows.start + j if j < n_prev else n_rows + j)
+        assert sched.previous_index("cpu").tolist() == want
