@@ -1,6 +1,8 @@
 """lstm_triton: drop-in nn.LSTM / nn.GRU on Triton kernels."""
 from .cells import TritonGRUCell, TritonLSTMCell
+from .dispatch import FallbackWarning
 from .patch import patch, unpatch
 from .rnn import TritonGRU, TritonLSTM
 
-__all__ = ["TritonGRU", "TritonGRUCell", "TritonLSTM", "TritonLSTMCell", "patch", "unpatch"]
+__all__ = ["FallbackWarning", "TritonGRU", "TritonGRUCell", "TritonLSTM", "TritonLSTMCell",
+           "patch", "unpatch"]

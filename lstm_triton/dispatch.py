@@ -68,6 +68,13 @@ class Workload:
         return "fwdbwd" if self.training else "fwd"
 
 
+class FallbackWarning(RuntimeWarning):
+    """A call ran, but not as requested: backend="persistent" served (part of) it on
+    stepwise, or a cooperative launch was refused and ran plain. A RuntimeWarning, so
+    existing filters keep working; filter this class to silence or to fail on exactly
+    these (the tests make it an error wherever a fallback would hide a bug)."""
+
+
 def validate_backend(backend):
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")

@@ -28,7 +28,7 @@ import warnings
 from triton.runtime.errors import OutOfResources
 
 from . import stepwise
-from .dispatch import persistent_plan
+from .dispatch import FallbackWarning, persistent_plan
 from .kernels.persistent_config import not_cooperative, streamed
 from .kernels.persistent_gru import gru_persistent_bwd, gru_persistent_fwd
 from .kernels.persistent_lstm import lstm_persistent_bwd, lstm_persistent_fwd
@@ -43,7 +43,7 @@ def _fallback(what, reason):
     if reason == BARRIER_FAILED or reason not in _warned:
         _warned.add(reason)
         warnings.warn(f"lstm_triton: backend='persistent' {what} runs on the stepwise backend: "
-                      f"{reason}", RuntimeWarning, stacklevel=3)
+                      f"{reason}", FallbackWarning, stacklevel=3)
 
 
 def _plan(cell, x, h0, hidden):
@@ -70,7 +70,7 @@ def _launch(launcher, plan, *args):
             raise
         _warned.add(COOPERATIVE_REFUSED)
         warnings.warn(f"lstm_triton: {COOPERATIVE_REFUSED} ({error}); persistent kernels "
-                      "launch plainly from now on", RuntimeWarning, stacklevel=3)
+                      "launch plainly from now on", FallbackWarning, stacklevel=3)
         return launcher(*args, not_cooperative(plan))
 
 

@@ -10,8 +10,9 @@ import warnings
 
 import pytest
 import torch
-
 from rnn_testing import DEVICE, as_tuple, assert_close, outputs_and_grads, twin_modules
+
+from lstm_triton import FallbackWarning
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(DEVICE != "cuda", reason="needs CUDA")]
 
@@ -20,7 +21,7 @@ def run_without_fallback(module, x):
     """Forward + backward; fails if the persistent kernel fell back to stepwise."""
     weights = None
     with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)  # a fallback warns: make it fail
+        warnings.simplefilter("error", FallbackWarning)  # a fallback warns: make it fail
         out, finals = module(x)
         weights = [torch.randn_like(out, dtype=torch.float64)] + [
             torch.randn_like(f, dtype=torch.float64) for f in as_tuple(finals)]
@@ -42,7 +43,7 @@ def test_many_program_persistent_matches_torch(cell, hidden, dtype):
     x64 = x.detach().double().requires_grad_()
     weights = run_without_fallback(module, x)
     with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)
+        warnings.simplefilter("error", FallbackWarning)
         out, finals, grads = outputs_and_grads(module, x, None, weights, [x])
     out64, finals64, grads64 = outputs_and_grads(oracle, x64, None, weights, [x64])
     assert_close(out, out64, dtype, "output")
@@ -73,7 +74,7 @@ def test_two_persistent_launches_at_once_finish_and_are_right(cell, hidden, coop
         try:
             stream = torch.cuda.Stream()
             with torch.cuda.stream(stream), warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", RuntimeWarning)
+                warnings.simplefilter("always", FallbackWarning)
                 start.wait()
                 with torch.no_grad():
                     results[k] = module(xs[k])[0]

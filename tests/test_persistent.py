@@ -23,7 +23,7 @@ from rnn_testing import (DEVICE, DTYPES, assert_close, interpreter_only, outputs
                          twin_modules)
 from torch.nn.utils.rnn import PackedSequence, pack_sequence
 
-from lstm_triton import dispatch, persistent
+from lstm_triton import FallbackWarning, dispatch, persistent
 
 I, H = 3, 5
 
@@ -89,7 +89,7 @@ def test_failed_barrier_falls_back_to_stepwise_with_a_warning(cell, monkeypatch)
     x = torch.randn(4, 2, I, dtype=torch.float64, requires_grad=True)
     weights_out = [torch.randn(4, 2, H, dtype=torch.float64)] + \
                   [torch.randn(1, 2, H, dtype=torch.float64)] * (2 if cell == "lstm" else 1)
-    with pytest.warns(RuntimeWarning, match="grid barrier"):
+    with pytest.warns(FallbackWarning, match="grid barrier"):
         out, finals, grads = outputs_and_grads(module, x, None, weights_out, [x])
     ref_out, ref_finals, ref_grads = outputs_and_grads(oracle, x, None, weights_out, [x])
     assert_close(out, ref_out, torch.float64, "output")
@@ -120,7 +120,7 @@ def test_projection_runs_persistent_with_two_meetings_per_step(resident, monkeyp
     weights_out = [torch.randn(data.shape[0], 6, dtype=torch.float64), torch.randn_like(h0),
                    torch.randn_like(c0)]
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no silent fallback: this must run persistent
+        warnings.simplefilter("error", FallbackWarning)  # this must run persistent
         got = outputs_and_grads(module, packed, (h0, c0), weights_out, [data, h0, c0])
     want = outputs_and_grads(oracle, packed, (h0, c0), weights_out, [data, h0, c0])
     assert_close(got[0].data, want[0].data, torch.float64, "output")
@@ -219,7 +219,7 @@ def check_packed_bidirectional(cell, hidden, dtype=torch.float64):
         return outputs_and_grads(rnn, packed, hx, weights_out, [data] + states)
 
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no silent fallback: this must run persistent
+        warnings.simplefilter("error", FallbackWarning)  # this must run persistent
         got = run(module, dtype)
     want = run(oracle, torch.float64)
     assert_close(got[0].data, want[0].data, dtype, "output")
@@ -330,10 +330,10 @@ def test_cooperative_launch_refused_by_the_driver_is_retried_plain(monkeypatch):
     monkeypatch.setattr(persistent, "_warned", set())
     module, oracle = twin_modules("lstm", I, H, backend="persistent")
     x = torch.randn(3, 2, I)
-    with torch.no_grad(), pytest.warns(RuntimeWarning, match="refused a cooperative launch"):
+    with torch.no_grad(), pytest.warns(FallbackWarning, match="refused a cooperative launch"):
         out, _ = module(x)
     with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("error")
+        warnings.simplefilter("error", FallbackWarning)
         again, _ = module(x)
     assert [p.cooperative for p in plans] == [True, False, False]
     assert_close(out, oracle(x.double())[0], torch.float32, "output")
