@@ -28,13 +28,17 @@ every arrival (the grid is not co-resident: another kernel holds the SMs, or
 more programs were launched than fit) sets the flag and returns 0; every other
 program sees the flag in its own wait and returns 0 too, so the whole grid
 drains in bounded time. The launcher reads the flag after the launch and reruns
-the step loop on the stepwise backend (with a warning). The persistent kernels are
-launched cooperatively (persistent_config.COOPERATIVE), so the driver starts a grid
-only once all of it is resident; the bounded wait is the guard behind that.
+the step loop on the stepwise backend (with a warning); under CUDA graph capture,
+where the host cannot read it, the outputs become NaN instead (launch_failed). The
+persistent kernels are launched cooperatively (persistent_config.COOPERATIVE), so the
+driver starts a grid only once all of it is resident; the bounded wait is the guard
+behind that.
 """
 import torch
 import triton
 import triton.language as tl
+
+from . import graph_capture
 
 FAILED_BIT = 62
 FAILED = tl.constexpr(1 << FAILED_BIT)
@@ -48,12 +52,28 @@ def new_sync_state(device) -> torch.Tensor:
 
 def failed_sync_state(device) -> torch.Tensor:
     """A barrier word whose failure flag is already set (tests: every wait fails at once)."""
-    return torch.tensor([FAILED.value], dtype=torch.int64, device=device)
+    # filled on the device, not copied from the host: usable inside a CUDA graph capture
+    return torch.full((1,), FAILED.value, dtype=torch.int64, device=device)
 
 
 def barrier_failed(sync_state: torch.Tensor) -> bool:
     """True when some program of the launch gave up waiting (reads back: synchronises)."""
     return bool(int(sync_state[0].item()) & FAILED.value)
+
+
+def launch_failed(sync_state: torch.Tensor, outputs) -> bool:
+    """True when the launch's barrier failed and the caller must rerun it on stepwise.
+
+    Reading the flag is a host sync, which a CUDA graph capture forbids. Under capture the
+    flag stays on the device: the launch's `outputs` (None entries skipped) are filled
+    with NaN there when it is set, and False is returned (graph_capture.py says why)."""
+    if not graph_capture.capturing(sync_state.device):
+        return barrier_failed(sync_state)
+    failed = (sync_state & FAILED.value) != 0  # (1,) bool, broadcast over each output
+    for out in outputs:
+        if out is not None:
+            out.masked_fill_(failed, float("nan"))
+    return False
 
 
 def arrivals(sync_state: torch.Tensor) -> int:

@@ -34,6 +34,7 @@ import torch
 import triton
 
 from .config import interpreting
+from .graph_capture import host_to_device
 
 # Matmul modes (persistent_tiles.split_dot).
 DOT_NATIVE, DOT_IEEE_F32, DOT_FMA = 0, 1, 2
@@ -244,6 +245,13 @@ def streamed(p: PersistentPlan, block_k: int = MIN_DOT) -> PersistentPlan:
 
 
 def schedule_tensors(sched, device):
-    """(batch_sizes int32 (T,), offsets int64 (T,)) of a Schedule, for the kernels' masks."""
-    return (torch.tensor(sched.batch_sizes, dtype=torch.int32, device=device),
-            torch.tensor(sched.offsets, dtype=torch.int64, device=device))
+    """(batch_sizes int32 (T,), offsets int64 (T,)) of a Schedule, for the kernels' masks.
+
+    A padded batch's are made on the device (no host copy, so a CUDA graph can capture
+    them); a packed batch's are copied (graph_capture.host_to_device)."""
+    if sched.padded:
+        batch = sched.batch_sizes[0] if sched.steps else 0
+        return (torch.full((sched.steps,), batch, dtype=torch.int32, device=device),
+                torch.arange(sched.steps, dtype=torch.int64, device=device) * batch)
+    return (host_to_device(torch.tensor(sched.batch_sizes, dtype=torch.int32), device),
+            host_to_device(torch.tensor(sched.offsets, dtype=torch.int64), device))

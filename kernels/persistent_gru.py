@@ -18,7 +18,7 @@ import triton.language as tl
 
 from .cell_math import gru_cell_backward, gru_cell_forward, load_gates4, store_gates3, store_gates4
 from .config import compute_dtype
-from .grid_sync import barrier_failed, grid_arrive, grid_start, grid_wait, new_sync_state
+from .grid_sync import grid_arrive, grid_start, grid_wait, launch_failed, new_sync_state
 from .persistent_config import PersistentPlan, recurrent_dot, schedule_tensors
 from .persistent_tiles import (backward_step_rows, forward_step_rows, gate_columns, load_rows,
                                program_tile, recurrent_matmul, resident_weights, split_gates,
@@ -144,7 +144,7 @@ def gru_persistent_fwd(gx, sched, h0, w_hh, b_hh, save, plan: PersistentPlan):
         num_warps=plan.num_warps, maxnreg=plan.max_regs,
         launch_cooperative_grid=plan.cooperative,
     )
-    if barrier_failed(sync):
+    if launch_failed(sync, (y, h_n, gates)):
         return None
     return y, h_n, gates
 
@@ -172,6 +172,6 @@ def gru_persistent_bwd(dy, dh_n, sched, h0, w_hh, y, gates, plan: PersistentPlan
         num_warps=plan.num_warps, maxnreg=plan.max_regs,
         launch_cooperative_grid=plan.cooperative,
     )
-    if barrier_failed(sync):
+    if launch_failed(sync, (dgx, drec, dh0)):
         return None
     return dgx, drec, dh0

@@ -38,7 +38,7 @@ import triton.language as tl
 
 from .cell_math import load_gates4, lstm_cell_backward, lstm_cell_forward, store_gates4
 from .config import compute_dtype, state_dtype
-from .grid_sync import barrier_failed, grid_arrive, grid_start, grid_wait, new_sync_state
+from .grid_sync import grid_arrive, grid_start, grid_wait, launch_failed, new_sync_state
 from .persistent_config import PersistentPlan, pad_dot, recurrent_dot, schedule_tensors, split_k
 from .persistent_tiles import (backward_step_rows, forward_step_rows, gate_columns, load_rows,
                                program_tile, recurrent_matmul, resident_weights, split_gates,
@@ -206,7 +206,7 @@ def lstm_persistent_fwd(gx, sched, h0, c0, w_hh, w_hr, save, plan: PersistentPla
         num_warps=plan.num_warps, maxnreg=plan.max_regs,
         launch_cooperative_grid=plan.cooperative,
     )
-    if barrier_failed(sync):
+    if launch_failed(sync, (y, m_all, h_n, c_n, gates, c_all)):
         return None
     return y, h_n, c_n, gates, c_all, (m_all if proj and save else None)
 
@@ -244,6 +244,6 @@ def lstm_persistent_bwd(dy, dh_n, dc_n, sched, c0, w_hh, w_hr, gates, c_all,
         num_warps=plan.num_warps, maxnreg=plan.max_regs,
         launch_cooperative_grid=plan.cooperative,
     )
-    if barrier_failed(sync):
+    if launch_failed(sync, (dgates, dh0, dc0, dr)):
         return None
     return dgates, dh0, dc0, dr

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .kernels.graph_capture import host_to_device
+
 
 @dataclass(frozen=True)
 class Schedule:
@@ -34,6 +36,11 @@ class Schedule:
     @property
     def steps(self) -> int:
         return len(self.batch_sizes)
+
+    @property
+    def padded(self) -> bool:
+        """Every step runs the whole batch (a padded (T, B) input, or equal lengths)."""
+        return self.batch_sizes.count(self.batch_sizes[0] if self.steps else 0) == self.steps
 
     def order(self):
         """Timesteps in processing order."""
@@ -73,4 +80,4 @@ class Schedule:
         step = torch.repeat_interleave(torch.arange(steps), sizes)  # (N,) each row's step
         j = torch.arange(n_rows) - offsets[step]  # each row's place within its step
         index = torch.where(j < n_prev[step], prev_offsets[step] + j, n_rows + j)
-        return index.to(device)
+        return host_to_device(index, device)  # also inside a CUDA graph capture

@@ -1,5 +1,6 @@
 """What only a GPU can show: the persistent kernel with many programs meeting at the grid
-barrier, native fp16/bf16 tensor-core dots, and two persistent launches at once.
+barrier, native fp16/bf16 tensor-core dots, two persistent launches at once, and CUDA graph
+capture and replay.
 
 Skipped without CUDA (the CPU interpreter runs one program per launch, so the
 barrier never has anyone to wait for there). NOT YET RUN: no GPU has been lent to
@@ -112,3 +113,83 @@ def test_cuda_kernels_are_deterministic_at_scale():
 
         for a, b in zip(run(), run()):
             assert torch.equal(a, b), backend
+
+
+@pytest.mark.parametrize("backend", ["persistent", "stepwise"])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_inference_replays_in_a_cuda_graph(cell, backend):
+    """Capture a no-grad call (padded, then packed), replay it on new inputs copied into the
+    captured ones: the same bits as an eager call (tests/test_graph_capture.py says what
+    changes under capture). Compared within bf16's tolerance, not bit for bit: cuBLAS may
+    pick another GEMM algorithm for the input projection on a capturing stream."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    module, _ = twin_modules(cell, 64, 256, dtype=torch.bfloat16, backend=backend)
+    lengths = torch.tensor([40, 40, 31, 17, 9, 9, 5, 1])
+    for packed in (False, True):
+        def batch(x):  # packed outside the capture: the capture is of our call only
+            return pack_padded_sequence(x, lengths) if packed else x
+
+        static = batch(torch.randn(40, 8, 64, dtype=torch.bfloat16))
+
+        def call():
+            out, finals = module(static)
+            return (out.data if packed else out,) + as_tuple(finals)
+
+        side = torch.cuda.Stream()  # warm up (compile, allocate) outside the capture
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side), torch.no_grad():
+            call()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("error", FallbackWarning)
+            with torch.cuda.graph(graph):
+                captured = call()
+        for _ in range(2):
+            static.data.copy_(batch(torch.randn(40, 8, 64, dtype=torch.bfloat16)).data)
+            graph.replay()
+            with torch.no_grad():
+                eager = call()
+            for got, want in zip(captured, eager):
+                assert_close(got, want, torch.bfloat16, f"{cell} {backend} packed={packed}")
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_training_step_graphed_with_make_graphed_callables(cell):
+    """torch.cuda.make_graphed_callables captures the persistent forward and backward: the
+    graphed module's outputs and gradients equal the eager module's (within bf16's
+    tolerance: the weight-gradient GEMMs are cuBLAS's, whose algorithm may differ)."""
+    module, _ = twin_modules(cell, 64, 256, dtype=torch.bfloat16, backend="persistent")
+    x = torch.randn(40, 8, 64, dtype=torch.bfloat16, requires_grad=True)
+    graphed = torch.cuda.make_graphed_callables(module, (x,))
+
+    def step(fn):
+        out, finals = fn(x)
+        loss = out.float().pow(2).sum() + sum(f.float().sum() for f in as_tuple(finals))
+        return [out, *as_tuple(finals), *torch.autograd.grad(loss, [x, *module.parameters()])]
+
+    for _ in range(2):
+        x.data.copy_(torch.randn_like(x))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FallbackWarning)
+            got = step(graphed)
+        want = step(module)
+        for a, b in zip(got, want):
+            assert_close(a, b, torch.bfloat16, cell)
+
+
+def test_failed_barrier_inside_a_cuda_graph_gives_nan(monkeypatch):
+    """A captured launch whose barrier fails cannot fall back: its outputs are NaN."""
+    from lstm_triton.kernels import grid_sync, persistent_lstm
+
+    module, _ = twin_modules("lstm", 64, 256, dtype=torch.bfloat16, backend="persistent")
+    x = torch.randn(16, 8, 64, dtype=torch.bfloat16)
+    with torch.no_grad():
+        module(x)  # compile outside the capture
+        monkeypatch.setattr(persistent_lstm, "new_sync_state", grid_sync.failed_sync_state)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out, (h, c) = module(x)
+    graph.replay()
+    assert out.isnan().all() and h.isnan().all() and c.isnan().all()
