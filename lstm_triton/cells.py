@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .dispatch import choose_backend
-from .rnn import BackendOption, run_layer
+from .rnn import BackendOption, autocast_enabled, run_layer
 
 
 def cell_autocast_dtype(device_type, dtype):
@@ -24,7 +24,7 @@ def cell_autocast_dtype(device_type, dtype):
     autocast does not list them: torch's cells then return the input's dtype
     (their GEMMs autocast, the pointwise part promotes back), so we run in it.
     """
-    if not torch.is_autocast_enabled(device_type) or dtype == torch.float64:
+    if not autocast_enabled(device_type) or dtype == torch.float64:
         return None
     if device_type == "cuda":
         return torch.get_autocast_dtype("cuda")
@@ -67,7 +67,7 @@ class _TritonCellDriver(BackendOption):
                 raise RuntimeError(
                     f"hidden{k} has inconsistent hidden_size: got {s.shape[-1]}, expected "
                     f"{self.hidden_size}.")
-        autocasting = torch.is_autocast_enabled(x.device.type)
+        autocasting = autocast_enabled(x.device.type)
         for t, what in [(x, "input")] + [(s, f"hx[{k}]") for k, s in enumerate(states)]:
             if not t.is_floating_point():
                 raise RuntimeError(f"{name}: {what} dtype {t.dtype} is not floating point; "
@@ -118,6 +118,9 @@ class TritonLSTMCell(_TritonCellDriver, nn.LSTMCell):
     cell = "lstm"
 
     def _cell_forward(self, input, hx, backend):
+        if hx is not None and not isinstance(hx, (tuple, list)):
+            raise TypeError(f"TritonLSTMCell: hx must be a tuple (h_0, c_0) of Tensors, not "
+                            f"{type(hx).__name__}; pass both states as a tuple.")
         if hx is not None and len(hx) != 2:
             raise RuntimeError("TritonLSTMCell expects hx as a tuple (h_0, c_0); pass both.")
         return self._step(input, list(hx) if hx is not None else [], backend)

@@ -2,17 +2,19 @@
 say what to change. Everything is checked before any kernel runs."""
 
 
-def check_input(name, x, input_size, weight_dtype, packed):
+def check_input(name, x, input_size, weight_dtype, packed, dtype_error=ValueError):
+    """dtype_error: what a wrong input dtype raises. torch's packed LSTM has no dtype check
+    of its own and fails in its first matmul (RuntimeError); everything else is ValueError."""
     if not packed and x.dim() not in (2, 3):
         raise ValueError(
             f"{name}: Expected input to be 2D (unbatched: seq_len, input_size) or 3D "
             f"(batched), got {x.dim()}D instead; reshape the input.")
     if not (x.is_floating_point() or x.is_complex()):
-        raise ValueError(
+        raise dtype_error(
             f"{name}: input dtype {x.dtype} is not floating point; convert it with "
             f"input.to({weight_dtype}).")
     if x.dtype != weight_dtype:
-        raise ValueError(
+        raise dtype_error(
             f"RNN input dtype ({x.dtype}) does not match weight dtype ({weight_dtype}). "
             f"Convert input: input.to({weight_dtype}), or convert model: model.to({x.dtype})")
     if x.shape[-1] != input_size:
@@ -28,14 +30,15 @@ def check_length(seq_len):
                            "pass at least one timestep.")
 
 
-def check_state_dims(name, states, batched):
-    """hx / (hx, cx) must have one dimension more than unbatched when input is batched."""
+def check_state_dims(name, states, batched, packed=False):
+    """hx / (hx, cx) must have one dimension more than unbatched when input is batched.
+    With a PackedSequence torch indexes the states' third dimension first: IndexError."""
     want = 3 if batched else 2
     dims = tuple(s.dim() for s in states)
     if any(d != want for d in dims):
         kind = "batched 3-D" if batched else "unbatched 2-D"
         got = ", ".join(f"{d}-D" for d in dims)
-        raise RuntimeError(
+        raise (IndexError if packed else RuntimeError)(
             f"For {kind} input, {name} should also be {want}-D but got ({got}) tensors; "
             f"give states of shape (num_layers * num_directions,{' batch,' if batched else ''} "
             f"hidden).")
@@ -53,9 +56,14 @@ def check_state(label, state, expected, dtype):
 
 
 def check_device(x, weight, *states):
-    for t in (x, *states):
-        if t.device != weight.device:
+    if x.device != weight.device:
+        raise RuntimeError(
+            f"Input and parameter tensors are not at the same device, found input tensor at "
+            f"{x.device} and parameter tensor at {weight.device}; move them with "
+            f".to({weight.device}).")
+    for s in states:
+        if s.device != x.device:
             raise RuntimeError(
-                f"Input and parameter tensors are not at the same device, found input tensor at "
-                f"{t.device} and parameter tensor at {weight.device}; move them with "
-                f".to({weight.device}).")
+                f"Input and hidden tensors are not at the same device, found input tensor at "
+                f"{x.device} and hidden tensor at {s.device}; move the states with "
+                f".to({x.device}).")

@@ -8,6 +8,7 @@
   "auto"       picks among them, below.
 
 "auto":
+  - meta tensors (shape inference), whatever the request: "torch".
   - CPU tensors: "stepwise" under TRITON_INTERPRET=1 (that is how the CPU tests run
     the kernels), else "torch" (Triton cannot run there; torch's CPU LSTM is faster
     than the reference loop).
@@ -36,6 +37,7 @@ A W_hh slice too large to keep on chip is not a fallback: it streams from L2
 (kernels/persistent_config.py computes the limit from the device).
 """
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -75,6 +77,16 @@ class FallbackWarning(RuntimeWarning):
     these (the tests make it an error wherever a fallback would hide a bug)."""
 
 
+_warned = set()
+
+
+def warn_fallback_once(reason: str):
+    """A FallbackWarning, once per reason per process."""
+    if reason not in _warned:
+        _warned.add(reason)
+        warnings.warn(f"lstm_triton: {reason}", FallbackWarning, stacklevel=4)
+
+
 def validate_backend(backend):
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -91,6 +103,8 @@ def choose_backend(requested, device, workload=None):
     """
     if requested in ("reference", "torch"):
         return requested
+    if device.type == "meta":  # shapes only: torch's own forward answers them
+        return "torch"
     if not triton_can_run(device):
         if requested == "auto":
             return "torch"

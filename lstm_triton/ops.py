@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import stepwise
+from . import reference, stepwise
 from .schedule import Schedule
 
 
@@ -103,7 +103,8 @@ def _(cell, backend, dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y
 def _setup_context(ctx, inputs, output):
     (cell, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, save) = inputs
     y, _, _, saved_0, saved_1, saved_2 = output
-    ctx.save_for_backward(x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, saved_0, saved_1, saved_2)
+    ctx.save_for_backward(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y,
+                          saved_0, saved_1, saved_2)
     ctx.cell, ctx.backend, ctx.reverse, ctx.save = cell, backend, reverse, save
     ctx.has_bias = b_ih is not None
 
@@ -113,7 +114,10 @@ def _backward(ctx, dy, dh_n, dc_n, *_unused_saved_grads):
         raise RuntimeError(
             "lstm_triton: this forward ran without saving for backward (it saw no input "
             "requiring grad); run it with torch.enable_grad() and inputs that require grad.")
-    x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, saved_0, saved_1, saved_2 = ctx.saved_tensors
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        return _differentiable_backward(ctx, dy, dh_n, dc_n)
+    (x, batch_sizes, h0, c0, w_ih, w_hh, _, _, w_hr, y,
+     saved_0, saved_1, saved_2) = ctx.saved_tensors
     dy = torch.zeros_like(y) if dy is None else dy.contiguous()
     dh_n = torch.zeros_like(h0) if dh_n is None else dh_n.contiguous()
     if ctx.cell == "lstm":
@@ -129,6 +133,31 @@ def _backward(ctx, dy, dh_n, dc_n, *_unused_saved_grads):
         dw_ih, dw_hh, db_ih if has_bias else None, db_hh if has_bias else None,
         dw_hr if w_hr is not None else None, None, None,
     )
+
+
+# rnn_layer's inputs that have gradients, by position
+_DIFFERENTIABLE = {2: "x", 4: "h0", 5: "c0", 6: "w_ih", 7: "w_hh", 8: "b_ih", 9: "b_hh",
+                   10: "w_hr"}
+
+
+def _differentiable_backward(ctx, dy, dh_n, dc_n):
+    """backward(create_graph=True) (gradient penalties, Hessian-vector products): the
+    backward op has no derivative of its own, so the gradients are taken through the
+    pure-PyTorch reference layer recomputed from the saved inputs, and carry a graph for
+    the next backward. Slower than the kernels; the same math."""
+    (x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, *_) = ctx.saved_tensors
+    inputs = dict(x=x, h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, w_hr=w_hr)
+    sched = Schedule.build(batch_sizes, x.shape[0], h0.shape[0], ctx.reverse)
+    outputs = reference.layer(ctx.cell, x, sched, h0, c0, (w_ih, w_hh, b_ih, b_hh, w_hr))
+    pairs = [(o, g) for o, g in zip(outputs, (dy, dh_n, dc_n)) if o is not None and g is not None]
+    wanted = [k for k, name in _DIFFERENTIABLE.items()
+              if ctx.needs_input_grad[k] and inputs[name] is not None]
+    grads = torch.autograd.grad([o for o, _ in pairs], [inputs[_DIFFERENTIABLE[k]] for k in wanted],
+                                [g for _, g in pairs], create_graph=True, allow_unused=True)
+    result = [None] * 13
+    for k, g in zip(wanted, grads):
+        result[k] = g
+    return tuple(result)
 
 
 rnn_layer.register_autograd(_backward, setup_context=_setup_context)

@@ -51,3 +51,15 @@ def gru_layer(x, sched, h0, w_ih, w_hh, b_ih=None, b_hh=None):
         return (1 - z) * n + z * h
 
     return _run(sched, x, h0, step)
+
+
+def layer(cell, x, sched, h0, c0, weights):
+    """y, h_n, c_n (None for GRU) of one layer-direction; weights (w_ih, w_hh, b_ih, b_hh,
+    w_hr), absent ones None. The "reference" backend, the layers that need what only
+    autograd through plain ops gives (rnn.needs_reference), and double backward
+    (ops.py) run this."""
+    w_ih, w_hh, b_ih, b_hh, w_hr = weights
+    if cell == "lstm":
+        return lstm_layer(x, sched, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+    y, h_n = gru_layer(x, sched, h0, w_ih, w_hh, b_ih, b_hh)
+    return y, h_n, None

@@ -9,12 +9,18 @@ handling. The cell-specific part is which custom op slot carries c.
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd import forward_ad
 from torch.nn.utils.rnn import PackedSequence
 
 from . import checks, reference
-from .dispatch import Workload, choose_backend, validate_backend
+from .dispatch import Workload, choose_backend, validate_backend, warn_fallback_once
 from .ops import rnn_layer
 from .schedule import Schedule
+
+
+def autocast_enabled(device_type) -> bool:
+    """torch.is_autocast_enabled, False for "meta" (which it refuses: no autocast there)."""
+    return device_type != "meta" and torch.is_autocast_enabled(device_type)
 
 
 def autocast_dtype(cell, device_type, dtype, packed=False):
@@ -25,7 +31,7 @@ def autocast_dtype(cell, device_type, dtype, packed=False):
     the CPU, autocast lists `lstm.input` (cast to the CPU autocast dtype) but
     neither `lstm.data` (the PackedSequence overload) nor `gru`.
     """
-    if dtype == torch.float64 or not torch.is_autocast_enabled(device_type):
+    if dtype == torch.float64 or not autocast_enabled(device_type):
         return None
     if device_type == "cuda":
         return torch.float16
@@ -47,6 +53,24 @@ def allow_dynamo_tracing():
     torch._dynamo.config.allow_rnn = True
 
 
+def needs_reference(tensors) -> bool:
+    """Whether a call needs what only autograd through plain ops gives: forward-mode AD
+    (torch.autograd.forward_ad, torch.func.jvp / jacfwd) and functorch transforms
+    (torch.func.grad / vjp / jacrev / hessian / vmap). The custom op has a backward
+    formula but no forward-mode one, and functorch cannot see through it: left to it,
+    jvp returned zero tangents without an error. Such calls run the reference layer."""
+    if torch.compiler.is_compiling():
+        return False
+    if torch._C._are_functorch_transforms_active():
+        return True
+    return forward_ad._current_level >= 0 and any(
+        t is not None and forward_ad.unpack_dual(t).tangent is not None for t in tensors)
+
+
+REFERENCE_FOR_AD = ("forward-mode AD and torch.func transforms run on the pure-PyTorch "
+                    "reference backend (the Triton ops have no forward-mode formula)")
+
+
 def run_layer(cell, backend, x, batch_sizes, h0, c0, weights, reverse):
     """One layer-direction on `backend`: y (N, P), h_n (B, P), c_n (B, H) or None for GRU.
 
@@ -57,13 +81,13 @@ def run_layer(cell, backend, x, batch_sizes, h0, c0, weights, reverse):
     lstm = cell == "lstm"
     h0 = h0.contiguous()
     c0 = c0.contiguous() if lstm else None
+    tensors = [x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr]
+    if backend != "reference" and needs_reference(tensors):
+        warn_fallback_once(REFERENCE_FOR_AD)
+        backend = "reference"
     if backend == "reference":
         sched = Schedule.build(batch_sizes, x.shape[0], h0.shape[0], reverse)
-        if lstm:
-            return reference.lstm_layer(x, sched, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
-        y, h_n = reference.gru_layer(x, sched, h0, w_ih, w_hh, b_ih, b_hh)
-        return y, h_n, None
-    tensors = [x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr]
+        return reference.layer(cell, x, sched, h0, c0, weights)
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     y, h_n, c_n, *_ = rnn_layer(
         cell, backend, x, batch_sizes, h0, c0, w_ih.contiguous(), w_hh.contiguous(),
@@ -117,9 +141,9 @@ class _TritonRNNDriver(BackendOption):
             batched = x.dim() == 3
         # Under autocast torch accepts any floating input and state dtype (RNNBase.check_input
         # skips the dtype check): the layers then run in one dtype, chosen below.
-        autocasting = torch.is_autocast_enabled(x.device.type)
+        autocasting = autocast_enabled(x.device.type)
         checks.check_input(name, x, self.input_size, x.dtype if autocasting else weight.dtype,
-                           packed)
+                           packed, RuntimeError if (packed and lstm) else ValueError)
         if not packed:
             if not batched:
                 x = x.unsqueeze(1)
@@ -151,7 +175,7 @@ class _TritonRNNDriver(BackendOption):
         out_size = proj if proj > 0 else self.hidden_size
         h_shape = (self.num_layers * n_dir, batch, out_size)
         c_shape = (self.num_layers * n_dir, batch, self.hidden_size)
-        states = self._initial_states(hx, batched, x, h_shape, c_shape, lstm)
+        states = self._initial_states(hx, batched, packed, x, h_shape, c_shape, lstm)
         if packed and sorted_indices is not None:
             states = [s.index_select(1, sorted_indices) for s in states]
 
@@ -161,7 +185,11 @@ class _TritonRNNDriver(BackendOption):
         states = [s.to(dtype) for s in states]
 
         if not packed and batch == 0:  # a PackedSequence always holds a sequence
-            out, finals = rows.new_zeros(rows.shape[0], n_dir * out_size), states
+            # nothing to run, but as in torch the (empty) outputs are new tensors of the
+            # autograd graph, so a backward gives zero gradients instead of an error
+            anchor = 0 * sum(t.sum() for t in [rows, *states, *self.parameters()])
+            out = rows.new_zeros(rows.shape[0], n_dir * out_size) + anchor
+            finals = [s + anchor for s in states]
         else:
             out, finals = self._layers(rows, batch_sizes, states, backend, weight_cast)
 
@@ -199,21 +227,23 @@ class _TritonRNNDriver(BackendOption):
         torch._check(int(batch_sizes[0]) == batch, lambda: message)  # kept by torch.compile
         return batch
 
-    def _initial_states(self, hx, batched, x, h_shape, c_shape, lstm):
+    def _initial_states(self, hx, batched, packed, x, h_shape, c_shape, lstm):
         if hx is None:
             zeros = lambda shape: x.new_zeros(shape)  # noqa: E731
             return [zeros(h_shape), zeros(c_shape)] if lstm else [zeros(h_shape)]
         states = list(hx) if lstm else [hx]
-        if lstm and len(states) != 2:
-            raise RuntimeError("LSTM expects hx as a tuple (h_0, c_0); pass both states.")
-        checks.check_state_dims("hx and cx" if lstm else "hx", states, batched)
+        if lstm and len(states) != 2:  # torch indexes hx[1] first: IndexError when missing
+            raise (IndexError if len(states) < 2 else RuntimeError)(
+                f"LSTM expects hx as a tuple (h_0, c_0) of two states, got {len(states)}; "
+                f"pass both states.")
+        checks.check_state_dims("hx and cx" if lstm else "hx", states, batched, packed)
         if not batched:
             states = [s.unsqueeze(1) for s in states]
         labels = ("hidden[0]", "hidden[1]") if lstm else ("hidden",)
         for label, s, shape in zip(labels, states, (h_shape, c_shape)):
             # under autocast, states of another dtype are converted like the input
-            checks.check_state(label, s, shape, s.dtype if torch.is_autocast_enabled(
-                x.device.type) else x.dtype)
+            checks.check_state(label, s, shape,
+                               s.dtype if autocast_enabled(x.device.type) else x.dtype)
         checks.check_device(x, self.weight_ih_l0, *states)
         return states
 

@@ -170,3 +170,14 @@ def test_cell_dtype_mismatch_raises_like_torch(cell):
         oracle(x)
     with pytest.raises(RuntimeError, match=r"does not match weight dtype.*\.to\(torch.float64\)"):
         module(x)
+
+
+def test_lstm_cell_state_must_be_a_tuple_like_torch():
+    """A stacked (2, batch, hidden) tensor is not (h_0, c_0): TypeError, as in torch."""
+    module, oracle = twin_cells("lstm")
+    x, stacked = torch.randn(2, N_IN, dtype=DTYPE), torch.randn(2, 2, H, dtype=DTYPE)
+    with pytest.raises(TypeError):
+        oracle(x, stacked)
+    with pytest.raises(TypeError, match="must be a tuple"):
+        module(x, stacked)
+

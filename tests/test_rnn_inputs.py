@@ -3,11 +3,16 @@ inputs behave as in torch."""
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pack_sequence
 
 from lstm_triton import TritonGRU, TritonLSTM
 from rnn_testing import KERNEL_BACKENDS, as_tuple, assert_close
 
 L, B, H = 2, 3, 5
+
+
+def packed(dtype):
+    return pack_sequence([torch.randn(n, 4, dtype=dtype) for n in (3, 2, 2)])
 
 
 def lstm_state(*shape, dtype=torch.float32):
@@ -38,6 +43,16 @@ BAD = [
     ("gru-3-D-input-2-D-state", "gru", lambda: torch.randn(4, B, 4), lambda: torch.randn(L, H)),
     ("gru-integer-input", "gru", lambda: torch.randint(0, 3, (4, B, 4)), None),
     ("gru-empty-sequence", "gru", lambda: torch.randn(0, B, 4), None),
+    # torch indexes hx[1] before any check: IndexError with one state, RuntimeError with three
+    ("hx-with-one-state", "lstm", lambda: torch.randn(4, B, 4), lambda: (torch.randn(L, B, H),)),
+    ("hx-with-three-states", "lstm", lambda: torch.randn(4, B, 4),
+     lambda: (torch.randn(L, B, H),) * 3),
+    ("packed-2-D-states", "lstm", lambda: packed(torch.float32), lambda: lstm_state(L, H)),
+    ("packed-input-dtype-mismatch", "lstm", lambda: packed(torch.float64), None),
+    ("gru-packed-input-dtype-mismatch", "gru", lambda: packed(torch.float64), None),
+    ("state-on-another-device", "lstm", lambda: torch.randn(4, B, 4),
+     lambda: (torch.zeros(L, B, H, device="meta"), torch.zeros(L, B, H))),
+    ("input-on-another-device", "gru", lambda: torch.randn(4, B, 4, device="meta"), None),
 ]
 
 
@@ -63,13 +78,34 @@ def test_state_dtype_mismatch_is_a_runtime_error_naming_the_fix():
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_empty_batch_returns_empty_outputs_like_torch(cell, backend):
+    """Batch 0: empty outputs that, as in torch, belong to the autograd graph (a backward
+    gives zero gradients), and final states that are new tensors, not the given hx."""
     torch_cls, our_cls = (nn.LSTM, TritonLSTM) if cell == "lstm" else (nn.GRU, TritonGRU)
-    x = torch.randn(4, 0, 3)
-    expected_out, expected_finals = torch_cls(3, H, num_layers=L, bidirectional=True)(x)
-    out, finals = our_cls(3, H, num_layers=L, bidirectional=True, backend=backend)(x)
-    assert out.shape == expected_out.shape
-    for f, e in zip(as_tuple(finals), as_tuple(expected_finals)):
-        assert f.shape == e.shape
+    theirs = torch_cls(3, H, num_layers=L, bidirectional=True)
+    ours = our_cls(3, H, num_layers=L, bidirectional=True, backend=backend)
+    hx = lstm_state(2 * L, 0, H) if cell == "lstm" else torch.randn(2 * L, 0, H)
+    for module in (theirs, ours):
+        x = torch.randn(4, 0, 3, requires_grad=True)
+        out, finals = module(x, hx)
+        assert out.shape == (4, 0, 2 * H) and out.requires_grad
+        assert all(f.shape == (2 * L, 0, H) and f is not h
+                   for f, h in zip(as_tuple(finals), as_tuple(hx)))
+        (out.sum() + sum(f.sum() for f in as_tuple(finals))).backward()
+        assert x.grad.shape == x.shape
+        assert all(p.grad is not None and not p.grad.any() for p in module.parameters())
+
+
+@pytest.mark.parametrize("backend", ["auto", "stepwise", "persistent"])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_meta_modules_answer_shapes_like_torch(cell, backend):
+    """Modules on the meta device (sizing a model before materialising it) give torch's
+    output shapes whatever the backend: there is nothing to compute."""
+    torch_cls, our_cls = (nn.LSTM, TritonLSTM) if cell == "lstm" else (nn.GRU, TritonGRU)
+    x = torch.empty(4, 2, 3, device="meta")
+    want_out, want_finals = torch_cls(3, H, num_layers=L, device="meta")(x)
+    out, finals = our_cls(3, H, num_layers=L, device="meta", backend=backend)(x)
+    assert out.device.type == "meta" and out.shape == want_out.shape
+    assert [f.shape for f in as_tuple(finals)] == [f.shape for f in as_tuple(want_finals)]
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
