@@ -29,6 +29,7 @@ with two programs would wait forever: the plan is a single program whose
 BLOCK_H covers every hidden unit.
 """
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 import torch
 import triton
@@ -99,6 +100,7 @@ def split_k(k_rows: int, n_cols: int, num_warps: int) -> int:
     return max(1, min(num_warps, k_rows // MIN_DOT))
 
 
+@lru_cache(maxsize=1024)  # pure, and on every launch's host path (~5% of a short call's)
 def k_pieces(k: int, block_b: int) -> tuple:
     """(KP, NP): a recurrent dot's K rows as NP pieces of KP rows, a power of two (tl.arange),
     KP * NP >= k, each A piece at most A_PIECE elements unless that takes more than
@@ -127,7 +129,7 @@ def recurrent_dot(plan, n_gates: int, hidden: int, width: int, backward: bool) -
     """The constexprs KP, NP (k_pieces) and SPLIT (split_k) of a kernel's recurrent dot
     (recurrent_shape) under `plan`: what every launcher passes, in one place."""
     k, n_cols = recurrent_shape(n_gates, hidden, width, plan.block_h, plan.block_o, backward)
-    kp, n_pieces = k_pieces(k, plan.block_b)
+    kp, n_pieces = k_pieces(k, plan.block_b)  # cached: a new dict each call, the same values
     return dict(KP=kp, NP=n_pieces, SPLIT=split_k(kp, n_cols, plan.num_warps))
 
 
