@@ -88,7 +88,10 @@ def run_layer(cell, backend, x, batch_sizes, h0, c0, weights, reverse):
     if backend == "reference":
         sched = Schedule.build(batch_sizes, x.shape[0], h0.shape[0], reverse)
         return reference.layer(cell, x, sched, h0, c0, weights)
-    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    # A torch.jit.trace records `save` as a constant: record True, so the traced module
+    # can also train (and the trace checker, which reruns without grad, sees one graph).
+    save = torch.jit.is_tracing() or (
+        torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
     y, h_n, c_n, *_ = rnn_layer(
         cell, backend, x, batch_sizes, h0, c0, w_ih.contiguous(), w_hh.contiguous(),
         b_ih, b_hh, w_hr.contiguous() if w_hr is not None else None, reverse, save)

@@ -1,4 +1,5 @@
-"""torch.compile(fullgraph=True) over models using the Triton modules, and opcheck of the ops.
+"""torch.compile(fullgraph=True) over models using the Triton modules, opcheck of the ops, and
+torch.jit.trace.
 
 fullgraph=True turns any graph break into an error, so a passing compile means
 each layer-direction is one opaque custom op in the graph. Numbers must equal
@@ -171,3 +172,29 @@ def test_opcheck_rnn_layer_backward(cell, packed, proj):
     torch.library.opcheck(rnn_layer_backward, (
         cell, backend, grads[0], grads[1], dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y,
         saved_0, saved_1, saved_2, reverse, True, True))
+
+
+@pytest.mark.parametrize("make", [lambda: TritonLSTM(3, 4, num_layers=2, dtype=DTYPE),
+                                  lambda: TritonGRU(3, 4, dtype=DTYPE),
+                                  lambda: TritonGRUCell(3, 4, dtype=DTYPE)],
+                         ids=["lstm", "gru", "gru-cell"])
+def test_jit_trace_passes_its_check_and_the_traced_module_trains(make):
+    """torch.jit.trace (its default check reruns the trace without grad) of a module traced
+    for inference, then used for training: outputs and gradients equal eager."""
+    module = make()
+    x = torch.randn(5, 2, 3, dtype=DTYPE) if not isinstance(module, TritonGRUCell) else \
+        torch.randn(2, 3, dtype=DTYPE)
+    with torch.no_grad():
+        traced = torch.jit.trace(module, (x,))  # raises TracingCheckError if the graphs differ
+
+    def first(out):
+        return out[0] if isinstance(out, tuple) else out
+
+    params = list(module.parameters())
+    got = first(traced(x))
+    got_grads = torch.autograd.grad(got.pow(2).sum(), params)
+    want = first(module(x))
+    want_grads = torch.autograd.grad(want.pow(2).sum(), params)
+    assert_close(got, want, DTYPE, "output")
+    for g, w in zip(got_grads, want_grads):
+        assert_close(g, w, DTYPE, "gradient")
