@@ -38,7 +38,8 @@ def _meet_kernel(sync_ptr, steps, spin_limit):
 
 
 def time_meetings(grid: int, steps: int, repeats: int = 7) -> tuple:
-    """(median us per meeting, failed launches) for `grid` programs meeting `steps` times."""
+    """(median us per meeting over the launches that met, NaN if none did; failed
+    launches) for `grid` programs meeting `steps` times."""
     per_meeting, failures = [], 0
     for k in range(repeats + 1):  # the first launch compiles and warms up
         sync = new_sync_state("cuda")
@@ -47,10 +48,11 @@ def time_meetings(grid: int, steps: int, repeats: int = 7) -> tuple:
         _meet_kernel[(grid,)](sync, steps, SPIN_LIMIT, num_warps=4)
         end.record()
         end.synchronize()
-        failures += barrier_failed(sync)
-        if k:
+        failed = barrier_failed(sync)
+        failures += failed
+        if k and not failed:  # a failed launch stops early: its time is not a meeting's
             per_meeting.append(start.elapsed_time(end) * 1e3 / steps)
-    return statistics.median(per_meeting), failures
+    return (statistics.median(per_meeting) if per_meeting else float("nan")), failures
 
 
 def main(argv=None):

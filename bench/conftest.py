@@ -41,6 +41,9 @@ def pytest_addoption(parser):
                          "(cudnn on a GPU, torch-cpu on CPU). Default: all of them.")
     group.addoption("--lab-reports", default=None, metavar="DIR",
                     help="reports directory to write (default: <repo>/reports)")
+    group.addoption("--lab-tag", default="", metavar="NAME",
+                    help="suffix of the raw CSV's name, keeping this run's rows apart from "
+                         "another's of the same day and device (scripts/gpu_run.sh: the phase)")
     group.addoption("--no-lab-report", action="store_true",
                     help="write the raw CSV only, not the markdown tables and plots")
 
@@ -56,6 +59,7 @@ class Lab:
     date: str
     versions: dict
     reports: Path
+    tag: str = ""
     rows: list = field(default_factory=list)
     _setup: object = None
 
@@ -115,6 +119,9 @@ def pytest_configure(config):
     if not on_gpu:
         # A CPU run on a GPU machine still needs the interpreter for Triton kernels.
         os.environ["TRITON_INTERPRET"] = "1"
+    elif os.environ.get("TRITON_INTERPRET") == "1":
+        raise pytest.UsageError("TRITON_INTERPRET=1 on a GPU run would time Triton's CPU "
+                                "interpreter as GPU rows: unset it, or pass --device cpu")
     try:
         names = sweeps.resolve(config.getoption("--sweep"), on_gpu)
     except ValueError as e:
@@ -123,6 +130,11 @@ def pytest_configure(config):
     # while the Triton backends' cuBLAS GEMMs would not.
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
+    # torch >= 2.9 also has per-backend precision settings, which the flags above leave at
+    # "none" (inherit) for cuDNN's RNNs: say IEEE explicitly where they exist
+    for owner in (torch.backends.cuda.matmul, getattr(torch.backends.cudnn, "rnn", None)):
+        if owner is not None and hasattr(owner, "fp32_precision"):
+            owner.fp32_precision = "ieee"
     try:
         impls = measure.select_impls(config.getoption("--impl"), device)
     except ValueError as e:
@@ -133,8 +145,9 @@ def pytest_configure(config):
         smoke=(not on_gpu) or names == sweeps.SMOKE_SWEEPS,
         date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
         versions=dict(torch=torch.__version__, triton=metadata.version("triton"),
+                      cudnn=torch.backends.cudnn.version() if on_gpu else "",
                       commit=_commit()),
-        reports=Path(reports))
+        reports=Path(reports), tag=config.getoption("--lab-tag"))
 
 
 def pytest_report_header(config):
@@ -179,7 +192,8 @@ def pytest_sessionfinish(session):
     lab = session.config.stash.get(_LAB, None)
     if lab is None or not lab.rows:
         return
-    path = rows.write(lab.rows, rows.raw_path(lab.date, lab.device_name, lab.smoke, lab.reports))
+    path = rows.write(lab.rows, rows.raw_path(lab.date, lab.device_name, lab.smoke, lab.reports,
+                                              lab.tag))
     tr = session.config.pluginmanager.get_plugin("terminalreporter")
     say = tr.write_line if tr else print
     say(f"lstm_triton lab: {len(lab.rows)} rows -> {path}"

@@ -3,7 +3,7 @@
 One row per (case, pass, impl). Every table and plot in reports/ is made from
 these files by bench/report.py; nothing there is edited by hand.
 
-  reports/raw/<date>-<device>.csv              a GPU run
+  reports/raw/<date>-<device>[-<tag>].csv      a GPU run (tag: --lab-tag)
   reports/smoke/raw/<date>-<device>-smoke.csv  a smoke run (CPU interpreter or
                                                --sweep smoke): not performance
 
@@ -24,12 +24,15 @@ COLUMNS = (
     "date", "device",
     "capability",  # CUDA compute capability, e.g. 9.0 (empty on CPU): keys the auto table
     "torch", "triton",
+    "cudnn",  # torch.backends.cudnn.version() (empty on CPU)
     "commit",  # `git describe --always --dirty` of the tree measured ("-dirty": uncommitted code)
     "smoke", "sweep",
     *KEY_COLUMNS[:1], "impl", "backend", KEY_COLUMNS[1], "pass", *KEY_COLUMNS[2:],
-    "status",  # ok | wrong | skipped | error
+    "status",  # ok | wrong | skipped | error | fallback (ran, but not as the impl names)
     "correct",  # True: within tolerance of the float64 oracle; False: wrong; empty: unchecked
-    "max_rel_err", "tolerance",
+    "max_rel_err",  # vs the float64 oracle: output, final states, fwdbwd every gradient
+    "baseline_rel_err",  # the baseline's own max_rel_err on the case
+    "tolerance",  # for Triton rows tied to baseline_rel_err (bench/measure.py: tolerance)
     "median_ms", "q1_ms", "q3_ms", "rounds",
     "tokens_per_s",  # batch * seq_len / (median_ms / 1e3)
     "tflops",  # bench.sweeps.flops (matmul FLOPs; fwdbwd = 3 x fwd) / median time
@@ -45,10 +48,15 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def raw_path(date: str, device: str, smoke: bool, reports: Path = REPORTS) -> Path:
+def raw_path(date: str, device: str, smoke: bool, reports: Path = REPORTS,
+             tag: str = "") -> Path:
+    """tag (--lab-tag): keeps one run's rows apart from another's of the same day and device
+    (scripts/gpu_run.sh tags each phase, so `auto` never replaces the `bar` CSV's rows that
+    calibrated it)."""
+    name = f"{date}-{slug(device)}" + (f"-{slug(tag)}" if tag else "")
     if smoke:
-        return reports / "smoke" / "raw" / f"{date}-{slug(device)}-smoke.csv"
-    return reports / "raw" / f"{date}-{slug(device)}.csv"
+        return reports / "smoke" / "raw" / f"{name}-smoke.csv"
+    return reports / "raw" / f"{name}.csv"
 
 
 def _key(row: dict) -> tuple:

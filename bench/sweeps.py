@@ -22,10 +22,14 @@ constants are guesses until a GPU run replaces them with the pytest wall time):
 (skipped at once) or lands and runs about as fast as cuDNN. The stepwise
 backend is host-bound (~50 us of Python + launches per step forward, ~120 us
 forward+backward), so the T=4096 and 4-layer cases dominate. Even at twice the
-estimate it fits inside one 10-minute command. `--sweep all` (50 cases, about
-7 minutes by the model) may not: run it as two commands, e.g. `--sweep default`
-then `--sweep seq_len-full,batch-gru,hidden-gru,hidden-small-batch,dtype-long`
-(rows of the same day and device merge into one CSV).
+estimate it fits inside one 10-minute command. `--sweep all` (96 cases, about
+12 minutes by the model, the bar sweeps included) does not: run it as separate commands,
+e.g. `--sweep default`, then `--sweep seq_len-full,batch-gru,hidden-gru,hidden-small-batch,
+dtype-long`, then `--sweep bar-lstm,bar-gru` (rows of the same day, device and --lab-tag
+merge into one CSV). The model leaves out host time to generate inputs and to compile
+each persistent variant (found in review: ~70 s and ~1 s per variant on a CPU), so a
+phase of scripts/gpu_run.sh gets a margin, and a phase cut by its limit still writes the
+rows it measured.
 `python -m bench.sweeps` prints the case counts and estimates per sweep.
 """
 from dataclasses import asdict, dataclass, replace

@@ -10,6 +10,9 @@ parametrises `lab_param`). Each test
      timer reads CUDA events (GPU time, synchronised), inputs rotate among
      pre-generated tensors, warm-up rounds first, median of many rounds,
   4. measures peak memory (CUDA) and records a row for reports/.
+A Triton implementation's threshold is tied to the baseline's own error on the case
+(measure.tolerance); a call that fell back (FallbackWarning) is recorded `fallback`, and
+an exception while timing `error`: neither is ever a number in the tables.
 """
 import pytest
 import torch
@@ -39,18 +42,24 @@ def test_lab(lab, lab_param, benchmark):
         row["backend"] = "auto->" + choose_backend("auto", device, workload)
 
     setup = lab.setup(case)
-    tolerance = measure.TOLERANCE[case.dtype]
+    fallbacks = []
     try:
-        module = measure.build(setup, impl)
-        err = measure.check(module, setup, pass_, baseline)
+        with measure.recording_fallbacks(fallbacks):
+            module = measure.build(setup, impl, pass_)
+            err = measure.check(module, setup, pass_, baseline)
+            if backend is None and device.type == "cuda":
+                row["backend"] = measure.baseline_backend(module, setup, pass_)
+            base_err = err if backend is None else measure.baseline_err(setup, pass_, baseline)
     except NotImplementedError as e:
         finish("skipped", note=f"NotImplementedError: {e}")
         pytest.skip(row["note"])
     except Exception as e:
         finish("error", note=measure.short_error(e))
         raise
+    tolerance = measure.tolerance(case.dtype, None if backend is None else base_err)
     correct = err <= tolerance
-    row.update(max_rel_err=err, tolerance=tolerance, correct=correct)
+    row.update(max_rel_err=err, baseline_rel_err=base_err, tolerance=tolerance,
+               correct=correct)
     if not correct:
         finish("wrong", note="max_rel_err above tolerance: not timed")
         pytest.fail(f"{impl} is wrong on {case.id} {pass_}: max_rel_err {err:.3g} "
@@ -58,9 +67,15 @@ def test_lab(lab, lab_param, benchmark):
 
     fn = measure.step_fn(module, pass_)
     rotation = measure.Rotation(module, setup, pass_)
-    schedule = measure.rounds_for(device, lambda: measure.estimate_call_s(fn, rotation, device))
-    benchmark.pedantic(fn, setup=rotation, **schedule)
-    peak = measure.peak_mem_mb(fn, rotation, device)
+    try:
+        with measure.recording_fallbacks(fallbacks):
+            schedule = measure.rounds_for(
+                device, lambda: measure.estimate_call_s(fn, rotation, device))
+            benchmark.pedantic(fn, setup=rotation, **schedule)
+            peak = measure.peak_mem_mb(fn, rotation, device)
+    except Exception as e:  # e.g. out of memory at a large batch: a row, not a silent gap
+        finish("error", note=measure.short_error(e))
+        raise
 
     stats = benchmark.stats.stats if benchmark.stats is not None else None
     if stats is None:  # --benchmark-disable: checked, not timed
@@ -72,6 +87,9 @@ def test_lab(lab, lab_param, benchmark):
         {k: row[k] for k in ("impl", "backend", "median_ms", "tokens_per_s", "tflops",
                              "peak_mem_mb", "max_rel_err", "timer", "smoke")},
         gflop=flops(case, pass_) / 1e9)
-    finish("ok")
+    if fallbacks:  # timed, but not what the impl names: no speedup, no calibration
+        finish("fallback", note="; ".join(sorted(set(fallbacks)))[:240])
+    else:
+        finish("ok")
     if device.type == "cuda":
         torch.cuda.empty_cache()

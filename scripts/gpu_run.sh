@@ -10,6 +10,8 @@
 #   bash scripts/gpu_run.sh auto   after `python -m bench.calibrate` has written the dispatch
 #                                  table from the bar CSV: auto against cuDNN on the bar cases
 #
+# Each phase's rows go to their own CSV, reports/raw/<date>-<device>-<phase>.csv (--lab-tag).
+#
 # Extra arguments go to the lab's pytest. Each phase is cut at its limit and the next still
 # runs; the logs say where it stopped. Files back (the tool returns at most 8): the raw CSVs,
 # and results-<phase>.tgz holding the logs and reports/ as the phase left it.
@@ -29,11 +31,14 @@ triton.__version__, torch.cuda.get_device_name(), torch.cuda.get_device_capabili
 cat "$logs/env.txt"
 run() {  # seconds, log name, command...
   local seconds=$1 log=$2; shift 2
-  timeout "$seconds" "$@" 2>&1 | tee "$logs/$log" | tail -25
+  # SIGINT, not SIGTERM: pytest then still runs sessionfinish, so a cut lab writes the rows
+  # it measured (with SIGTERM it wrote none)
+  timeout -s INT -k 30 "$seconds" "$@" 2>&1 | tee "$logs/$log" | tail -25
 }
 lab() {  # seconds, log name, lab arguments...
   local seconds=$1 log=$2; shift 2
-  run "$seconds" "$log" python3 -m pytest bench/ --benchmark-only -p no:cacheprovider "$@"
+  run "$seconds" "$log" python3 -m pytest bench/ --benchmark-only -p no:cacheprovider \
+    --lab-tag "$phase" "$@"
 }
 case "$phase" in
   main)
