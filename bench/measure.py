@@ -268,12 +268,9 @@ def recording_fallbacks(messages: list):
     """Collect the FallbackWarnings of the block (a persistent launch rerun on stepwise, a
     refused cooperative launch): the row then says the impl did not run as named. Their
     once-per-process memory is cleared first, so every case reports its own."""
-    from lstm_triton import FallbackWarning, dispatch, persistent
+    from lstm_triton import FallbackWarning, dispatch
 
-    dispatch._warned.clear()
-    # a refused cooperative launch stays remembered (later launches stay plain): only the
-    # row where it happened says so
-    persistent._warned.intersection_update({persistent.COOPERATIVE_REFUSED})
+    dispatch._warned.clear()  # a refused cooperative launch stays remembered (persistent.py)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", FallbackWarning)
         yield

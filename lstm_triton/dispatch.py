@@ -77,14 +77,18 @@ class FallbackWarning(RuntimeWarning):
     these (the tests make it an error wherever a fallback would hide a bug)."""
 
 
-_warned = set()
+_warned = set()  # keys of the fallbacks already reported in this process
 
 
-def warn_fallback_once(reason: str):
-    """A FallbackWarning, once per reason per process."""
-    if reason not in _warned:
-        _warned.add(reason)
-        warnings.warn(f"lstm_triton: {reason}", FallbackWarning, stacklevel=4)
+def warn_fallback(message: str, key=None, stacklevel: int = 3):
+    """A FallbackWarning; with a `key`, only the first time the process sees that key (a
+    static reason), without one every time (a barrier that failed at run time).
+    stacklevel counts from the caller of warn_fallback."""
+    if key is not None:
+        if key in _warned:
+            return
+        _warned.add(key)
+    warnings.warn(f"lstm_triton: {message}", FallbackWarning, stacklevel=stacklevel + 1)
 
 
 def validate_backend(backend):

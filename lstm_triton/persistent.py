@@ -23,27 +23,23 @@ kernel does not serve (very large batches, devices without Triton), warned once
 per reason; and a launch whose grid barrier failed (the
 grid was not co-resident, e.g. a GPU shared with other work), warned each time.
 """
-import warnings
 
 from triton.runtime.errors import OutOfResources
 
 from . import stepwise
-from .dispatch import FallbackWarning, persistent_plan
+from .dispatch import persistent_plan, warn_fallback
 from .kernels.persistent_config import not_cooperative, streamed
 from .kernels.persistent_gru import gru_persistent_bwd, gru_persistent_fwd
 from .kernels.persistent_lstm import lstm_persistent_bwd, lstm_persistent_fwd
 
 BARRIER_FAILED = ("the grid barrier of the persistent launch timed out (its programs were not "
                   "all resident at once: is the GPU shared with other work?)")
-_warned = set()
 
 
 def _fallback(what, reason):
     """Say that `what` runs on stepwise: static reasons once, barrier failures every time."""
-    if reason == BARRIER_FAILED or reason not in _warned:
-        _warned.add(reason)
-        warnings.warn(f"lstm_triton: backend='persistent' {what} runs on the stepwise backend: "
-                      f"{reason}", FallbackWarning, stacklevel=3)
+    warn_fallback(f"backend='persistent' {what} runs on the stepwise backend: {reason}",
+                  key=None if reason == BARRIER_FAILED else reason)
 
 
 def _plan(cell, x, h0, hidden):
@@ -51,13 +47,15 @@ def _plan(cell, x, h0, hidden):
 
 
 COOPERATIVE_REFUSED = "the CUDA driver refused a cooperative launch"
+_cooperative_refused = False  # once refused, every later launch is plain
 
 
 def _launch(launcher, plan, *args):
     """Run a persistent launcher; a resident W_hh slice that does not compile (out of
     registers / shared memory) is retried streamed, which needs only a K-chunk on chip, and
     a cooperative launch that the driver refuses is retried plain."""
-    if COOPERATIVE_REFUSED in _warned:
+    global _cooperative_refused
+    if _cooperative_refused:
         plan = not_cooperative(plan)
     try:
         return launcher(*args, plan)
@@ -68,9 +66,9 @@ def _launch(launcher, plan, *args):
     except RuntimeError as error:  # Triton's launcher raises "Triton Error [CUDA]: ..."
         if not plan.cooperative or "Triton Error [CUDA]" not in str(error):
             raise
-        _warned.add(COOPERATIVE_REFUSED)
-        warnings.warn(f"lstm_triton: {COOPERATIVE_REFUSED} ({error}); persistent kernels "
-                      "launch plainly from now on", FallbackWarning, stacklevel=3)
+        _cooperative_refused = True
+        warn_fallback(f"{COOPERATIVE_REFUSED} ({error}); persistent kernels launch plainly "
+                      "from now on")
         return launcher(*args, not_cooperative(plan))
 
 

@@ -13,7 +13,7 @@ from torch.autograd import forward_ad
 from torch.nn.utils.rnn import PackedSequence
 
 from . import checks, reference
-from .dispatch import Workload, choose_backend, validate_backend, warn_fallback_once
+from .dispatch import Workload, choose_backend, validate_backend, warn_fallback
 from .ops import rnn_layer
 from .schedule import Schedule
 
@@ -83,7 +83,7 @@ def run_layer(cell, backend, x, batch_sizes, h0, c0, weights, reverse):
     c0 = c0.contiguous() if lstm else None
     tensors = [x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr]
     if backend != "reference" and needs_reference(tensors):
-        warn_fallback_once(REFERENCE_FOR_AD)
+        warn_fallback(REFERENCE_FOR_AD, key=REFERENCE_FOR_AD)
         backend = "reference"
     if backend == "reference":
         sched = Schedule.build(batch_sizes, x.shape[0], h0.shape[0], reverse)

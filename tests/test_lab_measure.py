@@ -86,12 +86,12 @@ def test_gpu_timer_keeps_microsecond_differences_late_in_a_long_session(monkeypa
 
 def test_fallback_warnings_are_recorded_every_case():
     from lstm_triton import FallbackWarning
-    from lstm_triton.dispatch import warn_fallback_once
+    from lstm_triton.dispatch import warn_fallback
 
     for _ in range(2):  # once-per-process warnings fire again for each case
         messages = []
         with measure.recording_fallbacks(messages):
-            warn_fallback_once("a test reason")
+            warn_fallback("a test reason", key="a test reason")
             warnings.warn("not a fallback", UserWarning)
         assert len(messages) == 1 and "a test reason" in messages[0]
         assert all(isinstance(m, str) for m in messages)

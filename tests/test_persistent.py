@@ -327,7 +327,7 @@ def test_cooperative_launch_refused_by_the_driver_is_retried_plain(monkeypatch):
     monkeypatch.setattr(persistent_config, "plan", lambda *a: (
         dataclasses.replace(cooperative(*a)[0], cooperative=True), None))
     monkeypatch.setattr(persistent, "lstm_persistent_fwd", launcher)
-    monkeypatch.setattr(persistent, "_warned", set())
+    monkeypatch.setattr(persistent, "_cooperative_refused", False)
     module, oracle = twin_modules("lstm", I, H, backend="persistent")
     x = torch.randn(3, 2, I)
     with torch.no_grad(), pytest.warns(FallbackWarning, match="refused a cooperative launch"):
