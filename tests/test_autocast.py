@@ -8,8 +8,8 @@ the float32 parameters in float32.
 """
 import pytest
 import torch
-from rnn_testing import (DEVICE, KERNEL_BACKENDS, TORCH_MODULES, as_tuple, assert_close, interpreter_only,
-                         twin_modules)
+from rnn_testing import (DEVICE, KERNEL_BACKENDS, TORCH_MODULES, as_tuple, assert_close,
+                         interpreter_only, twin_modules)
 from torch import nn
 from torch.nn.utils.rnn import pack_sequence
 

@@ -51,6 +51,28 @@ def test_the_threshold_follows_the_baseline_error_within_the_dtype_bound():
     assert measure.tolerance("fp16", float("nan")) == measure.TOLERANCE["fp16"]
 
 
+def test_nan_anywhere_is_an_infinite_error_never_a_pass():
+    """A kernel that writes NaN (an unwritten element, an overflow) must fail the guard:
+    NaN compares false with every threshold, so rel_err reports it as infinite."""
+    nan = float("nan")
+    assert measure.rel_err(torch.tensor([1.0, nan]), torch.tensor([1.0, 2.0])) == float("inf")
+    assert measure.rel_err(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 2.0])) == 0.0
+
+    setup, baseline = setup_and_baseline()
+    module = measure.build(setup, "triton-stepwise", "fwd")
+    original = module.forward
+
+    def nan_in_one_output(x, hx=None):
+        out, (h, c) = original(x, hx)
+        out = out.clone()
+        out[-1, 0, 0] = nan
+        return out, (h, c)
+
+    module.forward = nan_in_one_output
+    err = measure.check(module, setup, "fwd", baseline)
+    assert not err <= measure.tolerance("fp32", 0.0)
+
+
 class FakeEvent:
     """A CUDA event at a known time (seconds); elapsed_time answers in float32 ms, as
     cudaEventElapsedTime does."""
@@ -110,3 +132,60 @@ def test_each_tagged_run_has_its_own_csv():
     assert plain.name == "2026-01-02-nvidia-h100-80gb-hbm3.csv"
     assert tagged.name == "2026-01-02-nvidia-h100-80gb-hbm3-bar.csv"
     assert rows.raw_path("2026-01-02", "cpu", True, tag="x").parent.name == "raw"
+
+
+# A pytest plugin for the lab run below: every Triton module's output is 1.5x too large
+# (the baseline, torch's module, stays right).
+SABOTAGE_PLUGIN = '''
+from lstm_triton import rnn
+
+_real = rnn._TritonRNNDriver.forward
+
+
+def _wrong(self, input, hx=None):
+    out, finals = _real(self, input, hx)
+    return out * 1.5, finals
+
+
+rnn._TritonRNNDriver.forward = _wrong
+'''
+
+
+def run_lab_case(tmp_path, sabotage):
+    """One smoke case of the lab (bench/test_bench.py) in a subprocess on the CPU; returns
+    (pytest's exit code, the rows of its raw CSV)."""
+    import csv
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    (tmp_path / "lab_sabotage.py").write_text(SABOTAGE_PLUGIN)
+    env = dict(os.environ, TRITON_INTERPRET="1",
+               PYTHONPATH=os.pathsep.join([str(tmp_path), str(repo)]))
+    reports = tmp_path / ("sabotaged" if sabotage else "plain")
+    cmd = [sys.executable, "-m", "pytest", "bench/test_bench.py", "-q", "-p", "no:cacheprovider",
+           "--device", "cpu", "--impl", "triton-stepwise", "--lab-reports", str(reports),
+           "--no-lab-report", "-k", "smoke-lstm-fp32-B2-T4-I16-H16-L1-fwd-triton-stepwise"]
+    if sabotage:
+        cmd[4:4] = ["-p", "lab_sabotage"]
+    done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    csvs = list(reports.rglob("*.csv"))
+    assert len(csvs) == 1, done.stdout + done.stderr
+    with open(csvs[0]) as f:
+        return done.returncode, list(csv.DictReader(f))
+
+
+def test_a_wrong_implementation_is_recorded_wrong_and_never_timed(tmp_path):
+    """The lab's guard end to end (bench/test_bench.py): the same case passes and is timed
+    when right, and is a failed test with a `wrong` row and no time when its output is off."""
+    code, (row,) = run_lab_case(tmp_path, sabotage=False)
+    assert code == 0 and row["status"] == "ok" and row["correct"] == "True"
+    assert float(row["max_rel_err"]) <= float(row["tolerance"])
+
+    code, (row,) = run_lab_case(tmp_path, sabotage=True)
+    assert code == 1, "a wrong implementation must fail the lab run"
+    assert row["status"] == "wrong" and row["correct"] == "False"
+    assert float(row["max_rel_err"]) > float(row["tolerance"])
+    assert row["median_ms"] == "" and row.get("tokens_per_s", "") == ""  # never timed

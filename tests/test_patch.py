@@ -139,3 +139,25 @@ def test_unpatch_goes_back():
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
     assert not hasattr(model.encoder, "backend")
     assert type(lstm_triton.unpatch(TritonGRU(2, 2))) is nn.GRU
+
+
+def test_the_module_that_was_patched_stays_a_torch_module_of_its_own():
+    """patch copies the containers of the module it replaces (parameters, buffers, hooks,
+    submodules: the same Parameter objects in new dicts), so the original keeps working as
+    the plain torch module it was: a hook, buffer or parameter added to the replacement does
+    not appear on it, nor the other way round."""
+    lstm = nn.LSTM(3, 4).to(DTYPE)
+    patched = lstm_triton.patch(lstm, backend="reference")
+    assert patched.weight_hh_l0 is lstm.weight_hh_l0  # the same Parameters...
+    seen = []
+    patched.register_forward_hook(lambda module, args, out: seen.append("patched"))
+    patched.register_buffer("extra", torch.zeros(1, dtype=DTYPE))
+    lstm.register_parameter("other", nn.Parameter(torch.zeros(1, dtype=DTYPE)))
+    lstm(torch.randn(2, 1, 3, dtype=DTYPE))
+    assert seen == []  # ...in containers of its own
+    assert "extra" not in dict(lstm.named_buffers())
+    assert "other" not in dict(patched.named_parameters())
+    unpatched = lstm_triton.unpatch(patched)
+    unpatched.register_forward_pre_hook(lambda module, args: seen.append("unpatched"))
+    patched(torch.randn(2, 1, 3, dtype=DTYPE))
+    assert seen == ["patched"]

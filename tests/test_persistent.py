@@ -97,6 +97,20 @@ def test_failed_barrier_falls_back_to_stepwise_with_a_warning(cell, monkeypatch)
         assert_close(got, want, torch.float64, "final state / gradient")
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_every_failed_barrier_is_reported_not_only_the_first(cell, monkeypatch):
+    """A barrier that fails at run time (a GPU busy with other work) is news each time: every
+    call that fell back says so, unlike static reasons, which are warned once per process."""
+    kernels = __import__(f"lstm_triton.kernels.persistent_{cell}", fromlist=["x"])
+    monkeypatch.setattr(kernels, "new_sync_state", grid_sync.failed_sync_state)
+    module, oracle = twin_modules(cell, I, H, backend="persistent")
+    x = torch.randn(3, 2, I)
+    for _ in range(3):
+        with torch.no_grad(), pytest.warns(FallbackWarning, match="grid barrier"):
+            out, _ = module(x)
+        assert_close(out, oracle(x.double())[0], torch.float32, "output")
+
+
 # -------------------------------------------------------------------------------- dispatch
 @pytest.mark.parametrize("resident", [True, False], ids=["resident", "streamed"])
 def test_projection_runs_persistent_with_two_meetings_per_step(resident, monkeypatch):
@@ -184,6 +198,20 @@ def test_gpu_plan_streams_weights_that_do_not_fit_and_refuses_huge_batches(monke
     assert not persistent_config.plan(4, cuda, torch.float32, 8, 768)[0].resident  # 192 KiB
     plan, reason = persistent_config.plan(4, cuda, torch.float32, 100_000, 256)
     assert plan is None and "register file" in reason
+
+
+def test_gpu_plan_refuses_state_beyond_half_the_register_file_at_the_boundary(monkeypatch):
+    """The limit itself, not only a batch far past it: H=256 on 132 SMs gives 16 units a
+    program, so an LSTM program holds (4 gates + c + h) x 16 units + 16 columns of h, float32,
+    per padded batch row: 448 bytes. A batch padded to 256 rows (112 KiB) fits half of a
+    256 KiB register file; one more row pads to 512 (224 KiB) and goes to stepwise."""
+    monkeypatch.setattr(persistent_config, "_gpu_budget",
+                        lambda device: (132, 256 * 1024, 227 * 1024))
+    cuda = torch.device("cuda")
+    plan, reason = persistent_config.plan(4, cuda, torch.float16, 256, 256)
+    assert plan is not None and plan.block_b == 256 and plan.block_h == 16, reason
+    plan, reason = persistent_config.plan(4, cuda, torch.float16, 257, 256)
+    assert plan is None and "229376 bytes" in reason and "register file" in reason
 
 
 # ---------------------------------------------------------------- streamed weights, packed
@@ -377,7 +405,8 @@ from lstm_triton.kernels import persistent_config, persistent_gru, persistent_ls
 FP32_RESIDENT = persistent_config.fp32_resident_compiles()  # else the GPU plans stream fp32
 DTYPES = {"fp16": (0, tl.float32), "bf16": (0, tl.float32), "fp32": (1, tl.float32),
           "fp64": (2, tl.float64)}
-for kernel in (persistent_lstm.lstm_persistent_fwd_kernel, persistent_lstm.lstm_persistent_bwd_kernel,
+for kernel in (persistent_lstm.lstm_persistent_fwd_kernel,
+               persistent_lstm.lstm_persistent_bwd_kernel,
                persistent_gru.gru_persistent_fwd_kernel, persistent_gru.gru_persistent_bwd_kernel):
     for dt, resident in (("fp16", True), ("bf16", True), ("bf16", False), ("fp32", False),
                          ("fp32", FP32_RESIDENT), ("fp64", False)):

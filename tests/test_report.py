@@ -140,3 +140,17 @@ def test_bar_sweeps_hold_every_case_issue_6_judges():
         bar |= {("fp16", 16, 768), ("bf16", 256, 1024), ("fp16", 256, 1024)}
         for dtype, batch, hidden in bar:
             assert sweeps.Case(cell, dtype, batch, 1024, hidden, hidden) in cases
+
+
+def test_a_row_that_is_not_ok_never_shows_a_number_even_with_a_time(tmp_path):
+    """A `wrong` row is never timed by the lab; should one carry a time anyway (a stray or
+    merged value), the report still shows its status, never a speed, and leaves it out of
+    the headline's geometric means."""
+    stray = [dict(r, median_ms=0.5, tokens_per_s=1e9) if r["status"] == "wrong" else r
+             for r in fixture_rows()]
+    csv = rows.write(stray, rows.raw_path("2026-01-02", FIXTURE_DEVICE, False, tmp_path))
+    report.build(csv, reports=tmp_path)
+    text = (tmp_path / "2026-01-02-fixture-gpu-made-up-numbers.md").read_text()
+    assert "| 16 | 0.50x | wrong |" in text and "| 64 | 0.50x | wrong |" in text
+    assert "4.00x" not in text  # cudnn 2 ms / the stray 0.5 ms: in no table, not the headline
+

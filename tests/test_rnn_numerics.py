@@ -3,8 +3,8 @@ every gradient (input, initial states, each parameter), against torch in float64
 import pytest
 import torch
 
-from rnn_testing import (DEVICE, KERNEL_BACKENDS, as_tuple, assert_close, outputs_and_grads,
-                         twin_modules)
+from rnn_testing import (DEVICE, KERNEL_BACKENDS, TOLERANCES, as_tuple, assert_close,
+                         outputs_and_grads, twin_modules)
 
 CELLS = ["lstm", "gru"]
 
@@ -109,6 +109,36 @@ def test_half_precision_matches_torch(cell, config, dtype, backend):
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("dtype, increment", [
+    pytest.param(torch.float16, 4e-4, id="fp16"), pytest.param(torch.bfloat16, 3e-3, id="bf16")])
+def test_half_precision_carries_the_cell_state_in_float32(dtype, increment, backend):
+    """float16 / bfloat16 layers keep c in float32 between steps, as cuDNN does: with f = i = 1
+    and g = `increment`, c grows by less than half an ulp of the half type per step (from
+    c0 = 1), so a cell state stored in the half type between steps never moves, while the
+    true c_T = 1 + T * increment, several times the dtype's tolerance away. T = 120 steps."""
+    from lstm_triton import TritonLSTM
+
+    hidden, steps = 2, 120
+    module = TritonLSTM(1, hidden, dtype=dtype, backend=backend)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.zero_()
+        module.bias_ih_l0[: 2 * hidden] = 10.0  # i and f saturate to 1 (b_ih + b_hh = 20)
+        module.bias_hh_l0[: 2 * hidden] = 10.0
+        module.bias_ih_l0[2 * hidden: 3 * hidden] = increment  # g = tanh(increment)
+    oracle = torch.nn.LSTM(1, hidden, dtype=torch.float64)
+    oracle.load_state_dict({k: v.to(torch.float64) for k, v in module.state_dict().items()})
+    x = torch.zeros(steps, 1, 1, dtype=dtype)
+    hx = (torch.zeros(1, 1, hidden, dtype=dtype), torch.ones(1, 1, hidden, dtype=dtype))
+    with torch.no_grad():
+        out, (h_n, c_n) = module(x, hx)
+        want, (want_h, want_c) = oracle(x.double(), tuple(s.double() for s in hx))
+    assert (want_c - 1).min() > 2 * sum(TOLERANCES[dtype]) * want_c.max()  # at stake
+    assert_close(c_n, want_c, dtype, "final cell state")
+    assert_close(out, want, dtype, "output")
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 @pytest.mark.parametrize("cell", CELLS)
 def test_kernels_match_the_pure_pytorch_reference(cell, backend):
     """Second oracle: the package's own reference backend, same weights, float64."""
@@ -153,6 +183,35 @@ def test_dropout_between_layers_in_training_mode(cell, backend):
     out_eval = module(x)[0]
     assert not torch.allclose(out, out_eval), "dropout changed nothing in training mode"
     assert_close(out_eval, ref(x)[0], torch.float64, "eval-mode output")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(),
+                    reason="cuDNN draws nn.LSTM's dropout masks from its own generator")
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_dropout_is_torchs_own_masks_scale_and_placement(cell, backend):
+    """Against torch itself, not the reference backend (which shares the module's layer loop,
+    so a wrong p, or dropout after the last layer, passed the test above): with the same seed,
+    training-mode dropout draws torch's masks, scales the kept values by 1 / (1 - p) with
+    p = dropout (0.3, not 0.5: p and 1 - p must differ), and acts between layers only, never
+    on the last layer's output nor on the final states; gradients flow through the same
+    masks. On the CPU, where torch's RNNs draw their masks from torch's generator."""
+    module, oracle = twin_modules(cell, 4, 6, num_layers=3, dropout=0.3, dtype=torch.float64,
+                                  backend=backend)
+    assert module.training and oracle.training
+    x = torch.randn(5, 2, 4, dtype=torch.float64, requires_grad=True)
+    n_states = 2 if cell == "lstm" else 1
+    weights_out = [torch.randn(5, 2, 6, dtype=torch.float64)] + \
+                  [torch.randn(3, 2, 6, dtype=torch.float64) for _ in range(n_states)]
+    torch.manual_seed(7)
+    out, finals, grads = outputs_and_grads(module, x, None, weights_out, [x])
+    torch.manual_seed(7)
+    want, want_finals, want_grads = outputs_and_grads(oracle, x, None, weights_out, [x])
+    assert_close(out, want, torch.float64, "training-mode output")
+    for f, w in zip(finals, want_finals):
+        assert_close(f, w, torch.float64, "training-mode final state")
+    for g, w in zip(grads, want_grads):
+        assert_close(g, w, torch.float64, "training-mode gradient")
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
@@ -230,3 +289,33 @@ def test_inference_under_no_grad_matches_torch(cell, config, backend):
     assert_close(out, expected, torch.float32, "output")
     for f, e in zip(as_tuple(finals), as_tuple(expected_finals)):
         assert_close(f, e, torch.float32, "final state")
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_forward_saves_for_backward_only_when_a_backward_can_follow(cell, backend, monkeypatch):
+    """Inference (torch.no_grad, or nothing requiring grad) keeps no activations: the layer op
+    runs with save=False and returns empty saved slots; with grad it saves. Saving anyway
+    would give the same numbers, so only this says inference does not pay for training."""
+    from lstm_triton import rnn
+
+    calls = []
+    real = rnn.rnn_layer
+
+    def spy(*args):
+        out = real(*args)
+        calls.append((args[-1], sum(t.numel() for t in out[3:])))
+        return out
+
+    monkeypatch.setattr(rnn, "rnn_layer", spy)
+    module, _ = twin_modules(cell, 3, 5, num_layers=2, bidirectional=True, backend=backend)
+    x = torch.randn(4, 2, 3)
+    with torch.no_grad():
+        module(x)
+    module.requires_grad_(False)
+    module(x)  # grad mode on, but nothing requires grad
+    assert len(calls) == 8 and all(save is False and n == 0 for save, n in calls), calls
+    calls.clear()
+    module.requires_grad_(True)
+    module(x)
+    assert len(calls) == 4 and all(save is True and n > 0 for save, n in calls), calls
