@@ -9,6 +9,10 @@
 #                                  cuDNN (~5 min by bench/sweeps.py, cut at 500 s)
 #   bash scripts/gpu_run.sh auto   after `python -m bench.calibrate` has written the dispatch
 #                                  table from the bar CSV: auto against cuDNN on the bar cases
+#   bash scripts/gpu_run.sh sanitize  if device time is left: the specification tests on CUDA
+#                                  under compute-sanitizer's memcheck (an out-of-bounds read
+#                                  that changes no result, which the interpreter cannot see;
+#                                  Firecracker machines only: gVisor's refuses the device)
 #
 # Each phase's rows go to their own CSV, reports/raw/<date>-<device>-<phase>.csv (--lab-tag).
 #
@@ -53,7 +57,13 @@ case "$phase" in
       --impl triton-stepwise,triton-persistent,cudnn "$@" ;;
   auto)
     lab "${LAB_SECONDS:-560}" lab-auto.log --sweep bar-lstm,bar-gru --impl triton-auto,cudnn "$@" ;;
-  *) echo "unknown phase $phase (main | bar | auto)"; exit 2 ;;
+  sanitize)
+    # memcheck slows every access: a persistent barrier may time out and fall back (warned),
+    # which is fine here; what counts is the sanitizer's error summary
+    run "${SANITIZE_SECONDS:-500}" sanitize.log compute-sanitizer --tool memcheck \
+      --error-exitcode 1 python3 -m pytest tests/test_rnn_numerics.py tests/test_packed.py \
+      -q -x -p no:cacheprovider -k "not gradcheck" ;;
+  *) echo "unknown phase $phase (main | bar | auto | sanitize)"; exit 2 ;;
 esac
 cp reports/raw/*.csv reports/raw/barrier/*.csv "$out/" 2>/dev/null
 tar czf "$out/results-$phase.tgz" reports/ -C "$(dirname "$logs")" "logs-$phase" 2>/dev/null
