@@ -3,8 +3,8 @@ every gradient (input, initial states, each parameter), against torch in float64
 import pytest
 import torch
 
-from rnn_testing import (DEVICE, KERNEL_BACKENDS, TOLERANCES, as_tuple, assert_close,
-                         outputs_and_grads, twin_modules)
+from rnn_testing import (DEVICE, KERNEL_BACKENDS, TOLERANCES, TORCH_MODULES, as_tuple,
+                         assert_close, outputs_and_grads, twin_modules)
 
 CELLS = ["lstm", "gru"]
 
@@ -183,6 +183,29 @@ def test_dropout_between_layers_in_training_mode(cell, backend):
     out_eval = module(x)[0]
     assert not torch.allclose(out, out_eval), "dropout changed nothing in training mode"
     assert_close(out_eval, ref(x)[0], torch.float64, "eval-mode output")
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_dropout_one_drops_every_input_of_the_upper_layers_only(cell, backend):
+    """dropout=1 is deterministic on every device (cuDNN's masks included): layers 2 and up
+    see zeros, the first layer sees x, and the last layer's output and the final states are
+    never dropped. Oracle: torch's one-layer modules, stacked by hand."""
+    layers, hidden = 3, 5
+    module, _ = twin_modules(cell, 4, hidden, num_layers=layers, dropout=1.0, backend=backend)
+    x = torch.randn(6, 2, 4)
+    with torch.no_grad():
+        out, finals = module(x)
+        want, want_finals = x.double(), []
+        for k in range(layers):
+            one = TORCH_MODULES[cell](want.shape[-1], hidden, dtype=torch.float64)
+            one.load_state_dict({n.replace(f"_l{k}", "_l0"): p.double()
+                                 for n, p in module.state_dict().items() if n.endswith(f"_l{k}")})
+            want, state = one(want if k == 0 else torch.zeros_like(want))
+            want_finals.append(as_tuple(state))
+    assert_close(out, want, torch.float32, "training-mode output")
+    for got, parts in zip(as_tuple(finals), zip(*want_finals)):
+        assert_close(got, torch.cat(parts), torch.float32, "training-mode final state")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(),
