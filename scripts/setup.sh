@@ -1,14 +1,13 @@
 #!/usr/bin/env bash
 # Installs what lstm_triton needs on a fresh machine, and nothing that is already there.
-#   scripts/setup.sh test   -> the package + test tools
-#   scripts/setup.sh lab    -> the package + benchmark-lab tools
+#   scripts/setup.sh test | lab  -> the package + the test and benchmark-lab tools (the same
+#                                   set: the tests run one case of the lab end to end)
 # An installed torch is never replaced. Without one, torch==2.13.0 is installed: on the
 # project's CPU machines that is the CPU build lying on disk (a bare `torch` would pull
 # the multi-GB CUDA build). The GPU image has torch and triton already, and no network.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
-role=${1:-test}
 
 if ! "$py" -c "import torch" 2>/dev/null; then
   "$py" -m pip install -q "torch==2.13.0"
@@ -22,9 +21,8 @@ need hypothesis "hypothesis>=6"
 need tqdm "tqdm>=4"
 need pandas "pandas>=2"
 need matplotlib "matplotlib>=3.7"
-if [ "$role" = lab ]; then
-  need pytest_benchmark "pytest-benchmark>=4"
-fi
+# the lab's too: tests/test_lab_measure.py runs one smoke case of the lab end to end
+need pytest_benchmark "pytest-benchmark>=4"
 if [ ${#missing[@]} -gt 0 ]; then
   "$py" -m pip install -q "${missing[@]}"
 fi
