@@ -133,6 +133,13 @@ def recurrent_dot(plan, n_gates: int, hidden: int, width: int, backward: bool) -
     return dict(KP=kp, NP=n_pieces, SPLIT=split_k(kp, n_cols, plan.num_warps))
 
 
+def launch_options(plan) -> dict:
+    """How every persistent kernel is launched under `plan` (warps, register cap,
+    cooperative launch), in one place so the four launchers cannot drift apart."""
+    return dict(num_warps=plan.num_warps, maxnreg=plan.max_regs,
+                launch_cooperative_grid=plan.cooperative)
+
+
 def fp32_resident_compiles(version: str = triton.__version__) -> bool:
     return tuple(int(p) for p in version.split(".")[:2]) in FP32_RESIDENT_TRITON
 

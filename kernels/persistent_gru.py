@@ -19,7 +19,7 @@ import triton.language as tl
 from .cell_math import gru_cell_backward, gru_cell_forward, load_gates4, store_gates3, store_gates4
 from .config import compute_dtype
 from .grid_sync import grid_arrive, grid_start, grid_wait, launch_failed, new_sync_state
-from .persistent_config import PersistentPlan, recurrent_dot, schedule_tensors
+from .persistent_config import PersistentPlan, launch_options, recurrent_dot, schedule_tensors
 from .persistent_tiles import (backward_step_rows, forward_step_rows, gate_columns, load_rows,
                                program_tile, recurrent_matmul, resident_weights, split_gates,
                                step_tile)
@@ -141,8 +141,7 @@ def gru_persistent_fwd(gx, sched, h0, w_hh, b_hh, save, plan: PersistentPlan):
         DOT=plan.dot, COMPUTE=compute_dtype(gx.dtype), BLOCK_B=plan.block_b,
         BLOCK_H=plan.block_h, BLOCK_K=plan.block_k,
         **recurrent_dot(plan, 3, hidden, hidden, backward=False),
-        num_warps=plan.num_warps, maxnreg=plan.max_regs,
-        launch_cooperative_grid=plan.cooperative,
+        **launch_options(plan),
     )
     if launch_failed(sync, (y, h_n, gates)):
         return None
@@ -169,8 +168,7 @@ def gru_persistent_bwd(dy, dh_n, sched, h0, w_hh, y, gates, plan: PersistentPlan
         COMPUTE=compute_dtype(dy.dtype), BLOCK_B=plan.block_b, BLOCK_H=plan.block_h,
         BLOCK_K=plan.block_k,
         **recurrent_dot(plan, 3, hidden, hidden, backward=True),
-        num_warps=plan.num_warps, maxnreg=plan.max_regs,
-        launch_cooperative_grid=plan.cooperative,
+        **launch_options(plan),
     )
     if launch_failed(sync, (dgx, drec, dh0)):
         return None

@@ -39,7 +39,8 @@ import triton.language as tl
 from .cell_math import load_gates4, lstm_cell_backward, lstm_cell_forward, store_gates4
 from .config import compute_dtype, state_dtype
 from .grid_sync import grid_arrive, grid_start, grid_wait, launch_failed, new_sync_state
-from .persistent_config import PersistentPlan, pad_dot, recurrent_dot, schedule_tensors, split_k
+from .persistent_config import (PersistentPlan, launch_options, pad_dot, recurrent_dot,
+                                schedule_tensors, split_k)
 from .persistent_tiles import (backward_step_rows, forward_step_rows, gate_columns, load_rows,
                                program_tile, recurrent_matmul, resident_weights, split_gates,
                                step_tile)
@@ -203,8 +204,7 @@ def lstm_persistent_fwd(gx, sched, h0, c0, w_hh, w_hr, save, plan: PersistentPla
         **recurrent_dot(plan, 4, hidden, width, backward=False),
         # the projection's dot is BLOCK_O (often 16) wide, with K = H
         PROJ_SPLIT=split_k(pad_dot(hidden), plan.block_o, plan.num_warps),
-        num_warps=plan.num_warps, maxnreg=plan.max_regs,
-        launch_cooperative_grid=plan.cooperative,
+        **launch_options(plan),
     )
     if launch_failed(sync, (y, m_all, h_n, c_n, gates, c_all)):
         return None
@@ -241,8 +241,7 @@ def lstm_persistent_bwd(dy, dh_n, dc_n, sched, c0, w_hh, w_hr, gates, c_all,
         **recurrent_dot(plan, 4, hidden, width, backward=True),
         # dm = dr W_hr: BLOCK_H wide, with K = P
         PROJ_SPLIT=split_k(pad_dot(width), plan.block_h, plan.num_warps),
-        num_warps=plan.num_warps, maxnreg=plan.max_regs,
-        launch_cooperative_grid=plan.cooperative,
+        **launch_options(plan),
     )
     if launch_failed(sync, (dgates, dh0, dc0, dr)):
         return None

@@ -154,7 +154,7 @@ def _differentiable_backward(ctx, dy, dh_n, dc_n):
               if ctx.needs_input_grad[k] and inputs[name] is not None]
     grads = torch.autograd.grad([o for o, _ in pairs], [inputs[_DIFFERENTIABLE[k]] for k in wanted],
                                 [g for _, g in pairs], create_graph=True, allow_unused=True)
-    result = [None] * 13
+    result = [None] * len(ctx.needs_input_grad)  # one per rnn_layer input
     for k, g in zip(wanted, grads):
         result[k] = g
     return tuple(result)
