@@ -2,7 +2,12 @@
 the threshold it uses, the GPU timer's arithmetic, fallbacks, and where rows go.
 The GPU-only parts are exercised with stand-ins where their logic can be (the timer's
 events); the rest runs on the CPU through the interpreter at tiny shapes."""
+import csv
+import os
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import torch
 
@@ -154,12 +159,6 @@ rnn._TritonRNNDriver.forward = _wrong
 def run_lab_case(tmp_path, sabotage):
     """One smoke case of the lab (bench/test_bench.py) in a subprocess on the CPU; returns
     (pytest's exit code, the rows of its raw CSV)."""
-    import csv
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     repo = Path(__file__).resolve().parents[1]
     (tmp_path / "lab_sabotage.py").write_text(SABOTAGE_PLUGIN)
     env = dict(os.environ, TRITON_INTERPRET="1",
