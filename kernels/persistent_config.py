@@ -76,6 +76,15 @@ MAX_REGS = 255  # registers a thread can address
 # Not yet run on a GPU: tests/test_gpu.py runs two full-grid launches at once both ways.
 COOPERATIVE = True
 
+# The largest batch a persistent launch takes; beyond it the layer runs on stepwise (with a
+# FallbackWarning), whose cuBLAS GEMMs suit a large batch. Compiled for sm_90 as the runtime
+# specialises (bench/compiled.py, bf16, H 256-1024, LSTM and GRU), nothing spills at a batch
+# of 16 on Triton 3.6 or 3.9; at 32 the LSTM backward spills 184-660 B a thread from H=512
+# (3.6; 192-468 on 3.9), at 64 every backward spills 0.6-2.5 KiB (the issue measured
+# 13.8 KiB at 256) and compiles for up to 17 s on a CPU. Refused until a GPU run times
+# B=32 and 64 against stepwise and cuDNN and says to raise it.
+MAX_BATCH = 16
+
 # Triton versions (major, minor) known to compile the resident float32 kernels for sm_90
 # (see the module docstring); any other version streams float32 weights.
 FP32_RESIDENT_TRITON = {(3, 6)}
@@ -200,6 +209,9 @@ def plan(n_gates: int, device, dtype, batch: int, hidden: int, width: int = 0, b
     the device's own (bench/compiled.py plans for an H100 without one).
     """
     width = width or hidden
+    if batch > MAX_BATCH:
+        return None, (f"batch {batch} is above the persistent kernels' cap of {MAX_BATCH} "
+                      "(persistent_config.MAX_BATCH: beyond it the compiled backward spills)")
     dot = dot_mode(dtype, device)
     block_b = pad_dot(batch)
     if device.type == "cpu":

@@ -27,6 +27,9 @@
 "persistent" is a request, served per layer-direction by `persistent_plan`;
 what it cannot serve runs on "stepwise", explicitly (persistent.py warns once
 per reason):
+  - batches above persistent_config.MAX_BATCH (16): compiled for sm_90, the
+    backward spills registers beyond it (B=32 LSTM: up to 660 B a thread), until a
+    GPU run says otherwise.
   - batches whose per-program state (gate accumulators, c, h) would take more
     than half of one SM's register file: there the recurrent GEMM is
     compute-bound and cuBLAS (stepwise) is the right tool.

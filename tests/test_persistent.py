@@ -197,21 +197,63 @@ def test_gpu_plan_streams_weights_that_do_not_fit_and_refuses_huge_batches(monke
     assert persistent_config.plan(4, cuda, torch.float32, 8, 512)[0].resident  # 128 KiB
     assert not persistent_config.plan(4, cuda, torch.float32, 8, 768)[0].resident  # 192 KiB
     plan, reason = persistent_config.plan(4, cuda, torch.float32, 100_000, 256)
-    assert plan is None and "register file" in reason
+    assert plan is None and "MAX_BATCH" in reason
 
 
 def test_gpu_plan_refuses_state_beyond_half_the_register_file_at_the_boundary(monkeypatch):
     """The limit itself, not only a batch far past it: H=256 on 132 SMs gives 16 units a
     program, so an LSTM program holds (4 gates + c + h) x 16 units + 16 columns of h, float32,
     per padded batch row: 448 bytes. A batch padded to 256 rows (112 KiB) fits half of a
-    256 KiB register file; one more row pads to 512 (224 KiB) and goes to stepwise."""
+    256 KiB register file; one more row pads to 512 (224 KiB) and goes to stepwise. (The
+    batch cap, MAX_BATCH, is lifted here: this rule stays as the guard if a GPU run raises
+    it.)"""
     monkeypatch.setattr(persistent_config, "_gpu_budget",
                         lambda device: (132, 256 * 1024, 227 * 1024))
+    monkeypatch.setattr(persistent_config, "MAX_BATCH", 1 << 20)
     cuda = torch.device("cuda")
     plan, reason = persistent_config.plan(4, cuda, torch.float16, 256, 256)
     assert plan is not None and plan.block_b == 256 and plan.block_h == 16, reason
     plan, reason = persistent_config.plan(4, cuda, torch.float16, 257, 256)
     assert plan is None and "229376 bytes" in reason and "register file" in reason
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_gpu_plan_caps_the_batch_where_the_compiled_backward_starts_to_spill(dtype,
+                                                                             monkeypatch):
+    """Up to MAX_BATCH (16) rows a layer is planned persistent; one row more is refused with a
+    reason naming the cap, whatever the hidden size (compiled for sm_90, the B=32 LSTM
+    backward spills up to 660 B a thread, B=64 up to 2.5 KiB)."""
+    monkeypatch.setattr(persistent_config, "_gpu_budget",
+                        lambda device: (132, 256 * 1024, 227 * 1024))
+    cuda = torch.device("cuda")
+    assert persistent_config.MAX_BATCH == 16
+    for hidden in (256, 768, 1024):
+        for n_gates in (4, 3):
+            plan, reason = persistent_config.plan(n_gates, cuda, dtype, 16, hidden)
+            assert plan is not None and plan.block_b == 16, reason
+            plan, reason = persistent_config.plan(n_gates, cuda, dtype, 17, hidden)
+            assert plan is None and "cap of 16" in reason and "MAX_BATCH" in reason
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_a_batch_above_the_cap_runs_on_stepwise_with_a_warning_and_stays_right(cell):
+    """The cap is a fallback, not an error: backend="persistent" at batch 17 warns once
+    (FallbackWarning, naming the cap) and returns stepwise's results, forward and every
+    gradient against float64 torch."""
+    dispatch._warned.clear()
+    module, oracle = twin_modules(cell, I, H, backend="persistent")
+    x = torch.randn(2, persistent_config.MAX_BATCH + 1, I, requires_grad=True)
+    x64 = x.detach().double().requires_grad_()
+    weights = [torch.randn(2, x.shape[1], H, dtype=torch.float64)] + [
+        torch.randn(1, x.shape[1], H, dtype=torch.float64)] * (2 if cell == "lstm" else 1)
+    with pytest.warns(FallbackWarning, match="cap of 16"):
+        out, finals, grads = outputs_and_grads(module, x, None, weights, [x])
+    out64, finals64, grads64 = outputs_and_grads(oracle, x64, None, weights, [x64])
+    assert_close(out, out64, torch.float32, "output")
+    for f, f64 in zip(finals, finals64):
+        assert_close(f, f64, torch.float32, "final state")
+    for g, g64 in zip(grads, grads64):
+        assert_close(g, g64, torch.float32, "gradient")
 
 
 # ---------------------------------------------------------------- streamed weights, packed
