@@ -10,9 +10,10 @@ step can be no faster than this. GPU only: under the interpreter a grid of more
 than one program cannot meet.
 """
 import argparse
-import csv
 import datetime
+import platform
 import statistics
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from lstm_triton.kernels.grid_sync import (barrier_failed, grid_barrier, grid_no
                                            new_sync_state)
 from lstm_triton.kernels.persistent_config import SPIN_LIMIT
 
+from . import rows
 from .rows import REPORTS, slug
 
 
@@ -37,51 +39,81 @@ def _meet_kernel(sync_ptr, steps, spin_limit):
         s += 1
 
 
-def time_meetings(grid: int, steps: int, repeats: int = 7) -> tuple:
+def time_meetings(grid: int, steps: int, repeats: int = 7, cooperative: bool = False,
+                  device="cuda") -> tuple:
     """(median us per meeting over the launches that met, NaN if none did; failed
-    launches) for `grid` programs meeting `steps` times."""
+    launches) for `grid` programs meeting `steps` times; `cooperative`: launched as a CUDA
+    cooperative grid (as the persistent kernels are). On the CPU (the interpreter, one
+    program: --smoke) the time is host wall time, not a GPU figure."""
     per_meeting, failures = [], 0
     for k in range(repeats + 1):  # the first launch compiles and warms up
-        sync = new_sync_state("cuda")
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        _meet_kernel[(grid,)](sync, steps, SPIN_LIMIT, num_warps=4)
-        end.record()
-        end.synchronize()
+        sync = new_sync_state(device)
+        kwargs = dict(num_warps=4)
+        if cooperative:
+            kwargs["launch_cooperative_grid"] = True
+        if device == "cuda":
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            _meet_kernel[(grid,)](sync, steps, SPIN_LIMIT, **kwargs)
+            end.record()
+            end.synchronize()
+            elapsed_us = start.elapsed_time(end) * 1e3
+        else:
+            t0 = time.perf_counter()
+            _meet_kernel[(grid,)](sync, steps, SPIN_LIMIT, **kwargs)
+            elapsed_us = (time.perf_counter() - t0) * 1e6
         failed = barrier_failed(sync)
         failures += failed
         if k and not failed:  # a failed launch stops early: its time is not a meeting's
-            per_meeting.append(start.elapsed_time(end) * 1e3 / steps)
+            per_meeting.append(elapsed_us / steps)
     return (statistics.median(per_meeting) if per_meeting else float("nan")), failures
+
+
+COLUMNS = ("date", "device", "torch", "triton", "smoke", "mode", "grid", "steps",
+           "us_per_meeting", "failed_launches", "timer")
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=4096)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--grids", default="1,8,16,32,48,64,96,SMS",
+                        help="comma-separated grid sizes; SMS is the device's SM count")
+    parser.add_argument("--modes", default="plain",
+                        help="comma-separated: plain, cooperative (a CUDA cooperative launch)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="no GPU: one program through the interpreter (SMOKE, not a "
+                             "timing; the first-contact command's CPU rehearsal)")
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        parser.error("needs a CUDA GPU (a grid barrier cannot meet under the interpreter)")
-    props = torch.cuda.get_device_properties(0)
-    n_sm = props.multi_processor_count
+    if args.smoke:
+        name, n_sm, device, steps = f"cpu-{platform.machine()}", 1, "cpu", min(args.steps, 8)
+    elif not torch.cuda.is_available():
+        parser.error("needs a CUDA GPU (a grid barrier cannot meet under the interpreter; "
+                     "--smoke rehearses one program)")
+    else:
+        props = torch.cuda.get_device_properties(0)
+        name, n_sm, device, steps = props.name, props.multi_processor_count, "cuda", args.steps
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     # its own folder: reports/raw/*.csv are the lab's CSVs, which the report index reads
-    out = Path(args.out or REPORTS / "raw" / "barrier" / f"{date}-{slug(props.name)}.csv")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for grid in sorted({1, 8, 16, 32, 48, 64, 96, n_sm}):
-        if grid > n_sm:
-            continue
-        us, failed = time_meetings(grid, args.steps)
-        rows.append(dict(date=date, device=props.name, torch=torch.__version__,
-                         triton=metadata.version("triton"), grid=grid, steps=args.steps,
-                         us_per_meeting=f"{us:.4g}", failed_launches=failed))
-        print(f"grid {grid:4d}: {us:7.3f} us per meeting  (failed launches: {failed})",
-              flush=True)
-    with open(out, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    out = Path(args.out or REPORTS / "raw" / "barrier" / f"{date}-{slug(name)}.csv")
+    grids = sorted({n_sm if g.strip() == "SMS" else int(g) for g in args.grids.split(",")})
+    for mode in args.modes.split(","):
+        for grid in grids:
+            if grid > n_sm:
+                continue
+            us, failed = time_meetings(grid, steps, cooperative=mode == "cooperative",
+                                       device=device)
+            # appended and flushed at once: a launch that hangs later loses no earlier row
+            rows.append(out, dict(date=date, device=name, torch=torch.__version__,
+                                  triton=metadata.version("triton"), smoke=args.smoke,
+                                  mode=mode, grid=grid, steps=steps,
+                                  us_per_meeting=f"{us:.4g}", failed_launches=failed,
+                                  timer="cpu-wall" if args.smoke else "cuda-events"),
+                        columns=COLUMNS)
+            print(f"{mode:>11} grid {grid:4d}: {us:9.3f} us per meeting  "
+                  f"(failed launches: {failed})" + ("  [SMOKE: not a timing]" if args.smoke
+                                                    else ""), flush=True)
     print(f"wrote {out}")
 
 

@@ -46,6 +46,15 @@ def pytest_addoption(parser):
                          "another's of the same day and device (scripts/gpu_run.sh: the phase)")
     group.addoption("--no-lab-report", action="store_true",
                     help="write the raw CSV only, not the markdown tables and plots")
+    group.addoption("--lab-stream", default=None, metavar="CSV",
+                    help="also append every row to this CSV the moment it is measured, flushed "
+                         "to disk (scripts/gpu_run.sh first: a cut run keeps every row)")
+    group.addoption("--lab-phase", default="", metavar="NAME",
+                    help="the streamed rows' phase column (with --lab-stream)")
+    group.addoption("--lab-variant", default="default", metavar="NAME",
+                    help="the streamed rows' variant column: which plan variant ran")
+    group.addoption("--lab-pass", default="both", choices=("fwd", "fwdbwd", "both"),
+                    help="measure only the forward (no_grad) or only forward+backward")
 
 
 @dataclass
@@ -60,8 +69,22 @@ class Lab:
     versions: dict
     reports: Path
     tag: str = ""
+    passes: tuple = ("fwd", "fwdbwd")
+    stream: Path = None  # --lab-stream
+    stream_fields: dict = field(default_factory=dict)  # phase, variant
     rows: list = field(default_factory=list)
     _setup: object = None
+
+    def add(self, row: dict):
+        """Keep a finished row for the session's CSV and, with --lab-stream, append it to the
+        stream at once (then say so in the log: the rehearsal's test checks that every row the
+        log names is in the stream)."""
+        self.rows.append(row)
+        if self.stream is not None:
+            rows.append(self.stream, dict(row, **self.stream_fields))
+            print(f"lstm_triton lab: row streamed {row['impl']} {row['pass']} "
+                  f"{row['cell']}-{row['dtype']}-B{row['batch']}-T{row['seq_len']}-"
+                  f"H{row['hidden_size']} {row.get('status')}", flush=True)
 
     def setup(self, case):
         """Weights and rotated inputs of `case`, shared by its implementations."""
@@ -147,7 +170,13 @@ def pytest_configure(config):
         versions=dict(torch=torch.__version__, triton=metadata.version("triton"),
                       cudnn=torch.backends.cudnn.version() if on_gpu else "",
                       commit=_commit()),
-        reports=Path(reports), tag=config.getoption("--lab-tag"))
+        reports=Path(reports), tag=config.getoption("--lab-tag"),
+        passes=(("fwd", "fwdbwd") if config.getoption("--lab-pass") == "both"
+                else (config.getoption("--lab-pass"),)),
+        stream=Path(config.getoption("--lab-stream")) if config.getoption("--lab-stream")
+        else None,
+        stream_fields=dict(phase=config.getoption("--lab-phase"),
+                           variant=config.getoption("--lab-variant")))
 
 
 def pytest_report_header(config):
@@ -173,7 +202,7 @@ def pytest_generate_tests(metafunc):
     marks_gpu = dict(timer=measure.cuda_event_timer) if lab.device.type == "cuda" else {}
     params = []
     for case, names in sweeps.cases_of(lab.sweeps):
-        for pass_ in ("fwd", "fwdbwd"):
+        for pass_ in lab.passes:
             group = f"{case.id}-{pass_}"
             for impl in lab.impls:
                 params.append(pytest.param(

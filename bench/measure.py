@@ -254,13 +254,38 @@ def baseline_backend(module, setup: Setup, pass_: str) -> str:
     """What torch's module ran on CUDA: "cudnn" when aten::_cudnn_rnn was called, else
     "aten-native" (e.g. bfloat16 with a cuDNN older than torch's bf16-RNN requirement),
     so a row is never labelled as against cuDNN when cuDNN did not run."""
+    return baseline_run(module, setup, pass_)[0]
+
+
+KERNELS_CHARS = 600  # the kernels column's length at most (cuDNN's names are long templates)
+
+
+def baseline_run(module, setup: Setup, pass_: str) -> tuple:
+    """(backend, kernels) of one profiled call of torch's module: backend as in
+    baseline_backend; kernels the names of the GPU kernels the call launched, in order of
+    first launch, "; "-joined. cuDNN picks its persistent or its per-step RNN algorithm by
+    itself (fp16 LSTM at B=16, H=768 should get the persistent one, bf16 and the GRU the
+    per-step one), and a cuDNN row means nothing until it says which ran. On the CPU
+    (no GPU kernels) the RNN ops torch ran instead (aten::lstm, ...)."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
+    activities = [ProfilerActivity.CPU]
+    if setup.device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
     x, dy = fresh_args(module, setup.xs[0], setup.dys[0], pass_)
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with profile(activities=activities) as prof:
         step_fn(module, pass_)(x, dy)
-    ran_cudnn = any("_cudnn_rnn" in event.key for event in prof.key_averages())
-    return "cudnn" if ran_cudnn else "aten-native"
+        sync(setup.device)
+    events = prof.events()
+    ran_cudnn = any("_cudnn_rnn" in e.name for e in events)
+    if setup.device.type == "cuda":
+        names = [e.name for e in events if e.device_type == DeviceType.CUDA]
+    else:
+        names = [e.name for e in events
+                 if e.name.startswith("aten::") and re.search(r"lstm|gru|rnn", e.name)]
+    kernels = "; ".join(dict.fromkeys(names))
+    return ("cudnn" if ran_cudnn else "aten-native"), kernels[:KERNELS_CHARS]
 
 
 @contextlib.contextmanager

@@ -12,6 +12,8 @@ replaces its old row, others stay, so a sweep split over several commands
 ends in one file.
 """
 import csv
+import io
+import os
 import re
 from pathlib import Path
 
@@ -39,8 +41,13 @@ COLUMNS = (
     "peak_mem_mb",  # CUDA: peak allocated during one call above what was allocated before
     "timer",  # cuda-events (GPU time, synchronised) | cpu-wall (smoke)
     "tf32",  # whether TF32 was allowed for cuBLAS / cuDNN float32 (the lab turns it off)
+    "kernels",  # baseline rows on CUDA: the GPU kernels one call ran (profiler), which say
+    # which cuDNN algorithm it was (persistent or per-step); on the CPU the aten RNN ops
     "note",
 )
+# A streamed CSV (--lab-stream: scripts/gpu_run.sh first) adds which phase and plan variant
+# of the command measured the row.
+STREAM_COLUMNS = ("phase", "variant") + COLUMNS
 ROW_KEY = KEY_COLUMNS + ("impl", "pass")
 
 
@@ -86,3 +93,25 @@ def _fmt(value):
     if isinstance(value, float):
         return f"{value:.6g}"
     return value
+
+
+def append(path: Path, row: dict, columns=STREAM_COLUMNS) -> None:
+    """Append one row to the CSV at `path` the moment it is measured, and flush it to disk:
+    a run killed at any moment (SIGKILL included) leaves every row finished before the kill.
+    The header is written with the first row. Each row is one write(2) on a file opened
+    O_APPEND, so a kill between rows never leaves half a line, and rows of processes
+    appending to the same file never interleave within a line."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore",
+                            lineterminator="\n")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        if os.fstat(fd).st_size == 0:
+            writer.writeheader()
+        writer.writerow({c: _fmt(row.get(c)) for c in columns})
+        os.write(fd, buf.getvalue().encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -128,16 +128,37 @@ SWEEPS = {s.name: s for s in [
             + tuple(_lstm(256, 1024, h, dtype=d, cell=cell)
                     for d in ("bf16", "fp16") for h in (512, 1024)))
       for cell in ("lstm", "gru")],
+    # ------------------------------------ the first-contact command (scripts/gpu_run.sh first)
+    # The race: cuDNN's own persistent case (fp16 LSTM, B=16, H=768, T=1024) and its per-step
+    # ones (bf16, the GRU); one stepwise case at T=256 for the host cost per step; the
+    # decomposition: persistent bf16 forward, the slope in T is the per-step cost.
+    Sweep("race", "persistent against cuDNN where everything hinges (B=16, T=1024, H=768)",
+          "shape", _both_cells([_lstm(16, 1024, 768, dtype=d) for d in ("fp16", "bf16")])),
+    Sweep("race-stepwise", "the stepwise host cost per step (LSTM fp16, B=16, T=256, H=768)",
+          "shape", (_lstm(16, 256, 768),)),
+    Sweep("decomp", "the persistent bf16 forward's per-step cost: H 256-1024, T 256/1024, "
+          "B 1/16", "shape",
+          tuple(_lstm(b, t, h, dtype="bf16") for h in (256, 512, 1024) for t in (256, 1024)
+                for b in (1, 16))),
     # ------------------------------------------------------------- CPU smoke sweep
     Sweep("smoke", "SMOKE: does the lab run end to end? (interpreter on CPU, not performance)",
           "seq_len",
           _both_cells([_lstm(2, 4, 16, dtype="fp32"), _lstm(2, 8, 16, dtype="fp32")])
           + (_lstm(1, 4, 8, dtype="fp32", num_layers=2, bidirectional=True),)),
+    # the first-contact command's phases at tiny shapes, for its CPU rehearsal (SMOKE)
+    Sweep("smoke-race", "SMOKE: the race's phase at tiny shapes", "shape",
+          _both_cells([_lstm(2, 3, 8, dtype=d) for d in ("fp16", "bf16")])),
+    Sweep("smoke-race-stepwise", "SMOKE: the stepwise row at a tiny shape", "shape",
+          (_lstm(2, 4, 8),)),
+    Sweep("smoke-bar", "SMOKE: the rest of the bar sweeps, at tiny shapes", "shape",
+          _both_cells([_lstm(2, 4, 8, dtype="bf16")])),
+    Sweep("smoke-decomp", "SMOKE: the decomposition at tiny shapes", "shape",
+          tuple(_lstm(b, t, h, dtype="bf16") for h in (8, 16) for t in (2, 4) for b in (1, 2))),
 ]}
 
 DEFAULT_SWEEPS = ("seq_len", "batch", "hidden", "cell", "layers", "dtype")
 SMOKE_SWEEPS = ("smoke",)
-GPU_SWEEPS = tuple(n for n in SWEEPS if n not in SMOKE_SWEEPS)
+GPU_SWEEPS = tuple(n for n in SWEEPS if not n.startswith("smoke"))
 
 
 def resolve(names, on_gpu: bool) -> tuple:

@@ -30,7 +30,7 @@ def test_lab(lab, lab_param, benchmark):
 
     def finish(status, **fields):
         row.update(status=status, **fields)
-        lab.rows.append(row)
+        lab.add(row)
 
     if backend is not None and not triton_can_run(device):
         finish("skipped", note="Triton cannot run on this device without TRITON_INTERPRET=1")
@@ -49,8 +49,10 @@ def test_lab(lab, lab_param, benchmark):
             # the baseline's check is shared with the Triton rows' thresholds (cached)
             base_err = measure.baseline_err(setup, pass_, baseline)
             err = base_err if backend is None else measure.check(module, setup, pass_, baseline)
-            if backend is None and device.type == "cuda":
-                row["backend"] = measure.baseline_backend(module, setup, pass_)
+            if backend is None:  # which algorithm torch ran: its kernels, from the profiler
+                ran, row["kernels"] = measure.baseline_run(module, setup, pass_)
+                if device.type == "cuda":
+                    row["backend"] = ran
     except NotImplementedError as e:
         finish("skipped", note=f"NotImplementedError: {e}")
         pytest.skip(row["note"])

@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
 # The GPU job, in phases that each fit one device-tool command (10 minutes) and bring the
-# raw results back under $OUT. A session with 30 minutes of device time runs them in order:
+# raw results back under $OUT.
+#
+#   bash scripts/gpu_run.sh first  THE FIRST CONTACT: one command of about 8 minutes (below),
+#                                  for a session with ~15 minutes of device time in all
+#
+# A session with 30 minutes of device time can then run the older phases in order:
 #
 #   bash scripts/gpu_run.sh main   install; GPU-only tests (120 s); the rest of the suite on
 #                                  CUDA (140 s); the lab's default sweep (290 s)
@@ -24,6 +29,19 @@ cd "$(dirname "$0")/.."
 phase=${1:-main}
 shift || true
 out=${OUT:-/tmp/lstm_triton_gpu}
+if [ "$phase" = first ]; then
+  # The first contact (issue 15), about 8 minutes: environment, compile (warms the cache in
+  # parallel), the race, the barrier floor, the decomposition, chosen GPU tests, the rest of
+  # the bar sweeps; every row appended to a CSV in $OUT as it is measured, every phase in a
+  # child process under its own timeout (bench/first_contact.py). Without CUDA: the same
+  # phases through the interpreter at tiny shapes, labelled SMOKE (tests/test_first_contact.py).
+  mkdir -p "$out"
+  export PYTHONUNBUFFERED=1
+  if ! python3 -c "import lstm_triton.kernels" 2>/dev/null; then  # installed already: as is
+    python3 -m pip install -q --no-deps --no-build-isolation -e . >>"$out/first-log.txt" 2>&1
+  fi
+  exec python3 -m bench.first_contact --out "$out" "$@"
+fi
 logs=$(mktemp -d)/logs-$phase
 mkdir -p "$out" "$logs"
 export PYTHONUNBUFFERED=1
@@ -63,7 +81,7 @@ case "$phase" in
     run "${SANITIZE_SECONDS:-500}" sanitize.log compute-sanitizer --tool memcheck \
       --error-exitcode 1 python3 -m pytest tests/test_rnn_numerics.py tests/test_packed.py \
       -q -x -p no:cacheprovider -k "not gradcheck" ;;
-  *) echo "unknown phase $phase (main | bar | auto | sanitize)"; exit 2 ;;
+  *) echo "unknown phase $phase (first | main | bar | auto | sanitize)"; exit 2 ;;
 esac
 cp reports/raw/*.csv reports/raw/barrier/*.csv "$out/" 2>/dev/null
 tar czf "$out/results-$phase.tgz" reports/ -C "$(dirname "$logs")" "logs-$phase" 2>/dev/null
