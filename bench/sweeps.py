@@ -26,8 +26,8 @@ estimate it fits inside one 10-minute command. `--sweep all` (96 cases, about
 12 minutes by the model, the bar sweeps included) does not: run it as separate commands,
 e.g. `--sweep default`, then `--sweep seq_len-full,batch-gru,hidden-gru,hidden-small-batch,
 dtype-long`, then `--sweep bar-lstm,bar-gru` (rows of the same day, device and --lab-tag
-merge into one CSV). The model leaves out host time to generate inputs and to compile
-each persistent variant (found in review: ~70 s and ~1 s per variant on a CPU), so a
+merge into one CSV). The model counts each kernel variant's compile as measured by bench/compiled.py
+(`compile_seconds`) but leaves out host time to generate inputs (found in review: ~70 s), so a
 phase of scripts/gpu_run.sh gets a margin, and a phase cut by its limit still writes the
 rows it measured.
 `python -m bench.sweeps` prints the case counts and estimates per sweep.
@@ -223,8 +223,45 @@ TIMED_BUDGET_S = 0.4  # bench/measure.py: rounds are chosen to fill about this m
 UNTIMED_CALLS = 5  # correctness + estimate + 2 warm-up + memory
 MIN_ROUNDS = 5
 TEST_OVERHEAD_S = 0.3  # module build, inputs, oracle, pytest bookkeeping
-JIT_COMPILE_S = 60.0  # first calls of each kernel variant, whole session
 STARTUP_S = 20.0  # interpreter, torch import, CUDA context, report at the end
+# Compile time of each persistent kernel variant (a cell, pass, dtype, padded batch and
+# hidden size: one compile for its forward, one for its backward) replaces the old flat
+# guess of 60 s a session, about 10x too low for the bar sweeps. Read from the newest
+# reports/compiled/*.csv (bench/compiled.py: one cold compile per kernel, measured on a
+# CPU's compile-for-sm_90 path, preferring Triton 3.6, the GPU image's version); a
+# variant not in the table is taken at that table's slowest compile. The first-contact
+# command measures the GPU machine's own (first-compile.csv).
+STEPWISE_COMPILE_S = 2.0  # the stepwise kernels of one dtype (a guess: small kernels)
+
+
+def measured_compile_seconds(folder=None) -> dict:
+    """{(cell, pass, dtype, batch, hidden): seconds} from the newest compiled-code CSV."""
+    import csv
+    from pathlib import Path
+    folder = Path(folder or Path(__file__).resolve().parents[1] / "reports" / "compiled")
+    tables = sorted(folder.glob("*-triton*.csv"), key=lambda p: ("triton3.6" in p.name, p.name))
+    if not tables:
+        return {}
+    with open(tables[-1]) as f:
+        return {(r["cell"], r["pass"], r["dtype"], int(r["batch"]), int(r["hidden"])):
+                float(r["compile_s"]) for r in csv.DictReader(f) if r.get("compile_s")}
+
+
+def compile_seconds(sweep_names, impls, table=None) -> float:
+    """Compile time of every kernel variant the sweeps' cases launch, once each."""
+    from lstm_triton.kernels.persistent_config import MAX_BATCH, pad_dot
+    table = measured_compile_seconds() if table is None else table
+    worst = max(table.values(), default=10.0)
+    total, seen = 0.0, set()
+    for case, _ in cases_of(sweep_names):
+        if "triton-stepwise" in impls or "triton-auto" in impls:
+            seen.add(("stepwise", case.dtype))
+        if "triton-persistent" in impls and case.batch <= MAX_BATCH:
+            for pass_ in ("fwd", "bwd"):
+                seen.add((case.cell, pass_, case.dtype, pad_dot(case.batch), case.hidden_size))
+    for variant in seen:
+        total += STEPWISE_COMPILE_S if variant[0] == "stepwise" else table.get(variant, worst)
+    return total
 
 
 def estimate_call_seconds(case: Case, pass_: str, impl: str) -> float:
@@ -237,7 +274,7 @@ def estimate_call_seconds(case: Case, pass_: str, impl: str) -> float:
 
 def estimate_seconds(sweep_names, impls=("triton-stepwise", "triton-persistent", "triton-auto",
                                          "cudnn")) -> float:
-    total = JIT_COMPILE_S + STARTUP_S
+    total = compile_seconds(sweep_names, impls) + STARTUP_S
     for case, _ in cases_of(sweep_names):
         for pass_ in ("fwd", "fwdbwd"):
             for impl in impls:
@@ -251,7 +288,7 @@ def _summary():
     print(f"{'sweep':<20} {'cases':>5} {'tests':>6} {'est. min (H100)':>16}")
     for name in SWEEPS:
         n = len(cases_of([name]))
-        est = "-" if name in SMOKE_SWEEPS else f"{estimate_seconds([name]) / 60:.1f}"
+        est = "-" if name.startswith("smoke") else f"{estimate_seconds([name]) / 60:.1f}"
         print(f"{name:<20} {n:>5} {n * 8:>6} {est:>16}")
     n = len(cases_of(DEFAULT_SWEEPS))
     print(f"{'DEFAULT':<20} {n:>5} {n * 8:>6} {estimate_seconds(DEFAULT_SWEEPS) / 60:>16.1f}")

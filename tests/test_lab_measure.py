@@ -188,3 +188,23 @@ def test_a_wrong_implementation_is_recorded_wrong_and_never_timed(tmp_path):
     assert row["status"] == "wrong" and row["correct"] == "False"
     assert float(row["max_rel_err"]) > float(row["tolerance"])
     assert row["median_ms"] == "" and row.get("tokens_per_s", "") == ""  # never timed
+
+
+def test_the_sweep_estimate_counts_each_measured_compile_once():
+    """bench/sweeps.py's compile term: every persistent variant (cell, pass, dtype, padded
+    batch, hidden) at its measured compile time, once however many cases share it; a variant
+    missing from the table at the table's slowest; nothing for batches above the cap (they
+    run stepwise)."""
+    from bench import sweeps
+
+    table = {("lstm", "fwd", "bf16", 16, 768): 3.0, ("lstm", "bwd", "bf16", 16, 768): 5.0}
+    sweeps.SWEEPS["test-compile"] = sweeps.Sweep("test-compile", "?", "batch", (
+        Case("lstm", "bf16", 16, 1024, 768, 768), Case("lstm", "bf16", 16, 256, 768, 768),
+        Case("lstm", "bf16", 1, 256, 768, 768), Case("lstm", "bf16", 64, 256, 768, 768),
+        Case("gru", "bf16", 16, 256, 768, 768)))
+    try:
+        seconds = sweeps.compile_seconds(["test-compile"], ("triton-persistent",), table)
+    finally:
+        del sweeps.SWEEPS["test-compile"]
+    assert seconds == 3.0 + 5.0 + 2 * 5.0  # the LSTM's two kernels, the GRU's at the worst
+    assert sweeps.measured_compile_seconds()  # the committed reports/compiled table is read
