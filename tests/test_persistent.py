@@ -508,3 +508,67 @@ def test_warps_share_the_recurrent_dot_instead_of_repeating_it():
                           capture_output=True, text=True, timeout=900,
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert done.returncode == 0 and "shared" in done.stdout, done.stderr[-3000:]
+
+
+# ------------------------------------------------- the step's critical path (issue 16)
+MMA = "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"
+
+
+def test_mma_chain_depth_counts_dependent_mma_not_all_mma():
+    """bench.compiled.mma_chain_depth on hand-written PTX: three mma into one accumulator are
+    a chain of 3; two independent chains of 2 summed by an add and fed to one more mma are 3;
+    a value reloaded from memory starts a new chain."""
+    from bench.compiled import mma_chain_depth
+
+    def mma(d, a, c):
+        return f"\t{MMA} {{ {d} }}, {{ {a} }}, {{ %r90, %r91 }}, {{ {c} }};"
+    serial = "\n".join(mma("%f1, %f2, %f3, %f4", "%r1, %r2, %r3, %r4", "%f1, %f2, %f3, %f4")
+                       for _ in range(3))
+    assert mma_chain_depth(serial) == 3
+    two_chains = "\n".join([
+        "\tmov.f32 %f1, 0f00000000;",
+        mma("%f1, %f2, %f3, %f4", "%r1, %r2, %r3, %r4", "%f1, %f2, %f3, %f4"),
+        mma("%f1, %f2, %f3, %f4", "%r1, %r2, %r3, %r4", "%f1, %f2, %f3, %f4"),
+        mma("%f5, %f6, %f7, %f8", "%r1, %r2, %r3, %r4", "%f9, %f9, %f9, %f9"),
+        mma("%f5, %f6, %f7, %f8", "%r1, %r2, %r3, %r4", "%f5, %f6, %f7, %f8"),
+        "\tadd.f32 %f10, %f1, %f5;  // the partial sums, reduced once",
+        mma("%f11, %f12, %f13, %f14", "%r1, %r2, %r3, %r4", "%f10, %f9, %f9, %f9")])
+    assert mma_chain_depth(two_chains) == 3
+    through_memory = "\n".join([
+        mma("%f1, %f2, %f3, %f4", "%r1, %r2, %r3, %r4", "%f1, %f2, %f3, %f4"),
+        "\tst.shared.f32 [%r5], %f1;", "\tbar.sync 0;", "\tld.shared.f32 %f1, [%r5];",
+        mma("%f1, %f2, %f3, %f4", "%r1, %r2, %r3, %r4", "%f1, %f9, %f9, %f9")])
+    assert mma_chain_depth(through_memory) == 1
+    assert mma_chain_depth("\tadd.f32 %f1, %f2, %f3;") == 0
+
+
+MMA_CHAIN = r'''
+import torch
+from bench.compiled import compile_case, h100_plan
+from lstm_triton.kernels import persistent_config
+for hidden in (768, 1024):
+    plan = h100_plan("lstm", torch.bfloat16, 16, hidden)
+    got = compile_case("lstm", "fwd", torch.bfloat16, 16, hidden, plan=plan)
+    kp, n_pieces = persistent_config.k_pieces(hidden, plan.block_b)
+    # default plan: every piece's mma accumulate into one fused gate tile, one chain of K/16
+    assert got["mma_chain"] == kp * n_pieces // 16, (hidden, got)
+    assert got["mma_chain"] == got["mma_per_smsp"] * 4 // plan.num_warps, got  # all of a warp's
+print("chained")
+'''
+
+
+@pytest.mark.slow
+def test_compiled_report_shows_the_forward_mma_chain():
+    """Compiled for sm_90, the default forward (bf16, B=16, H=768 and 1024, resident) runs one
+    warp's mma as a single dependent chain of K/16: what bench.compiled's `mma chain` reports,
+    and what the plan options of issue 16 are there to shorten."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    done = subprocess.run([sys.executable, "-c", MMA_CHAIN], env=env, check=False,
+                          capture_output=True, text=True, timeout=900,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0 and "chained" in done.stdout, done.stderr[-3000:]
