@@ -37,8 +37,10 @@ import triton
 from .config import interpreting
 from .graph_capture import host_to_device
 
-# Matmul modes (persistent_tiles.split_dot).
-DOT_NATIVE, DOT_IEEE_F32, DOT_FMA = 0, 1, 2
+# Matmul modes (persistent_tiles.split_dot). DOT_TF32X3 is a plan option only (`tf32x3`):
+# float32 on tensor cores as three tf32 products, never chosen by dot_mode until a GPU
+# measures its speed and error (reports/NOTES.md, issue 16).
+DOT_NATIVE, DOT_IEEE_F32, DOT_FMA, DOT_TF32X3 = 0, 1, 2, 3
 
 # Polls of the grid barrier before a program gives up. One poll is an atomic read
 # from L2 plus two bar.syncs (under 1 us on a GPU), so this is at most about a second:
@@ -88,7 +90,7 @@ def resident_bytes(k: int, n_cols: int, block_b: int, dtype, dot: int) -> tuple:
     (bench/compiled.py, Triton 3.6 and 3.9)."""
     kp, n_pieces = k_pieces(k, block_b)
     size = torch.tensor([], dtype=dtype).element_size()
-    a_size = 4 if dot == DOT_IEEE_F32 else size
+    a_size = 4 if dot in (DOT_IEEE_F32, DOT_TF32X3) else size
     return kp * n_pieces * n_cols * size, block_b * kp * a_size
 
 
@@ -251,6 +253,14 @@ def not_cooperative(p: PersistentPlan) -> PersistentPlan:
 def streamed(p: PersistentPlan, block_k: int = MIN_DOT) -> PersistentPlan:
     """The same plan with W_hh streamed from L2 in `block_k` chunks (tests; OutOfResources)."""
     return replace(p, resident=False, block_k=block_k)
+
+
+def tf32x3(p: PersistentPlan) -> PersistentPlan:
+    """The same plan with a float32 recurrent dot (DOT_IEEE_F32) run as 3xTF32 on tensor
+    cores (issue 16's option; other dot modes are returned unchanged). Under the
+    interpreter the dot is numpy's float32 matmul whatever the precision asked for, so the
+    CPU tests check the kernels' wiring, not 3xTF32's rounding (tests/test_persistent.py)."""
+    return replace(p, dot=DOT_TF32X3) if p.dot == DOT_IEEE_F32 else p
 
 
 def schedule_tensors(sched, device):

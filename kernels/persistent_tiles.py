@@ -25,7 +25,8 @@ device, see persistent_config.dot_mode):
   0: tl.dot on the operands as stored (float16/bfloat16 tensor cores on a GPU),
   1: tl.dot on float32 operands in IEEE precision (float32 tensors; bfloat16 under
      the interpreter, whose bfloat16 dot is wrong),
-  2: broadcast-multiply-sum in the accumulator's dtype (float64: no float64 dot).
+  2: broadcast-multiply-sum in the accumulator's dtype (float64: no float64 dot),
+  3: tl.dot on float32 operands as 3xTF32 (a plan option: persistent_config.tf32x3).
 """
 import triton
 import triton.language as tl
@@ -36,6 +37,8 @@ def tensor_core_dot(a, w, DOT: tl.constexpr):
     """a @ w (2-D, or batched 3-D) on tensor cores, float32 result (DOT 0 or 1)."""
     if DOT == 0:
         return tl.dot(a, w)
+    if DOT == 3:  # a = a_hi + a_lo in tf32, three products: float32 on tensor cores
+        return tl.dot(a.to(tl.float32), w.to(tl.float32), input_precision="tf32x3")
     return tl.dot(a.to(tl.float32), w.to(tl.float32), input_precision="ieee")
 
 

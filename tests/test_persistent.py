@@ -572,3 +572,87 @@ def test_compiled_report_shows_the_forward_mma_chain():
                           capture_output=True, text=True, timeout=900,
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert done.returncode == 0 and "chained" in done.stdout, done.stderr[-3000:]
+
+
+@pytest.fixture
+def tf32x3_plans(monkeypatch):
+    """Issue 16's option: float32 recurrent dots as 3xTF32; records that it was used."""
+    default_plan, used = persistent_config.plan, []
+
+    def plan(*args):
+        p, reason = default_plan(*args)
+        p = persistent_config.tf32x3(p) if p is not None else None
+        used.append(p.dot if p is not None else None)
+        return p, reason
+    monkeypatch.setattr(persistent_config, "plan", plan)
+    return used
+
+
+def test_tf32x3_is_an_option_not_the_default():
+    cpu, cuda = torch.device(DEVICE), torch.device("cuda")
+    assert persistent_config.dot_mode(torch.float32, cuda) == persistent_config.DOT_IEEE_F32
+    p = persistent_config.plan(4, cpu, torch.float32, 3, 20)[0]
+    assert persistent_config.tf32x3(p).dot == persistent_config.DOT_TF32X3
+    for dtype in (torch.float64, torch.float16):  # only float32's dot changes
+        p = persistent_config.plan(4, cpu, dtype, 3, 20)[0]
+        assert persistent_config.tf32x3(p) == p
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("hidden", [pytest.param(20, id="H20-one-piece"),
+                                    pytest.param(160, id="H160-three-pieces")])
+def test_tf32x3_option_packed_bidirectional_matches_torch(cell, hidden, tf32x3_plans):
+    """The kernels' wiring of DOT_TF32X3 (forward, every gradient, packed, both directions)
+    against float64. The interpreter computes any tl.dot in IEEE float32, so this cannot see
+    3xTF32's rounding: test_tf32x3_emulated_error_is_float32s holds that instead."""
+    check_packed_bidirectional(cell, hidden, torch.float32)
+    assert tf32x3_plans and set(tf32x3_plans) == {persistent_config.DOT_TF32X3}
+
+
+def test_tf32x3_emulated_error_is_float32s_not_tf32s():
+    """bench.tf32x3_error emulates 3xTF32 as Triton lowers it (split into tf32 big + small,
+    three products): against float64 at the recurrent dot's K it stays within 2x of IEEE
+    float32's error, where one tf32 product is hundreds of times worse."""
+    from bench.tf32x3_error import relative_errors, round_tf32
+    x = torch.tensor([1 + 2 ** -11, 1 + 2 ** -10 + 2 ** -12, -(1 + 3 * 2 ** -11), 1e-30])
+    want = torch.tensor([1 + 2 ** -10, 1 + 2 ** -10, -(1 + 2 ** -9), 1e-30])  # ties away
+    assert torch.equal(round_tf32(x)[:3], want[:3])
+    assert (round_tf32(x).view(torch.int32) & 0x1FFF == 0).all()
+    for k in (256, 1024):
+        e = relative_errors(k, trials=2)
+        assert e["tf32x3"] <= 2 * e["ieee"] + 1e-7 and e["tf32"] > 100 * e["ieee"], (k, e)
+
+
+TF32X3_COMPILES = r'''
+import dataclasses, torch
+from bench.compiled import compile_case, h100_plan
+from lstm_triton.kernels import persistent_config
+for cell in ("lstm", "gru"):
+    for direction in ("fwd", "bwd"):
+        plan = persistent_config.tf32x3(h100_plan(cell, torch.float32, 16, 768))
+        assert plan.dot == persistent_config.DOT_TF32X3 and not plan.resident, plan
+        got = compile_case(cell, direction, torch.float32, 16, 768, plan=plan)
+        bf16 = compile_case(cell, direction, torch.bfloat16, 16, 768,
+                            plan=dataclasses.replace(h100_plan(cell, torch.bfloat16, 16, 768),
+                                                     resident=False, block_k=plan.block_k))
+        # tensor cores, not FMA: three m16n8k8 tf32 mma where bf16 runs one m16n8k16
+        assert got["mma_per_smsp"] == 6 * bf16["mma_per_smsp"] > 0, (got, bf16)
+print("tf32x3")
+'''
+
+
+@pytest.mark.slow
+def test_tf32x3_option_compiles_for_sm90_onto_tensor_cores():
+    """The float32 option compiled for an H100 (the plan streams float32 W_hh at H=768): the
+    recurrent dot becomes mma (IEEE float32 has none: FMA), 3 tf32 mma per bf16 one's
+    K=16 half, so 6x bf16's count; LSTM and GRU, both passes."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    done = subprocess.run([sys.executable, "-c", TF32X3_COMPILES], env=env, check=False,
+                          capture_output=True, text=True, timeout=900,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0 and "tf32x3" in done.stdout, done.stderr[-3000:]
