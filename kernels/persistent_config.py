@@ -132,7 +132,13 @@ def recurrent_dot(plan, n_gates: int, hidden: int, width: int, backward: bool) -
     (recurrent_shape) under `plan`: what every launcher passes, in one place."""
     k, n_cols = recurrent_shape(n_gates, hidden, width, plan.block_h, plan.block_o, backward)
     kp, n_pieces = k_pieces(k, plan.block_b)  # cached: a new dict each call, the same values
-    return dict(KP=kp, NP=n_pieces, SPLIT=split_k(kp, n_cols, plan.num_warps))
+    if backward:
+        return dict(KP=kp, NP=n_pieces, SPLIT=split_k(kp, n_cols, plan.num_warps))
+    partials = plan.chain > 0 and plan.resident
+    if partials:  # pieces of at most `chain` mma of K = 16 each (with_chain), unrolled
+        kp = max(min(pad_dot(k), MIN_DOT * plan.chain), pad_dot(triton.cdiv(k, MAX_PIECES)))
+        n_pieces = triton.cdiv(k, kp)
+    return dict(KP=kp, NP=n_pieces, SPLIT=split_k(kp, n_cols, plan.num_warps), PARTIALS=partials)
 
 
 def launch_options(plan) -> dict:
@@ -163,6 +169,9 @@ class PersistentPlan:
     # a cooperative launch (COOPERATIVE below); False once the driver refused one
     cooperative: bool = False
     spin_limit: int = SPIN_LIMIT
+    # forward split K (issue 16, with_chain): at most `chain` dependent mma per partial sum;
+    # 0 = one accumulator for the whole K, the default until a GPU times both
+    chain: int = 0
 
 
 def dot_mode(dtype, device) -> int:
@@ -261,6 +270,17 @@ def tf32x3(p: PersistentPlan) -> PersistentPlan:
     interpreter the dot is numpy's float32 matmul whatever the precision asked for, so the
     CPU tests check the kernels' wiring, not 3xTF32's rounding (tests/test_persistent.py)."""
     return replace(p, dot=DOT_TF32X3) if p.dot == DOT_IEEE_F32 else p
+
+
+def with_chain(p: PersistentPlan, chain: int = 16) -> PersistentPlan:
+    """The same plan with the forward's resident W_hh cut into pieces of 16 * chain rows, each
+    summed into its own partial tile, the partials added once at the end of the step
+    (persistent_tiles.recurrent_matmul_partials): no warp runs more than `chain` dependent
+    mma (bench.compiled's `mma chain`), unless that takes more than MAX_PIECES pieces (each
+    is unrolled; then the pieces grow). chain: a power of two. A streamed W is unchanged."""
+    if chain < 1 or chain & (chain - 1):
+        raise ValueError(f"chain must be a power of two >= 1, got {chain}")
+    return replace(p, chain=chain)
 
 
 def schedule_tensors(sched, device):

@@ -176,6 +176,32 @@ def recurrent_matmul(acc, src_ptr, src_row0, n_src, src_stride, alt_ptr, alt_str
 
 
 @triton.jit
+def recurrent_matmul_partials(acc, src_ptr, src_row0, n_src, src_stride, alt_ptr, alt_stride,
+                              n_active, r, w, w_ptr, cols, col_ok, stride_k, stride_n, K,
+                              RESIDENT: tl.constexpr, SPLIT: tl.constexpr, KP: tl.constexpr,
+                              NP: tl.constexpr, BLOCK_K: tl.constexpr, DOT: tl.constexpr):
+    """`recurrent_matmul` with a resident W's pieces each summed into its own partial tile,
+    the partials added once after the last piece (issue 16's split K, a plan option:
+    persistent_config.with_chain). A warp's mma then form NP independent chains of KP/16
+    instead of one of K/16, which the tensor core can overlap. A streamed W is unchanged."""
+    if RESIDENT:
+        # Each piece starts from a zero the compiler cannot prove is zero: from a literal zero,
+        # Triton's combine pass would fold `partial + dot(a, w, 0)` into `dot(a, w, partial)`,
+        # one chain again. (n_active * 0.0 is a float multiply, which is never folded.)
+        zero = tl.zeros_like(acc) + n_active.to(acc.dtype) * 0.0
+        total = acc
+        for p in tl.static_range(NP):
+            part = chunk_dot(zero, w[p], p * KP, src_ptr, src_row0, n_src, src_stride, alt_ptr,
+                             alt_stride, n_active, r, K, SPLIT, KP, DOT)
+            total = total + part
+    else:
+        total = recurrent_matmul(acc, src_ptr, src_row0, n_src, src_stride, alt_ptr, alt_stride,
+                                 n_active, r, w, w_ptr, cols, col_ok, stride_k, stride_n, K,
+                                 RESIDENT, SPLIT, KP, NP, BLOCK_K, DOT)
+    return total
+
+
+@triton.jit
 def step_at(j, T, REVERSE: tl.constexpr):
     """Timestep processed j-th by the forward loop (j outside [0, T) maps outside too)."""
     if REVERSE:

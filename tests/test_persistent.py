@@ -415,6 +415,7 @@ for kernel in (persistent_lstm.lstm_persistent_fwd_kernel,
             cx = dict(REVERSE=True, RESIDENT=resident, DOT=dot, COMPUTE=compute, BLOCK_B=16,
                       BLOCK_H=16, BLOCK_K=4 if dot == 2 else 64, SPLIT=2, KP=64, NP=3)
             cx.update({k: True for k in ("SAVE", "HAS_BHH") if k in kernel.arg_names})
+            cx.update({k: False for k in ("PARTIALS",) if k in kernel.arg_names})
             if proj is not None:  # the LSTM, with and without a projection (two meetings a step)
                 cx.update(PROJ=proj, BLOCK_O=32 if proj else 16)
                 if "PROJ_SPLIT" in kernel.arg_names:
@@ -553,6 +554,14 @@ for hidden in (768, 1024):
     # default plan: every piece's mma accumulate into one fused gate tile, one chain of K/16
     assert got["mma_chain"] == kp * n_pieces // 16, (hidden, got)
     assert got["mma_chain"] == got["mma_per_smsp"] * 4 // plan.num_warps, got  # all of a warp's
+    for cell in ("lstm", "gru"):  # issue 16's split K: at most 16 dependent mma, as many mma
+        for chain in (16, 8):
+            plan = h100_plan(cell, torch.bfloat16, 16, hidden)
+            default = compile_case(cell, "fwd", torch.bfloat16, 16, hidden, plan=plan)
+            got = compile_case(cell, "fwd", torch.bfloat16, 16, hidden,
+                               plan=persistent_config.with_chain(plan, chain))
+            assert got["mma_chain"] == chain, (cell, hidden, chain, got)
+            assert got["mma_per_smsp"] == default["mma_per_smsp"], (got, default)
 print("chained")
 '''
 
@@ -560,8 +569,9 @@ print("chained")
 @pytest.mark.slow
 def test_compiled_report_shows_the_forward_mma_chain():
     """Compiled for sm_90, the default forward (bf16, B=16, H=768 and 1024, resident) runs one
-    warp's mma as a single dependent chain of K/16: what bench.compiled's `mma chain` reports,
-    and what the plan options of issue 16 are there to shorten."""
+    warp's mma as a single dependent chain of K/16: what bench.compiled's `mma chain` reports.
+    With the split-K option (persistent_config.with_chain(plan, n), n = 16 and 8) the LSTM
+    and GRU forward run chains of n, the same number of mma."""
     import os
     import subprocess
     import sys
@@ -574,15 +584,20 @@ def test_compiled_report_shows_the_forward_mma_chain():
     assert done.returncode == 0 and "chained" in done.stdout, done.stderr[-3000:]
 
 
+# issue 16's plan options, each applied to every persistent plan of a test
+PLAN_OPTIONS = {"tf32x3": persistent_config.tf32x3,
+                "chain4": lambda p: persistent_config.with_chain(p, 4)}
+
+
 @pytest.fixture
-def tf32x3_plans(monkeypatch):
-    """Issue 16's option: float32 recurrent dots as 3xTF32; records that it was used."""
-    default_plan, used = persistent_config.plan, []
+def plan_option(request, monkeypatch):
+    """Every persistent plan with the option `request.param` on; returns the plans used."""
+    default_plan, used, option = persistent_config.plan, [], PLAN_OPTIONS[request.param]
 
     def plan(*args):
         p, reason = default_plan(*args)
-        p = persistent_config.tf32x3(p) if p is not None else None
-        used.append(p.dot if p is not None else None)
+        p = option(p) if p is not None else None
+        used.append(p)
         return p, reason
     monkeypatch.setattr(persistent_config, "plan", plan)
     return used
@@ -601,12 +616,43 @@ def test_tf32x3_is_an_option_not_the_default():
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("hidden", [pytest.param(20, id="H20-one-piece"),
                                     pytest.param(160, id="H160-three-pieces")])
-def test_tf32x3_option_packed_bidirectional_matches_torch(cell, hidden, tf32x3_plans):
-    """The kernels' wiring of DOT_TF32X3 (forward, every gradient, packed, both directions)
-    against float64. The interpreter computes any tl.dot in IEEE float32, so this cannot see
-    3xTF32's rounding: test_tf32x3_emulated_error_is_float32s holds that instead."""
+@pytest.mark.parametrize("plan_option", ["tf32x3", "chain4"], indirect=True)
+def test_plan_options_packed_bidirectional_match_torch(cell, hidden, plan_option):
+    """Each option of issue 16 on (forward, every gradient, packed, both directions) against
+    float64, float32. tf32x3: the interpreter computes any tl.dot in IEEE float32, so this
+    checks the wiring of DOT_TF32X3, not 3xTF32's rounding (test_tf32x3_emulated_error_...).
+    chain4: the forward's W in 64-row pieces (H=160: three), each its own partial sum."""
     check_packed_bidirectional(cell, hidden, torch.float32)
-    assert tf32x3_plans and set(tf32x3_plans) == {persistent_config.DOT_TF32X3}
+    assert plan_option and all(p.dot == persistent_config.DOT_TF32X3 or p.chain == 4
+                               for p in plan_option)
+    n_gates = 4 if cell == "lstm" else 3
+    fwd = persistent_config.recurrent_dot(plan_option[0], n_gates, hidden, hidden, False)
+    assert fwd["PARTIALS"] == (plan_option[0].chain > 0)
+    if fwd["PARTIALS"]:
+        assert (fwd["KP"], fwd["NP"]) == ((32, 1) if hidden == 20 else (64, 3))
+
+
+@interpreter_only
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("plan_option", ["chain4"], indirect=True)
+def test_forward_partial_sums_in_bfloat16_match_torch(cell, plan_option):
+    """bfloat16 (upcast under the interpreter) with the forward's partial sums, H=100 (two
+    64-row pieces, the second padded), packed and bidirectional, against float64."""
+    check_packed_bidirectional(cell, 100, torch.bfloat16)
+    assert plan_option and all(p.chain == 4 for p in plan_option)
+
+
+def test_chain_option_is_off_by_default_and_a_power_of_two():
+    cpu = torch.device(DEVICE)
+    p = persistent_config.plan(4, cpu, torch.float32, 3, 160)[0]
+    assert p.chain == 0 and not persistent_config.recurrent_dot(p, 4, 160, 160, False)["PARTIALS"]
+    assert persistent_config.recurrent_dot(persistent_config.with_chain(p, 4), 4, 160, 160,
+                                           True).keys() == {"KP", "NP", "SPLIT"}  # backward as is
+    with pytest.raises(ValueError, match="power of two"):
+        persistent_config.with_chain(p, 12)
+    # streamed: one accumulator whatever the option (the pieces are a resident W's)
+    s = persistent_config.with_chain(persistent_config.streamed(p), 4)
+    assert not persistent_config.recurrent_dot(s, 4, 160, 160, False)["PARTIALS"]
 
 
 def test_tf32x3_emulated_error_is_float32s_not_tf32s():
