@@ -143,6 +143,25 @@ def mma_chain_depth(ptx):
     return longest
 
 
+# Issue 16's plan options (persistent_config), compiled beside the defaults: name ->
+# (dtype, passes, plan -> plan). Their defaults stay off until a GPU times them.
+OPTIONS = {"chain16": (torch.bfloat16, ("fwd",), lambda p: persistent_config.with_chain(p, 16)),
+           "tf32x3": (torch.float32, ("fwd", "bwd"), persistent_config.tf32x3)}
+
+
+def option_rows(hiddens):
+    """compile_case rows of every OPTIONS entry, batch 16, at each hidden size."""
+    rows = []
+    for name, (dtype, passes, option) in OPTIONS.items():
+        for cell in ("lstm", "gru"):
+            for direction in passes:
+                for h in hiddens:
+                    got = compile_case(cell, direction, dtype, 16, h,
+                                       plan=option(h100_plan(cell, dtype, 16, h)))
+                    rows.append(dict(got, option=name))
+    return rows
+
+
 def ptxas_usage(ptx):
     """(registers per thread, spilled bytes) reported by Triton's own ptxas for sm_90a."""
     from triton.backends.nvidia.compiler import get_ptxas
@@ -165,18 +184,20 @@ def main(argv=None):
     rows = [compile_case(cell, direction, torch.bfloat16, 16, int(h))
             for cell in ("lstm", "gru") for direction in ("fwd", "bwd")
             for h in args.hidden.split(",")]
+    rows = [dict(r, option="default") for r in rows]
+    rows += option_rows([int(h) for h in args.hidden.split(",")])
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     lines = [f"# Persistent kernels as compiled for sm_90 (H100), {date}, triton "
              f"{triton.__version__}", "",
              "Static facts about the generated code (no GPU, no timing): "
              "`python -m bench.compiled`.", "",
-             "| cell | pass | dtype | B | H | W_hh | split | grid | warps | mma/SMSP/step | "
-             "mma chain | regs | spill B | smem KiB |", "|" + "---|" * 14]
+             "| cell | pass | dtype | option | B | H | W_hh | split | grid | warps | "
+             "mma/SMSP/step | mma chain | regs | spill B | smem KiB |", "|" + "---|" * 15]
     for r in rows:
-        lines.append(f"| {r['cell']} | {r['pass']} | {r['dtype']} | {r['batch']} | "
-                     f"{r['hidden']} | {r['mode']} | {r['split']} | {r['grid']} | {r['warps']} | "
-                     f"{r['mma_per_smsp']} | {r['mma_chain']} | {r['regs']} | {r['spill_bytes']} | "
-                     f"{r['smem_kib']:.0f} |")
+        lines.append(f"| {r['cell']} | {r['pass']} | {r['dtype']} | {r['option']} | "
+                     f"{r['batch']} | {r['hidden']} | {r['mode']} | {r['split']} | {r['grid']} | "
+                     f"{r['warps']} | {r['mma_per_smsp']} | {r['mma_chain']} | {r['regs']} | "
+                     f"{r['spill_bytes']} | {r['smem_kib']:.0f} |")
     text = "\n".join(lines) + "\n"
     print(text)
     out = Path(args.out or REPORTS / "compiled" / f"{date}-triton{triton.__version__}.md")
