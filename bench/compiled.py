@@ -11,6 +11,9 @@ memory per program) at the plan `persistent_config.plan` gives the bar's cases
              SM's four sub-partitions issues: per warp times warps / 4, the serial
              tensor-core work of a step. A streamed W counts its K-loop's body times
              the number of iterations.
+  mma chain  the longest chain of dependent mma one warp runs per step (`mma_chain_depth`):
+             mma that accumulate into the result of an earlier one wait for it, ~30
+             cycles each on sm_90, so a deep chain is latency the count cannot see.
   regs       registers per thread and bytes spilled (ptxas -v).
   smem       shared memory of the program (a resident W lives there).
   compile s  wall time of one cold compile here (sweeps.py reads it for its estimate).
@@ -158,10 +161,11 @@ def compile_case(cell, direction, dtype, batch, hidden, plan=None):
     split = kwargs["SPLIT"]
     chunks = 1 if plan.resident else triton.cdiv(k, split * plan.block_k)
     regs, spill = ptxas_usage(ptx)
+    chain = mma_chain_depth(ptx) * chunks  # a streamed W's loop body runs `chunks` times
     return dict(cell=cell, **{"pass": direction}, dtype=DTYPES[dtype], batch=batch,
                 hidden=hidden, mode="resident" if plan.resident else f"streamed x{chunks}",
                 split=split, grid=plan.grid, warps=plan.num_warps,
-                mma_per_smsp=mma * chunks * plan.num_warps // 4,
+                mma_per_smsp=mma * chunks * plan.num_warps // 4, mma_chain=chain,
                 regs=regs, spill_bytes=spill, smem_kib=compiled.metadata.shared / 1024,
                 v4_loads=len(re.findall(r"ld\.global(\.\w+)*\.v4", ptx)),
                 compile_s=round(compile_s, 2))
@@ -179,6 +183,79 @@ def _triton_cache(path):
             os.environ.pop("TRITON_CACHE_DIR")
         else:
             os.environ["TRITON_CACHE_DIR"] = old
+
+
+_REG = re.compile(r"%[A-Za-z_]+[0-9]*")
+_NO_DEST = ("st.", "bra", "bar.", "ret", "red.", "fence", "membar", "@")
+
+
+def _operands(text):
+    """Top-level comma-separated operands of one PTX instruction (braces kept whole)."""
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        depth += (ch == "{") - (ch == "}")
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return parts + [cur] if cur.strip() else parts
+
+
+def mma_chain_depth(ptx):
+    """Longest chain of dependent mma.sync in `ptx`, in program order.
+
+    Every register carries the depth of the deepest mma chain its value came from: an mma's
+    results are one deeper than the deepest of its operands (the accumulator C, and A, B),
+    any other instruction passes on the deepest of its sources, and a value that went
+    through memory (a load, e.g. partial sums exchanged through shared memory) starts at
+    zero: it no longer waits on a chain in registers. Read in text order, a loop body
+    counts once (the caller multiplies by its trip count), and the step loop's accumulator
+    starts from zeros every step, so this is the chain of one step of one warp (every warp
+    runs the same instructions on its own tile)."""
+    depth, longest = {}, 0
+    for line in ptx.splitlines():
+        line = line.split("//")[0].strip().rstrip(";")
+        if not line or line.endswith(":") or line.startswith((".", "{", "}")):
+            continue
+        pred = line.startswith("@")
+        if pred:  # a predicated instruction may leave its destination as it was
+            line = line.split(None, 1)[1] if " " in line else ""
+        opcode, _, rest = line.partition(" ")
+        ops = _operands(rest)
+        if not ops or opcode.startswith(_NO_DEST):
+            continue
+        dests = _REG.findall(ops[0])
+        sources = [r for op in ops[1:] for r in _REG.findall(op)]
+        if opcode.startswith(("ld.", "ldmatrix", "atom.")):
+            d = 0  # through memory (shfl stays in registers: it passes the depth on)
+        else:
+            d = max((depth.get(r, 0) for r in sources), default=0)
+        if opcode.startswith("mma"):
+            d += 1
+            longest = max(longest, d)
+        for r in dests:
+            depth[r] = max(d, depth.get(r, 0)) if pred else d
+    return longest
+
+
+# Issue 16's plan options (persistent_config), compiled beside the defaults: name ->
+# (dtype, passes, plan -> plan). Their defaults stay off until a GPU times them.
+OPTIONS = {"chain16": (torch.bfloat16, ("fwd",), lambda p: persistent_config.with_chain(p, 16)),
+           "tf32x3": (torch.float32, ("fwd", "bwd"), persistent_config.tf32x3)}
+
+
+def option_rows(hiddens):
+    """compile_case rows of every OPTIONS entry, batch 16, at each hidden size."""
+    rows = []
+    for name, (dtype, passes, option) in OPTIONS.items():
+        for cell in ("lstm", "gru"):
+            for direction in passes:
+                for h in hiddens:
+                    got = compile_case(cell, direction, dtype, 16, h,
+                                       plan=option(h100_plan(cell, dtype, 16, h)))
+                    rows.append(dict(got, option=name))
+    return rows
 
 
 def ptxas_usage(ptx):
@@ -203,6 +280,8 @@ def main(argv=None):
     rows = [compile_case(cell, direction, torch.bfloat16, 16, int(h))
             for cell in ("lstm", "gru") for direction in ("fwd", "bwd")
             for h in args.hidden.split(",")]
+    rows = [dict(r, option="default") for r in rows]
+    rows += option_rows([int(h) for h in args.hidden.split(",")])
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     lines = [f"# Persistent kernels as compiled for sm_90 (H100), {date}, triton "
              f"{triton.__version__}", "",
@@ -212,13 +291,15 @@ def main(argv=None):
              "launcher's real arguments (pointers and sizes divisible by 16). v4 loads: "
              "16-byte `ld.global...v4` in the PTX. compile s: one cold compile on this "
              "machine's CPU (the compile-for-sm_90 path, not a GPU machine's).", "",
-             "| cell | pass | dtype | B | H | W_hh | split | grid | warps | mma/SMSP/step | "
-             "regs | spill B | smem KiB | v4 loads | compile s |", "|" + "---|" * 15]
+             "| cell | pass | dtype | option | B | H | W_hh | split | grid | warps | "
+             "mma/SMSP/step | mma chain | regs | spill B | smem KiB | v4 loads | compile s |",
+             "|" + "---|" * 17]
     for r in rows:
-        lines.append(f"| {r['cell']} | {r['pass']} | {r['dtype']} | {r['batch']} | "
-                     f"{r['hidden']} | {r['mode']} | {r['split']} | {r['grid']} | {r['warps']} | "
-                     f"{r['mma_per_smsp']} | {r['regs']} | {r['spill_bytes']} | "
-                     f"{r['smem_kib']:.0f} | {r['v4_loads']} | {r['compile_s']:.1f} |")
+        lines.append(f"| {r['cell']} | {r['pass']} | {r['dtype']} | {r['option']} | "
+                     f"{r['batch']} | {r['hidden']} | {r['mode']} | {r['split']} | {r['grid']} | "
+                     f"{r['warps']} | {r['mma_per_smsp']} | {r['mma_chain']} | {r['regs']} | "
+                     f"{r['spill_bytes']} | {r['smem_kib']:.0f} | {r['v4_loads']} | "
+                     f"{r['compile_s']:.1f} |")
     text = "\n".join(lines) + "\n"
     print(text)
     out = Path(args.out or REPORTS / "compiled" / f"{date}-triton{triton.__version__}.md")

@@ -37,8 +37,10 @@ import triton
 from .config import interpreting
 from .graph_capture import host_to_device
 
-# Matmul modes (persistent_tiles.split_dot).
-DOT_NATIVE, DOT_IEEE_F32, DOT_FMA = 0, 1, 2
+# Matmul modes (persistent_tiles.split_dot). DOT_TF32X3 is a plan option only (`tf32x3`):
+# float32 on tensor cores as three tf32 products, never chosen by dot_mode until a GPU
+# measures its speed and error (reports/NOTES.md, issue 16).
+DOT_NATIVE, DOT_IEEE_F32, DOT_FMA, DOT_TF32X3 = 0, 1, 2, 3
 
 # Polls of the grid barrier before a program gives up. One poll is an atomic read
 # from L2 plus two bar.syncs (under 1 us on a GPU), so this is at most about a second:
@@ -97,7 +99,7 @@ def resident_bytes(k: int, n_cols: int, block_b: int, dtype, dot: int) -> tuple:
     (bench/compiled.py, Triton 3.6 and 3.9)."""
     kp, n_pieces = k_pieces(k, block_b)
     size = torch.tensor([], dtype=dtype).element_size()
-    a_size = 4 if dot == DOT_IEEE_F32 else size
+    a_size = 4 if dot in (DOT_IEEE_F32, DOT_TF32X3) else size
     return kp * n_pieces * n_cols * size, block_b * kp * a_size
 
 
@@ -139,7 +141,13 @@ def recurrent_dot(plan, n_gates: int, hidden: int, width: int, backward: bool) -
     (recurrent_shape) under `plan`: what every launcher passes, in one place."""
     k, n_cols = recurrent_shape(n_gates, hidden, width, plan.block_h, plan.block_o, backward)
     kp, n_pieces = k_pieces(k, plan.block_b)  # cached: a new dict each call, the same values
-    return dict(KP=kp, NP=n_pieces, SPLIT=split_k(kp, n_cols, plan.num_warps))
+    if backward:
+        return dict(KP=kp, NP=n_pieces, SPLIT=split_k(kp, n_cols, plan.num_warps))
+    partials = plan.chain > 0 and plan.resident
+    if partials:  # pieces of at most `chain` mma of K = 16 each (with_chain), unrolled
+        kp = max(min(pad_dot(k), MIN_DOT * plan.chain), pad_dot(triton.cdiv(k, MAX_PIECES)))
+        n_pieces = triton.cdiv(k, kp)
+    return dict(KP=kp, NP=n_pieces, SPLIT=split_k(kp, n_cols, plan.num_warps), PARTIALS=partials)
 
 
 def launch_options(plan) -> dict:
@@ -170,6 +178,9 @@ class PersistentPlan:
     # a cooperative launch (COOPERATIVE below); False once the driver refused one
     cooperative: bool = False
     spin_limit: int = SPIN_LIMIT
+    # forward split K (issue 16, with_chain): at most `chain` dependent mma per partial sum;
+    # 0 = one accumulator for the whole K, the default until a GPU times both
+    chain: int = 0
 
 
 def dot_mode(dtype, device) -> int:
@@ -263,6 +274,25 @@ def not_cooperative(p: PersistentPlan) -> PersistentPlan:
 def streamed(p: PersistentPlan, block_k: int = MIN_DOT) -> PersistentPlan:
     """The same plan with W_hh streamed from L2 in `block_k` chunks (tests; OutOfResources)."""
     return replace(p, resident=False, block_k=block_k)
+
+
+def tf32x3(p: PersistentPlan) -> PersistentPlan:
+    """The same plan with a float32 recurrent dot (DOT_IEEE_F32) run as 3xTF32 on tensor
+    cores (issue 16's option; other dot modes are returned unchanged). Under the
+    interpreter the dot is numpy's float32 matmul whatever the precision asked for, so the
+    CPU tests check the kernels' wiring, not 3xTF32's rounding (tests/test_persistent.py)."""
+    return replace(p, dot=DOT_TF32X3) if p.dot == DOT_IEEE_F32 else p
+
+
+def with_chain(p: PersistentPlan, chain: int = 16) -> PersistentPlan:
+    """The same plan with the forward's resident W_hh cut into pieces of 16 * chain rows, each
+    summed into its own partial tile, the partials added once at the end of the step
+    (persistent_tiles.recurrent_matmul_partials): no warp runs more than `chain` dependent
+    mma (bench.compiled's `mma chain`), unless that takes more than MAX_PIECES pieces (each
+    is unrolled; then the pieces grow). chain: a power of two. A streamed W is unchanged."""
+    if chain < 1 or chain & (chain - 1):
+        raise ValueError(f"chain must be a power of two >= 1, got {chain}")
+    return replace(p, chain=chain)
 
 
 def schedule_tensors(sched, device):

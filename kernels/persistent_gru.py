@@ -21,8 +21,8 @@ from .config import compute_dtype
 from .grid_sync import grid_arrive, grid_start, grid_wait, launch_failed, new_sync_state
 from .persistent_config import PersistentPlan, launch_options, recurrent_dot, schedule_tensors
 from .persistent_tiles import (backward_step_rows, forward_step_rows, gate_columns, load_rows,
-                               program_tile, recurrent_matmul, resident_weights, split_gates,
-                               step_tile)
+                               program_tile, recurrent_matmul, recurrent_matmul_partials,
+                               resident_weights, split_gates, step_tile)
 from .tiles import load_gate, store_gate
 
 
@@ -40,7 +40,7 @@ def gru_persistent_fwd_kernel(
     REVERSE: tl.constexpr, SAVE: tl.constexpr, HAS_BHH: tl.constexpr, RESIDENT: tl.constexpr,
     DOT: tl.constexpr, COMPUTE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, KP: tl.constexpr,
-    NP: tl.constexpr,
+    NP: tl.constexpr, PARTIALS: tl.constexpr,
 ):
     row, units, unit_ok, state_mask = program_tile(BLOCK_B, BLOCK_H, B, H)
     h = load_gate(h0_ptr, row, units, stride_h0, 0, H, state_mask, COMPUTE)  # (BLOCK_B, BLOCK_H)
@@ -61,10 +61,16 @@ def gru_persistent_fwd_kernel(
         x_z = load_gate(gx_ptr, rows, units, stride_gx, 1, H, mask, COMPUTE)
         x_n = load_gate(gx_ptr, rows, units, stride_gx, 2, H, mask, COMPUTE)
         ok = grid_wait(sync_ptr, (s + 1) * n_prog, spin_limit)
-        rec = recurrent_matmul(tl.zeros((BLOCK_B, 4 * BLOCK_H), COMPUTE) + b_hh, y_ptr, off_p,
-                               tl.minimum(bs_p, bs), stride_y, h0_ptr, stride_h0, bs, row, w,
-                               w_hh_ptr, w_rows, w_ok, 1, stride_w, H, RESIDENT, SPLIT, KP, NP,
-                               BLOCK_K, DOT)
+        if PARTIALS:  # a plan option (persistent_config.with_chain): one partial per W piece
+            rec = recurrent_matmul_partials(tl.zeros((BLOCK_B, 4 * BLOCK_H), COMPUTE) + b_hh,
+                                            y_ptr, off_p, tl.minimum(bs_p, bs), stride_y, h0_ptr,
+                                            stride_h0, bs, row, w, w_hh_ptr, w_rows, w_ok, 1,
+                                            stride_w, H, RESIDENT, SPLIT, KP, NP, BLOCK_K, DOT)
+        else:
+            rec = recurrent_matmul(tl.zeros((BLOCK_B, 4 * BLOCK_H), COMPUTE) + b_hh, y_ptr,
+                                   off_p, tl.minimum(bs_p, bs), stride_y, h0_ptr, stride_h0, bs,
+                                   row, w, w_hh_ptr, w_rows, w_ok, 1, stride_w, H, RESIDENT,
+                                   SPLIT, KP, NP, BLOCK_K, DOT)
         rec_r, rec_z, rec_n, _ = split_gates(rec, BLOCK_B, BLOCK_H)
         r, z, n, h_new = gru_cell_forward(x_r, x_z, x_n, rec_r, rec_z, rec_n, h)
         store_gate(y_ptr, rows, units, stride_y, 0, H, h_new, mask)

@@ -42,8 +42,8 @@ from .grid_sync import grid_arrive, grid_start, grid_wait, launch_failed, new_sy
 from .persistent_config import (PersistentPlan, launch_options, pad_dot, recurrent_dot,
                                 schedule_tensors, split_k)
 from .persistent_tiles import (backward_step_rows, forward_step_rows, gate_columns, load_rows,
-                               program_tile, recurrent_matmul, resident_weights, split_gates,
-                               step_tile)
+                               program_tile, recurrent_matmul, recurrent_matmul_partials,
+                               resident_weights, split_gates, step_tile)
 from .tiles import load_gate, store_gate
 
 
@@ -64,7 +64,7 @@ def lstm_persistent_fwd_kernel(
     REVERSE: tl.constexpr, SAVE: tl.constexpr, PROJ: tl.constexpr, RESIDENT: tl.constexpr,
     DOT: tl.constexpr, COMPUTE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_O: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, PROJ_SPLIT: tl.constexpr,
-    KP: tl.constexpr, NP: tl.constexpr,
+    KP: tl.constexpr, NP: tl.constexpr, PARTIALS: tl.constexpr,
 ):
     row, units, unit_ok, state_mask = program_tile(BLOCK_B, BLOCK_H, B, H)
     # this program's columns of the recurrent state h (R wide): its units, or with a
@@ -85,10 +85,16 @@ def lstm_persistent_fwd_kernel(
         x_i, x_f, x_g, x_o = load_gates4(gx_ptr, rows, units, stride_gx, H, mask, COMPUTE)
         ok = grid_wait(sync_ptr, (meetings * s + 1) * n_prog, spin_limit)
         # h_{t-1}: rows continuing from the previous step from y, the others from h0
-        pre = recurrent_matmul(tl.zeros((BLOCK_B, 4 * BLOCK_H), COMPUTE), y_ptr, off_p,
-                               tl.minimum(bs_p, bs), stride_y, h0_ptr, stride_h0, bs, row, w,
-                               w_hh_ptr, w_rows, w_ok, 1, stride_w, R, RESIDENT, SPLIT, KP, NP,
-                               BLOCK_K, DOT)
+        if PARTIALS:  # a plan option (persistent_config.with_chain): one partial per W piece
+            pre = recurrent_matmul_partials(tl.zeros((BLOCK_B, 4 * BLOCK_H), COMPUTE), y_ptr,
+                                            off_p, tl.minimum(bs_p, bs), stride_y, h0_ptr,
+                                            stride_h0, bs, row, w, w_hh_ptr, w_rows, w_ok, 1,
+                                            stride_w, R, RESIDENT, SPLIT, KP, NP, BLOCK_K, DOT)
+        else:
+            pre = recurrent_matmul(tl.zeros((BLOCK_B, 4 * BLOCK_H), COMPUTE), y_ptr, off_p,
+                                   tl.minimum(bs_p, bs), stride_y, h0_ptr, stride_h0, bs, row,
+                                   w, w_hh_ptr, w_rows, w_ok, 1, stride_w, R, RESIDENT, SPLIT,
+                                   KP, NP, BLOCK_K, DOT)
         pre_i, pre_f, pre_g, pre_o = split_gates(pre, BLOCK_B, BLOCK_H)
         i, f, g, o, c_new, m = lstm_cell_forward(pre_i + x_i, pre_f + x_f, pre_g + x_g,
                                                  pre_o + x_o, c)

@@ -25,7 +25,8 @@ device, see persistent_config.dot_mode):
   0: tl.dot on the operands as stored (float16/bfloat16 tensor cores on a GPU),
   1: tl.dot on float32 operands in IEEE precision (float32 tensors; bfloat16 under
      the interpreter, whose bfloat16 dot is wrong),
-  2: broadcast-multiply-sum in the accumulator's dtype (float64: no float64 dot).
+  2: broadcast-multiply-sum in the accumulator's dtype (float64: no float64 dot),
+  3: tl.dot on float32 operands as 3xTF32 (a plan option: persistent_config.tf32x3).
 """
 import triton
 import triton.language as tl
@@ -36,6 +37,8 @@ def tensor_core_dot(a, w, DOT: tl.constexpr):
     """a @ w (2-D, or batched 3-D) on tensor cores, float32 result (DOT 0 or 1)."""
     if DOT == 0:
         return tl.dot(a, w)
+    if DOT == 3:  # a = a_hi + a_lo in tf32, three products: float32 on tensor cores
+        return tl.dot(a.to(tl.float32), w.to(tl.float32), input_precision="tf32x3")
     return tl.dot(a.to(tl.float32), w.to(tl.float32), input_precision="ieee")
 
 
@@ -170,6 +173,32 @@ def recurrent_matmul(acc, src_ptr, src_row0, n_src, src_stride, alt_ptr, alt_str
             acc = chunk_dot(acc, w_k, k0, src_ptr, src_row0, n_src, src_stride, alt_ptr,
                             alt_stride, n_active, r, K, SPLIT, SPLIT * BLOCK_K, DOT)
     return acc
+
+
+@triton.jit
+def recurrent_matmul_partials(acc, src_ptr, src_row0, n_src, src_stride, alt_ptr, alt_stride,
+                              n_active, r, w, w_ptr, cols, col_ok, stride_k, stride_n, K,
+                              RESIDENT: tl.constexpr, SPLIT: tl.constexpr, KP: tl.constexpr,
+                              NP: tl.constexpr, BLOCK_K: tl.constexpr, DOT: tl.constexpr):
+    """`recurrent_matmul` with a resident W's pieces each summed into its own partial tile,
+    the partials added once after the last piece (issue 16's split K, a plan option:
+    persistent_config.with_chain). A warp's mma then form NP independent chains of KP/16
+    instead of one of K/16, which the tensor core can overlap. A streamed W is unchanged."""
+    if RESIDENT:
+        # Each piece starts from a zero the compiler cannot prove is zero: from a literal zero,
+        # Triton's combine pass would fold `partial + dot(a, w, 0)` into `dot(a, w, partial)`,
+        # one chain again. (n_active * 0.0 is a float multiply, which is never folded.)
+        zero = tl.zeros_like(acc) + n_active.to(acc.dtype) * 0.0
+        total = acc
+        for p in tl.static_range(NP):
+            part = chunk_dot(zero, w[p], p * KP, src_ptr, src_row0, n_src, src_stride, alt_ptr,
+                             alt_stride, n_active, r, K, SPLIT, KP, DOT)
+            total = total + part
+    else:
+        total = recurrent_matmul(acc, src_ptr, src_row0, n_src, src_stride, alt_ptr, alt_stride,
+                                 n_active, r, w, w_ptr, cols, col_ok, stride_k, stride_n, K,
+                                 RESIDENT, SPLIT, KP, NP, BLOCK_K, DOT)
+    return total
 
 
 @triton.jit

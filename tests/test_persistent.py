@@ -457,6 +457,7 @@ for kernel in (persistent_lstm.lstm_persistent_fwd_kernel,
             cx = dict(REVERSE=True, RESIDENT=resident, DOT=dot, COMPUTE=compute, BLOCK_B=16,
                       BLOCK_H=16, BLOCK_K=4 if dot == 2 else 64, SPLIT=2, KP=64, NP=3)
             cx.update({k: True for k in ("SAVE", "HAS_BHH") if k in kernel.arg_names})
+            cx.update({k: False for k in ("PARTIALS",) if k in kernel.arg_names})
             if proj is not None:  # the LSTM, with and without a projection (two meetings a step)
                 cx.update(PROJ=proj, BLOCK_O=32 if proj else 16)
                 if "PROJ_SPLIT" in kernel.arg_names:
@@ -550,3 +551,196 @@ def test_warps_share_the_recurrent_dot_instead_of_repeating_it():
                           capture_output=True, text=True, timeout=900,
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert done.returncode == 0 and "shared" in done.stdout, done.stderr[-3000:]
+
+
+# ------------------------------------------------- the step's critical path (issue 16)
+MMA = "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"
+
+
+def test_mma_chain_depth_counts_dependent_mma_not_all_mma():
+    """bench.compiled.mma_chain_depth on hand-written PTX: three mma into one accumulator are
+    a chain of 3; two independent chains of 2 summed by an add and fed to one more mma are 3;
+    a value reloaded from memory starts a new chain."""
+    from bench.compiled import mma_chain_depth
+
+    def mma(d, a, c):
+        return f"\t{MMA} {{ {d} }}, {{ {a} }}, {{ %r90, %r91 }}, {{ {c} }};"
+    serial = "\n".join(mma("%f1, %f2, %f3, %f4", "%r1, %r2, %r3, %r4", "%f1, %f2, %f3, %f4")
+                       for _ in range(3))
+    assert mma_chain_depth(serial) == 3
+    two_chains = "\n".join([
+        "\tmov.f32 %f1, 0f00000000;",
+        mma("%f1, %f2, %f3, %f4", "%r1, %r2, %r3, %r4", "%f1, %f2, %f3, %f4"),
+        mma("%f1, %f2, %f3, %f4", "%r1, %r2, %r3, %r4", "%f1, %f2, %f3, %f4"),
+        mma("%f5, %f6, %f7, %f8", "%r1, %r2, %r3, %r4", "%f9, %f9, %f9, %f9"),
+        mma("%f5, %f6, %f7, %f8", "%r1, %r2, %r3, %r4", "%f5, %f6, %f7, %f8"),
+        "\tadd.f32 %f10, %f1, %f5;  // the partial sums, reduced once",
+        mma("%f11, %f12, %f13, %f14", "%r1, %r2, %r3, %r4", "%f10, %f9, %f9, %f9")])
+    assert mma_chain_depth(two_chains) == 3
+    through_memory = "\n".join([
+        mma("%f1, %f2, %f3, %f4", "%r1, %r2, %r3, %r4", "%f1, %f2, %f3, %f4"),
+        "\tst.shared.f32 [%r5], %f1;", "\tbar.sync 0;", "\tld.shared.f32 %f1, [%r5];",
+        mma("%f1, %f2, %f3, %f4", "%r1, %r2, %r3, %r4", "%f1, %f9, %f9, %f9")])
+    assert mma_chain_depth(through_memory) == 1
+    assert mma_chain_depth("\tadd.f32 %f1, %f2, %f3;") == 0
+
+
+MMA_CHAIN = r'''
+import torch
+from bench.compiled import compile_case, h100_plan
+from lstm_triton.kernels import persistent_config
+for hidden in (768, 1024):
+    plan = h100_plan("lstm", torch.bfloat16, 16, hidden)
+    got = compile_case("lstm", "fwd", torch.bfloat16, 16, hidden, plan=plan)
+    kp, n_pieces = persistent_config.k_pieces(hidden, plan.block_b)
+    # default plan: every piece's mma accumulate into one fused gate tile, one chain of K/16
+    assert got["mma_chain"] == kp * n_pieces // 16, (hidden, got)
+    assert got["mma_chain"] == got["mma_per_smsp"] * 4 // plan.num_warps, got  # all of a warp's
+    for cell in ("lstm", "gru"):  # issue 16's split K: at most 16 dependent mma, as many mma
+        for chain in (16, 8):
+            plan = h100_plan(cell, torch.bfloat16, 16, hidden)
+            default = compile_case(cell, "fwd", torch.bfloat16, 16, hidden, plan=plan)
+            got = compile_case(cell, "fwd", torch.bfloat16, 16, hidden,
+                               plan=persistent_config.with_chain(plan, chain))
+            assert got["mma_chain"] == chain, (cell, hidden, chain, got)
+            assert got["mma_per_smsp"] == default["mma_per_smsp"], (got, default)
+print("chained")
+'''
+
+
+@pytest.mark.slow
+def test_compiled_report_shows_the_forward_mma_chain():
+    """Compiled for sm_90, the default forward (bf16, B=16, H=768 and 1024, resident) runs one
+    warp's mma as a single dependent chain of K/16: what bench.compiled's `mma chain` reports.
+    With the split-K option (persistent_config.with_chain(plan, n), n = 16 and 8) the LSTM
+    and GRU forward run chains of n, the same number of mma."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    done = subprocess.run([sys.executable, "-c", MMA_CHAIN], env=env, check=False,
+                          capture_output=True, text=True, timeout=900,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0 and "chained" in done.stdout, done.stderr[-3000:]
+
+
+# issue 16's plan options, each applied to every persistent plan of a test
+PLAN_OPTIONS = {"tf32x3": persistent_config.tf32x3,
+                "chain4": lambda p: persistent_config.with_chain(p, 4)}
+
+
+@pytest.fixture
+def plan_option(request, monkeypatch):
+    """Every persistent plan with the option `request.param` on; returns the plans used."""
+    default_plan, used, option = persistent_config.plan, [], PLAN_OPTIONS[request.param]
+
+    def plan(*args):
+        p, reason = default_plan(*args)
+        p = option(p) if p is not None else None
+        used.append(p)
+        return p, reason
+    monkeypatch.setattr(persistent_config, "plan", plan)
+    return used
+
+
+def test_tf32x3_is_an_option_not_the_default():
+    cpu, cuda = torch.device(DEVICE), torch.device("cuda")
+    assert persistent_config.dot_mode(torch.float32, cuda) == persistent_config.DOT_IEEE_F32
+    p = persistent_config.plan(4, cpu, torch.float32, 3, 20)[0]
+    assert persistent_config.tf32x3(p).dot == persistent_config.DOT_TF32X3
+    for dtype in (torch.float64, torch.float16):  # only float32's dot changes
+        p = persistent_config.plan(4, cpu, dtype, 3, 20)[0]
+        assert persistent_config.tf32x3(p) == p
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("hidden", [pytest.param(20, id="H20-one-piece"),
+                                    pytest.param(160, id="H160-three-pieces")])
+@pytest.mark.parametrize("plan_option", ["tf32x3", "chain4"], indirect=True)
+def test_plan_options_packed_bidirectional_match_torch(cell, hidden, plan_option):
+    """Each option of issue 16 on (forward, every gradient, packed, both directions) against
+    float64, float32. tf32x3: the interpreter computes any tl.dot in IEEE float32, so this
+    checks the wiring of DOT_TF32X3, not 3xTF32's rounding (test_tf32x3_emulated_error_...).
+    chain4: the forward's W in 64-row pieces (H=160: three), each its own partial sum."""
+    check_packed_bidirectional(cell, hidden, torch.float32)
+    assert plan_option and all(p.dot == persistent_config.DOT_TF32X3 or p.chain == 4
+                               for p in plan_option)
+    n_gates = 4 if cell == "lstm" else 3
+    fwd = persistent_config.recurrent_dot(plan_option[0], n_gates, hidden, hidden, False)
+    assert fwd["PARTIALS"] == (plan_option[0].chain > 0)
+    if fwd["PARTIALS"]:
+        assert (fwd["KP"], fwd["NP"]) == ((32, 1) if hidden == 20 else (64, 3))
+
+
+@interpreter_only
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("plan_option", ["chain4"], indirect=True)
+def test_forward_partial_sums_in_bfloat16_match_torch(cell, plan_option):
+    """bfloat16 (upcast under the interpreter) with the forward's partial sums, H=100 (two
+    64-row pieces, the second padded), packed and bidirectional, against float64."""
+    check_packed_bidirectional(cell, 100, torch.bfloat16)
+    assert plan_option and all(p.chain == 4 for p in plan_option)
+
+
+def test_chain_option_is_off_by_default_and_a_power_of_two():
+    cpu = torch.device(DEVICE)
+    p = persistent_config.plan(4, cpu, torch.float32, 3, 160)[0]
+    assert p.chain == 0 and not persistent_config.recurrent_dot(p, 4, 160, 160, False)["PARTIALS"]
+    assert persistent_config.recurrent_dot(persistent_config.with_chain(p, 4), 4, 160, 160,
+                                           True).keys() == {"KP", "NP", "SPLIT"}  # backward as is
+    with pytest.raises(ValueError, match="power of two"):
+        persistent_config.with_chain(p, 12)
+    # streamed: one accumulator whatever the option (the pieces are a resident W's)
+    s = persistent_config.with_chain(persistent_config.streamed(p), 4)
+    assert not persistent_config.recurrent_dot(s, 4, 160, 160, False)["PARTIALS"]
+
+
+def test_tf32x3_emulated_error_is_float32s_not_tf32s():
+    """bench.tf32x3_error emulates 3xTF32 as Triton lowers it (split into tf32 big + small,
+    three products): against float64 at the recurrent dot's K it stays within 2x of IEEE
+    float32's error, where one tf32 product is hundreds of times worse."""
+    from bench.tf32x3_error import relative_errors, round_tf32
+    x = torch.tensor([1 + 2 ** -11, 1 + 2 ** -10 + 2 ** -12, -(1 + 3 * 2 ** -11), 1e-30])
+    want = torch.tensor([1 + 2 ** -10, 1 + 2 ** -10, -(1 + 2 ** -9), 1e-30])  # ties away
+    assert torch.equal(round_tf32(x)[:3], want[:3])
+    assert (round_tf32(x).view(torch.int32) & 0x1FFF == 0).all()
+    for k in (256, 1024):
+        e = relative_errors(k, trials=2)
+        assert e["tf32x3"] <= 2 * e["ieee"] + 1e-7 and e["tf32"] > 100 * e["ieee"], (k, e)
+
+
+TF32X3_COMPILES = r'''
+import dataclasses, torch
+from bench.compiled import compile_case, h100_plan
+from lstm_triton.kernels import persistent_config
+for cell in ("lstm", "gru"):
+    for direction in ("fwd", "bwd"):
+        plan = persistent_config.tf32x3(h100_plan(cell, torch.float32, 16, 768))
+        assert plan.dot == persistent_config.DOT_TF32X3 and not plan.resident, plan
+        got = compile_case(cell, direction, torch.float32, 16, 768, plan=plan)
+        bf16 = compile_case(cell, direction, torch.bfloat16, 16, 768,
+                            plan=dataclasses.replace(h100_plan(cell, torch.bfloat16, 16, 768),
+                                                     resident=False, block_k=plan.block_k))
+        # tensor cores, not FMA: three m16n8k8 tf32 mma where bf16 runs one m16n8k16
+        assert got["mma_per_smsp"] == 6 * bf16["mma_per_smsp"] > 0, (got, bf16)
+print("tf32x3")
+'''
+
+
+@pytest.mark.slow
+def test_tf32x3_option_compiles_for_sm90_onto_tensor_cores():
+    """The float32 option compiled for an H100 (the plan streams float32 W_hh at H=768): the
+    recurrent dot becomes mma (IEEE float32 has none: FMA), 3 tf32 mma per bf16 one's
+    K=16 half, so 6x bf16's count; LSTM and GRU, both passes."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    done = subprocess.run([sys.executable, "-c", TF32X3_COMPILES], env=env, check=False,
+                          capture_output=True, text=True, timeout=900,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0 and "tf32x3" in done.stdout, done.stderr[-3000:]
