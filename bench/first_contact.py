@@ -13,8 +13,9 @@ Phases, in this order, each with its own time budget, all under one deadline:
            against cuDNN, each checked against float64 first (the lab), cuDNN's kernel names
            in each cuDNN row; then one stepwise case at T=256 (host cost per step)
   barrier  bench/barrier.py at grids 1, 16, 32, 48, 64, 132, cooperative and plain
-  decomp   persistent bf16 forward, H 256/512/1024 x T 256/1024 x B 1/16, once per plan
-           variant in DECOMP_VARIANTS (the default; issue 16 adds its options)
+  decomp   persistent bf16 forward, H 256/512/1024 x T 256/1024 x B 1/16, default and
+           issue 16's chain16; float32 forward B=16 H=1024, default and tf32x3
+           (DECOMP_VARIANTS: each option against the default, each in its own process)
   tests    a chosen subset of tests/test_gpu.py, each test in its own process and timeout
   sweep    the rest of the bar sweeps (bar-lstm, bar-gru), until the deadline
 
@@ -59,14 +60,20 @@ FILES = (LOG, PHASES, ENV, COMPILE, LAB, BARRIER, TESTS)
 
 # Seconds per phase on a GPU (about 8 minutes in all; the sweep takes what is left), and
 # in the CPU rehearsal. FIRST_<PHASE>_SECONDS overrides one.
-BUDGET_GPU = dict(env=15, compile=60, race=110, barrier=40, decomp=70, tests=90, sweep=480)
-BUDGET_SMOKE = dict(env=20, compile=40, race=60, barrier=20, decomp=40, tests=30, sweep=60)
+BUDGET_GPU = dict(env=15, compile=60, race=110, barrier=40, decomp=100, tests=90, sweep=480)
+BUDGET_SMOKE = dict(env=20, compile=40, race=60, barrier=20, decomp=80, tests=30, sweep=60)
 PHASE_ORDER = tuple(BUDGET_GPU)
 MIN_PHASE_S = 5  # a phase with less than this left before the deadline is skipped
 
-# Plan variants the decomposition times against each other: name -> environment of the
-# lab process (issue 16's options are switched this way; "default" changes nothing).
-DECOMP_VARIANTS = {"default": {}}
+# Plan variants the decomposition times against each other, each A against the default on
+# the same sweep: (variant, sweep, environment of the lab process). Issue 16's options are
+# switched by LSTM_TRITON_PLAN (kernels/persistent_config.PLAN_OPTIONS); chain16 splits the
+# bf16 forward's mma chain (48 -> 16 at H=768, 64 -> 16 at H=1024), tf32x3 only changes a
+# float32 plan, hence its own float32 sweep.
+DECOMP_VARIANTS = (("default", "decomp", {}),
+                   ("chain16", "decomp", {"LSTM_TRITON_PLAN": "chain16"}),
+                   ("default", "decomp-fp32", {}),
+                   ("tf32x3", "decomp-fp32", {"LSTM_TRITON_PLAN": "tf32x3"}))
 
 # tests/test_gpu.py, chosen: many programs at the barrier, two persistent launches at once,
 # CUDA-graph capture and replay. (label, -k expression, seconds)
@@ -173,7 +180,8 @@ def variants(smoke):
     race = [("persistent", c, d, 16, 768) for c in ("lstm", "gru") for d in ("fp16", "bf16")]
     decomp = [("persistent", "lstm", "bf16", b, h) for h in (256, 512, 1024) for b in (1, 16)
               if (b, h) != (16, 768)]
-    return race + decomp + [("stepwise", "lstm", "fp16", 16, 768)]
+    fp32 = [("persistent", c, "fp32", 16, 1024) for c in ("lstm", "gru")]
+    return race + decomp + fp32 + [("stepwise", "lstm", "fp16", 16, 768)]
 
 
 def phase_compile(run, seconds):
@@ -218,8 +226,8 @@ def phase_barrier(run, seconds):
 
 def phase_decomp(run, seconds):
     codes, share = [], seconds / len(DECOMP_VARIANTS)
-    for name, extra in DECOMP_VARIANTS.items():
-        code, _ = run.lab("decomp", run.sweep_name("decomp"), ["triton-persistent"], share,
+    for name, sweep, extra in DECOMP_VARIANTS:
+        code, _ = run.lab("decomp", run.sweep_name(sweep), ["triton-persistent"], share,
                           passes="fwd", variant=name, env=dict(run.env, **extra))
         codes.append(code)
     bad = [c for c in codes if c != 0]

@@ -140,6 +140,10 @@ SWEEPS = {s.name: s for s in [
           "B 1/16", "shape",
           tuple(_lstm(b, t, h, dtype="bf16") for h in (256, 512, 1024) for t in (256, 1024)
                 for b in (1, 16))),
+    # the float32 pair for issue 16's 3xTF32 option (default IEEE against tf32x3)
+    Sweep("decomp-fp32", "the persistent float32 forward's per-step cost (B=16, H=1024, "
+          "T 256/1024), LSTM and GRU", "shape",
+          _both_cells([_lstm(16, t, 1024, dtype="fp32") for t in (256, 1024)])),
     # ------------------------------------------------------------- CPU smoke sweep
     Sweep("smoke", "SMOKE: does the lab run end to end? (interpreter on CPU, not performance)",
           "seq_len",
@@ -153,7 +157,9 @@ SWEEPS = {s.name: s for s in [
     Sweep("smoke-bar", "SMOKE: the rest of the bar sweeps, at tiny shapes", "shape",
           _both_cells([_lstm(2, 4, 8, dtype="bf16")])),
     Sweep("smoke-decomp", "SMOKE: the decomposition at tiny shapes", "shape",
-          tuple(_lstm(b, t, h, dtype="bf16") for h in (8, 16) for t in (2, 4) for b in (1, 2))),
+          tuple(_lstm(b, t, 8, dtype="bf16") for t in (2, 4) for b in (1, 2))),
+    Sweep("smoke-decomp-fp32", "SMOKE: the float32 decomposition at a tiny shape", "shape",
+          (_lstm(2, 3, 8, dtype="fp32"),)),
 ]}
 
 DEFAULT_SWEEPS = ("seq_len", "batch", "hidden", "cell", "layers", "dtype")

@@ -28,6 +28,7 @@ Under the interpreter (CPU tests) programs run one after another, so a barrier
 with two programs would wait forever: the plan is a single program whose
 BLOCK_H covers every hidden unit.
 """
+import os
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
@@ -230,9 +231,9 @@ def plan(n_gates: int, device, dtype, batch: int, hidden: int, width: int = 0, b
             return None, "Triton kernels need CUDA tensors or TRITON_INTERPRET=1"
         # W resident as on a GPU, and streamed for float64 as on a GPU (no float64 dot:
         # its broadcast product over a whole piece would pass Triton's tensor-size limit)
-        return PersistentPlan(grid=1, block_b=block_b, block_h=pad_dot(hidden),
-                              block_o=pad_dot(width), block_k=MIN_DOT,
-                              resident=dot != DOT_FMA, dot=dot, num_warps=4), None
+        return _with_option(PersistentPlan(grid=1, block_b=block_b, block_h=pad_dot(hidden),
+                                           block_o=pad_dot(width), block_k=MIN_DOT,
+                                           resident=dot != DOT_FMA, dot=dot, num_warps=4)), None
     if device.type != "cuda":
         return None, f"no persistent kernel for device type {device.type!r}"
     n_sm, reg_bytes, smem_bytes = budget or _gpu_budget(device)
@@ -260,10 +261,11 @@ def plan(n_gates: int, device, dtype, batch: int, hidden: int, width: int = 0, b
                 and max(w for w, _ in need) <= reg_bytes // 2)
     # float64 multiplies a (block_b, block_k, 4 * block_h) product in registers: keep it small.
     block_k = 4 if dot == DOT_FMA else 64
-    return PersistentPlan(grid=grid, block_b=block_b, block_h=block_h, block_o=block_o,
-                          block_k=block_k, resident=resident, dot=dot, num_warps=NUM_WARPS,
-                          max_regs=min(MAX_REGS, reg_bytes // 4 // (32 * NUM_WARPS)),
-                          cooperative=COOPERATIVE), None
+    return _with_option(PersistentPlan(
+        grid=grid, block_b=block_b, block_h=block_h, block_o=block_o, block_k=block_k,
+        resident=resident, dot=dot, num_warps=NUM_WARPS,
+        max_regs=min(MAX_REGS, reg_bytes // 4 // (32 * NUM_WARPS)),
+        cooperative=COOPERATIVE)), None
 
 
 def not_cooperative(p: PersistentPlan) -> PersistentPlan:
@@ -293,6 +295,23 @@ def with_chain(p: PersistentPlan, chain: int = 16) -> PersistentPlan:
     if chain < 1 or chain & (chain - 1):
         raise ValueError(f"chain must be a power of two >= 1, got {chain}")
     return replace(p, chain=chain)
+
+
+# Issue 16's options by name, for the lab's A/B comparisons (bench/first_contact.py's
+# decomposition runs the same sweep once per option, each in its own process). The
+# environment variable LSTM_TRITON_PLAN applies one to every persistent plan the process
+# makes; it is read once, at import, so the host path pays nothing. Unset, the defaults
+# run: an option becomes a default only when a GPU has timed it (reports/NOTES.md).
+PLAN_OPTIONS = {"default": None, "chain16": lambda p: with_chain(p, 16), "tf32x3": tf32x3}
+PLAN_OPTION_NAME = os.environ.get("LSTM_TRITON_PLAN", "default")
+if PLAN_OPTION_NAME not in PLAN_OPTIONS:
+    raise ValueError(f"LSTM_TRITON_PLAN={PLAN_OPTION_NAME!r} is not a plan option: use one of "
+                     f"{', '.join(PLAN_OPTIONS)} (or leave it unset for the defaults)")
+PLAN_OPTION = PLAN_OPTIONS[PLAN_OPTION_NAME]
+
+
+def _with_option(p: PersistentPlan) -> PersistentPlan:
+    return PLAN_OPTION(p) if PLAN_OPTION else p
 
 
 def schedule_tensors(sched, device):

@@ -11,6 +11,9 @@ test_packed.py already run every configuration on it through KERNEL_BACKENDS):
   - results identical bit for bit run to run.
 """
 import dataclasses
+import os
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -695,6 +698,24 @@ def test_chain_option_is_off_by_default_and_a_power_of_two():
     # streamed: one accumulator whatever the option (the pieces are a resident W's)
     s = persistent_config.with_chain(persistent_config.streamed(p), 4)
     assert not persistent_config.recurrent_dot(s, 4, 160, 160, False)["PARTIALS"]
+
+
+def test_lab_switches_a_plan_option_for_a_whole_process_by_name(monkeypatch):
+    """LSTM_TRITON_PLAN (read at import) names one of PLAN_OPTIONS for every plan the process
+    makes: the first-contact command's decomposition times each option against the default
+    this way. An unknown name fails at import with the names to use; unset, the defaults."""
+    cpu = torch.device(DEVICE)
+    default = persistent_config.plan(4, cpu, torch.float32, 3, 160)[0]
+    assert persistent_config.PLAN_OPTION_NAME == "default" and default.chain == 0
+    for name, expect in (("chain16", lambda p: p.chain == 16),
+                         ("tf32x3", lambda p: p.dot == persistent_config.DOT_TF32X3)):
+        monkeypatch.setattr(persistent_config, "PLAN_OPTION", persistent_config.PLAN_OPTIONS[name])
+        assert expect(persistent_config.plan(4, cpu, torch.float32, 3, 160)[0]), name
+    env = dict(os.environ, LSTM_TRITON_PLAN="chain17")
+    run = subprocess.run([sys.executable, "-c", "import lstm_triton.kernels.persistent_config"],
+                         env=env, capture_output=True, text=True)
+    assert run.returncode != 0
+    assert "LSTM_TRITON_PLAN='chain17' is not a plan option: use one of default, chain16" in run.stderr
 
 
 def test_tf32x3_emulated_error_is_float32s_not_tf32s():
