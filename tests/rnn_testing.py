@@ -88,5 +88,16 @@ def outputs_and_grads(module, x, hx, weights_out, inputs):
     grads = torch.autograd.grad(loss, inputs + params, allow_unused=True)
     return out, finals, grads
 
+def assert_runs_close(got, want, dtype, what=""):
+    """Two outputs_and_grads results agree: the output, every final state, every gradient."""
+    (out, finals, grads), (out_w, finals_w, grads_w) = got, want
+    assert len(finals) == len(finals_w) and len(grads) == len(grads_w)
+    assert_close(out, out_w, dtype, f"{what}output")
+    for f, f_w in zip(finals, finals_w):
+        assert_close(f, f_w, dtype, f"{what}final state")
+    for g, g_w in zip(grads, grads_w):
+        assert_close(g, g_w, dtype, f"{what}gradient")
+
+
 # Kernel backends the specification tests run on (the "reference" backend is the oracle).
 KERNEL_BACKENDS = ["stepwise", "persistent"]

@@ -22,11 +22,23 @@ import triton
 import triton.language as tl
 from lstm_triton.kernels import grid_sync, persistent_config
 from lstm_triton.kernels.grid_sync import grid_barrier, grid_not_failed, new_sync_state
-from rnn_testing import (DEVICE, DTYPES, assert_close, interpreter_only, outputs_and_grads,
-                         twin_modules)
+from rnn_testing import (DEVICE, DTYPES, assert_close, assert_runs_close, interpreter_only,
+                         outputs_and_grads, twin_modules)
 from torch.nn.utils.rnn import PackedSequence, pack_sequence
 
 from lstm_triton import FallbackWarning, dispatch, persistent
+
+
+def run_compiled_for_sm90(script: str, expect: str):
+    """Run `script` in a process without TRITON_INTERPRET (compiling for sm_90 needs the
+    real compiler, not the interpreter), from the repository root so `bench` imports; it
+    must exit 0 and print `expect`."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    done = subprocess.run([sys.executable, "-c", script], env=env, check=False,
+                          capture_output=True, text=True, timeout=900,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0 and expect in done.stdout, done.stderr[-3000:]
 
 I, H = 3, 5
 
@@ -251,12 +263,8 @@ def test_a_batch_above_the_cap_runs_on_stepwise_with_a_warning_and_stays_right(c
         torch.randn(1, x.shape[1], H, dtype=torch.float64)] * (2 if cell == "lstm" else 1)
     with pytest.warns(FallbackWarning, match="cap of 16"):
         out, finals, grads = outputs_and_grads(module, x, None, weights, [x])
-    out64, finals64, grads64 = outputs_and_grads(oracle, x64, None, weights, [x64])
-    assert_close(out, out64, torch.float32, "output")
-    for f, f64 in zip(finals, finals64):
-        assert_close(f, f64, torch.float32, "final state")
-    for g, g64 in zip(grads, grads64):
-        assert_close(g, g64, torch.float32, "gradient")
+    assert_runs_close((out, finals, grads),
+                      outputs_and_grads(oracle, x64, None, weights, [x64]), torch.float32)
 
 
 # ---------------------------------------------------------------- streamed weights, packed
@@ -495,15 +503,7 @@ def test_kernels_compile_for_sm90_without_a_gpu():
     kernels in every dtype) for an H100 (sm_90) in a process
     without TRITON_INTERPRET, for each dtype and weight mode the GPU plans choose. Catches
     compiler-only failures (scoping, layouts, an LLVM abort) before any GPU is at hand."""
-    import os
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    done = subprocess.run([sys.executable, "-c", COMPILE_FOR_SM90], env=env, check=False,
-                          capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]
+    run_compiled_for_sm90(COMPILE_FOR_SM90, expect="compiled")
 
 
 WARPS_SHARE_THE_DOT = r'''
@@ -544,16 +544,7 @@ def test_warps_share_the_recurrent_dot_instead_of_repeating_it():
     ptxas must spill no more than a couple of registers: resident (H=256, and H=768 in
     K pieces) and streamed (H=1024) W_hh, LSTM and GRU. A resident plan's shared memory is
     what plan() budgets."""
-    import os
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    done = subprocess.run([sys.executable, "-c", WARPS_SHARE_THE_DOT], env=env, check=False,
-                          capture_output=True, text=True, timeout=900,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    assert done.returncode == 0 and "shared" in done.stdout, done.stderr[-3000:]
+    run_compiled_for_sm90(WARPS_SHARE_THE_DOT, expect="shared")
 
 
 # ------------------------------------------------- the step's critical path (issue 16)
@@ -617,16 +608,7 @@ def test_compiled_report_shows_the_forward_mma_chain():
     warp's mma as a single dependent chain of K/16: what bench.compiled's `mma chain` reports.
     With the split-K option (persistent_config.with_chain(plan, n), n = 16 and 8) the LSTM
     and GRU forward run chains of n, the same number of mma."""
-    import os
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    done = subprocess.run([sys.executable, "-c", MMA_CHAIN], env=env, check=False,
-                          capture_output=True, text=True, timeout=900,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    assert done.returncode == 0 and "chained" in done.stdout, done.stderr[-3000:]
+    run_compiled_for_sm90(MMA_CHAIN, expect="chained")
 
 
 # issue 16's plan options, each applied to every persistent plan of a test
@@ -755,13 +737,4 @@ def test_tf32x3_option_compiles_for_sm90_onto_tensor_cores():
     """The float32 option compiled for an H100 (the plan streams float32 W_hh at H=768): the
     recurrent dot becomes mma (IEEE float32 has none: FMA), 3 tf32 mma per bf16 one's
     K=16 half, so 6x bf16's count; LSTM and GRU, both passes."""
-    import os
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    done = subprocess.run([sys.executable, "-c", TF32X3_COMPILES], env=env, check=False,
-                          capture_output=True, text=True, timeout=900,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    assert done.returncode == 0 and "tf32x3" in done.stdout, done.stderr[-3000:]
+    run_compiled_for_sm90(TF32X3_COMPILES, expect="tf32x3")

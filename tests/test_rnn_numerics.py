@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from rnn_testing import (DEVICE, KERNEL_BACKENDS, TOLERANCES, TORCH_MODULES, as_tuple,
-                         assert_close, outputs_and_grads, twin_modules)
+                         assert_close, assert_runs_close, outputs_and_grads, twin_modules)
 
 CELLS = ["lstm", "gru"]
 
@@ -229,12 +229,8 @@ def test_dropout_is_torchs_own_masks_scale_and_placement(cell, backend):
     torch.manual_seed(7)
     out, finals, grads = outputs_and_grads(module, x, None, weights_out, [x])
     torch.manual_seed(7)
-    want, want_finals, want_grads = outputs_and_grads(oracle, x, None, weights_out, [x])
-    assert_close(out, want, torch.float64, "training-mode output")
-    for f, w in zip(finals, want_finals):
-        assert_close(f, w, torch.float64, "training-mode final state")
-    for g, w in zip(grads, want_grads):
-        assert_close(g, w, torch.float64, "training-mode gradient")
+    assert_runs_close((out, finals, grads), outputs_and_grads(oracle, x, None, weights_out, [x]),
+                      torch.float64, "training-mode ")
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
