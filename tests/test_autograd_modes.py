@@ -205,3 +205,19 @@ def test_func_vmap_over_the_modules_runs_the_kernels_and_matches_a_loop(cls, bac
     for (name, _), g, w in zip([("xs", None), *oracle.named_parameters()], got_grads,
                                want_grads):
         assert_close(g, w, F64, f"gradient through vmap of {name}")
+
+
+@pytest.mark.parametrize("cls", ALL_CLASSES)
+def test_func_vmap_over_autograd_grad_uses_the_backward_ops_batching_rule(cls, kernels_only):
+    """torch.func.vmap (not autograd's legacy vmap) over a backward: the backward op's own
+    batching rule runs, here with the cotangents batched along dimension 1."""
+    module, oracle = twins(cls, "stepwise")
+    x = an_input(cls, 3, 2, I)
+    out = first_output(module, x)
+    cotangents = torch.randn(out.shape[0], 3, *out.shape[1:], dtype=F64, device=DEVICE)
+    got = torch.func.vmap(lambda v: torch.autograd.grad(out, x, v, retain_graph=True)[0],
+                          in_dims=1)(cotangents)
+    want_out = first_output(oracle, x)
+    want = torch.stack([torch.autograd.grad(want_out, x, v, retain_graph=True)[0]
+                        for v in cotangents.unbind(1)])
+    assert_close(got, want, F64, "vmap over autograd.grad")
