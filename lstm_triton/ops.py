@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import reference, stepwise
+from . import batching, reference, stepwise
 from .schedule import Schedule
 
 
@@ -70,8 +70,10 @@ def rnn_layer_backward(
     batch_sizes: Optional[Tensor], h0: Tensor, c0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
     w_hr: Optional[Tensor], y: Tensor, saved_0: Tensor, saved_1: Tensor, saved_2: Tensor,
     reverse: bool, has_bias: bool, need_dx: bool,
-) -> list[Tensor]:
-    """Returns [dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr]; empty where not applicable."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Returns (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr); empty where not applicable.
+    A tuple, not a list: torch's legacy vmap (which runs autograd's batched gradients)
+    can loop an op over the batch by itself only when it returns plain Tensors."""
     impl = _backend_module(backend)
     sched = Schedule.build(batch_sizes, x.shape[0], h0.shape[0], reverse)
     if cell == "lstm":
@@ -81,7 +83,7 @@ def rnn_layer_backward(
         dx, dh0, dw_ih, dw_hh, db_ih, db_hh = impl.gru_backward(
             dy, dh_n, x, sched, h0, w_ih, w_hh, y, saved_0, has_bias, need_dx)
         grads = (dx, dh0, None, dw_ih, dw_hh, db_ih, db_hh, None)
-    return [g if g is not None else x.new_empty(0) for g in grads]
+    return tuple(g if g is not None else x.new_empty(0) for g in grads)
 
 
 @rnn_layer_backward.register_fake
@@ -89,7 +91,7 @@ def _(cell, backend, dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y
       saved_0, saved_1, saved_2, reverse, has_bias, need_dx):
     empty = x.new_empty(0)
     lstm, proj = cell == "lstm", w_hr is not None
-    return [
+    return (
         x.new_empty(x.shape) if need_dx else empty.clone(),
         h0.new_empty(h0.shape),
         c0.new_empty(c0.shape) if lstm else empty.clone(),
@@ -97,7 +99,7 @@ def _(cell, backend, dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y
         w_hh.new_empty(w_hh.shape[0]) if has_bias else empty.clone(),
         w_hh.new_empty(w_hh.shape[0]) if has_bias else empty.clone(),
         w_hr.new_empty(w_hr.shape) if proj else empty.clone(),
-    ]
+    )
 
 
 def _setup_context(ctx, inputs, output):
@@ -161,3 +163,7 @@ def _differentiable_backward(ctx, dy, dh_n, dc_n):
 
 
 rnn_layer.register_autograd(_backward, setup_context=_setup_context)
+
+
+# Batched calls (autograd's batched gradients, torch.func.vmap): one op call per member.
+batching.register(rnn_layer, rnn_layer_backward)

@@ -55,16 +55,25 @@ def allow_dynamo_tracing():
 
 def needs_reference(tensors) -> bool:
     """Whether a call needs what only autograd through plain ops gives: forward-mode AD
-    (torch.autograd.forward_ad, torch.func.jvp / jacfwd) and functorch transforms
-    (torch.func.grad / vjp / jacrev / hessian / vmap). The custom op has a backward
-    formula but no forward-mode one, and functorch cannot see through it: left to it,
-    jvp returned zero tangents without an error. Such calls run the reference layer."""
+    (torch.autograd.forward_ad, torch.func.jvp / jacfwd) and functorch's differentiating
+    transforms (torch.func.grad / vjp / jacrev / hessian, alone or under vmap). The
+    custom op has a backward formula but no forward-mode one, and functorch cannot see
+    through it: left to it, jvp returned zero tangents without an error. Such calls run
+    the reference layer. torch.func.vmap alone stays on the kernels (ops.py registers
+    a batching rule: one op call per vmapped member, lstm_triton/batching.py)."""
     if torch.compiler.is_compiling():
         return False
     if torch._C._are_functorch_transforms_active():
-        return True
+        return not _only_vmap_active()
     return forward_ad._current_level >= 0 and any(
         t is not None and forward_ad.unpack_dual(t).tangent is not None for t in tensors)
+
+
+def _only_vmap_active() -> bool:
+    from torch._C._functorch import TransformType
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+    return all(i.key() == TransformType.Vmap for i in retrieve_all_functorch_interpreters())
 
 
 REFERENCE_FOR_AD = ("forward-mode AD and torch.func transforms run on the pure-PyTorch "
