@@ -6,14 +6,17 @@ changes. One driver serves both cells: input layout (batch_first, unbatched,
 PackedSequence), checks, autocast, the layer/direction/dropout loop and state
 handling. The cell-specific part is which custom op slot carries c.
 """
+from typing import Optional, Tuple
+
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 from torch.autograd import forward_ad
 from torch.nn.utils.rnn import PackedSequence
 
-from . import checks, reference
+from . import checks, reference, scripting
 from .dispatch import Workload, choose_backend, validate_backend, warn_fallback
+from .export import export_backend
 from .ops import rnn_layer
 from .schedule import Schedule
 
@@ -122,6 +125,8 @@ class _TritonRNNDriver(BackendOption):
     """Mixin holding the forward shared by TritonLSTM and TritonGRU."""
 
     def forward(self, input, hx=None):
+        if export_backend(self) == "torch":  # exported or traced: aten ops (export.py)
+            return super(BackendOption, self).forward(input, hx)
         return self._run(input, hx)
 
     def _layer_weights(self, layer, direction):
@@ -286,8 +291,22 @@ class TritonLSTM(_TritonRNNDriver, nn.LSTM):
 
     cell = "lstm"
 
+    def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None):
+        if torch.jit.is_scripting():  # TorchScript compiles this branch alone (scripting.py)
+            return scripting.lstm(input, hx, self._flat_weights, self.bias, self.num_layers,
+                                  float(self.dropout), self.training, self.bidirectional,
+                                  self.batch_first, self.hidden_size, self.proj_size)
+        return super().forward(input, hx)
+
 
 class TritonGRU(_TritonRNNDriver, nn.GRU):
     """Drop-in `nn.GRU` on Triton kernels: `output, h_n = gru(input, h_0)`."""
 
     cell = "gru"
+
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None):
+        if torch.jit.is_scripting():  # TorchScript compiles this branch alone (scripting.py)
+            return scripting.gru(input, hx, self._flat_weights, self.bias, self.num_layers,
+                                 float(self.dropout), self.training, self.bidirectional,
+                                 self.batch_first, self.hidden_size)
+        return super().forward(input, hx)
