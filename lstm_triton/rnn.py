@@ -16,8 +16,9 @@ from torch.nn.utils.rnn import PackedSequence
 
 from . import checks, reference, scripting
 from .dispatch import Workload, choose_backend, validate_backend, warn_fallback
-from .export import export_backend
+from .export import export_backend, onnx_layers
 from .ops import rnn_layer
+from .quantize import QuantizationGuard
 from .schedule import Schedule
 
 
@@ -101,7 +102,7 @@ def run_layer(cell, backend, x, batch_sizes, h0, c0, weights, reverse):
     return y, h_n, (c_n if lstm else None)
 
 
-class BackendOption:
+class BackendOption(QuantizationGuard):
     """Mixin: the keyword-only `backend` every Triton module adds to torch's constructor
     (placed before the torch class in the bases, so torch's __init__ runs unchanged)."""
 
@@ -126,7 +127,8 @@ class _TritonRNNDriver(BackendOption):
 
     def forward(self, input, hx=None):
         if export_backend(self) == "torch":  # exported or traced: aten ops (export.py)
-            return super(BackendOption, self).forward(input, hx)
+            lowered = onnx_layers(self, input, hx)
+            return lowered if lowered is not None else super(BackendOption, self).forward(input, hx)
         return self._run(input, hx)
 
     def _layer_weights(self, layer, direction):
