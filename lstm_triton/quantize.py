@@ -43,6 +43,10 @@ class QuantizationGuard:
     """Mixin of every Triton module: `qconfig` as a property whose setter refuses to let
     torch's eager quantization skip the module silently (module docstring)."""
 
+    # TorchScript compiles a module's properties unless listed here; this list replaces
+    # nn.RNNBase's (which holds all_weights), earlier in the bases.
+    __jit_unused_properties__ = ["qconfig", "all_weights"]
+
     @property
     def qconfig(self):
         try:
