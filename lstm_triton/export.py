@@ -91,6 +91,18 @@ def export_backend(module):
     return "torch"
 
 
+def forget_rnn_dispatch():
+    """Drop torch's memo of which kernel serves aten::lstm / aten::gru. An earlier
+    torch.export in the process fills it with their decomposition, which the dynamo ONNX
+    exporter's keeping of them whole does not override: the layers were then unrolled
+    with the example's sequence length fixed (torch 2.13, nn.LSTM alike). Refilled on
+    the next call; private to torch, hence looked up with care."""
+    for op in (torch.ops.aten.lstm.input, torch.ops.aten.gru.input):
+        cache = getattr(op, "_dispatch_cache", None)
+        if isinstance(cache, dict):
+            cache.clear()
+
+
 def onnx_layers(module, input, hx):
     """`module`'s forward for the dynamo ONNX exporter: or None where torch's forward serves.
 
@@ -106,6 +118,8 @@ def onnx_layers(module, input, hx):
         return None
     if not isinstance(input, torch.Tensor):
         return None  # a PackedSequence: torch's own forward
+    if not torch.compiler.is_dynamo_compiling():
+        forget_rnn_dispatch()
     lstm = module.cell == "lstm"
     batched = input.dim() == 3
     x = input if batched else input.unsqueeze(0 if module.batch_first else 1)

@@ -261,6 +261,9 @@ def test_onnx_runs_in_onnxruntime_with_dynamic_batch_and_length(tmp_path, factor
     # The NaN poisoning of torch.empty (conftest) asks numel() of the exporter's symbolic
     # tensors, which a dynamic shape cannot answer; this test reads no uninitialised memory.
     monkeypatch.undo()
+    if dynamo:  # an earlier torch.export in the process made torch's exporter fix the length
+        torch.export.export(nn.LSTM(3, 2, batch_first=True), (torch.randn(1, 2, 3),))
+        torch.export.export(nn.GRU(3, 2), (torch.randn(2, 1, 3),))
     model = Heads(make(factory)).eval()
     bf = model.rnn.batch_first
     x = torch.randn((2, 5, 3) if bf else (5, 2, 3), device=DEVICE)
@@ -370,7 +373,7 @@ def test_patch_warns_once_and_leaves_subclasses_alone_by_default():
     with pytest.warns(UserWarning, match=r"test_deploy.LSTM alone.*subclasses=True") as caught:
         lstm_triton.patch(model)
         lstm_triton.patch(Forecaster())
-    assert sum("test_deploy.LSTM alone" in str(w.message) for w in caught) <= 1
+    assert sum("test_deploy.LSTM alone" in str(w.message) for w in caught) == 1  # once
     assert type(model.encoder) is LSTM and type(model.decoder) is GRU
 
 
