@@ -10,10 +10,14 @@ They subclass torch's cells, so parameters, initialisation, state_dict and
 the call contract are torch's: `h, c = cell(x, (h, c))`, `h = gru_cell(x, h)`,
 batched (B, I) or unbatched (I,) input, hx optional (zeros).
 """
-import torch
-from torch import nn
+from typing import Optional, Tuple
 
+import torch
+from torch import Tensor, nn
+
+from . import scripting
 from .dispatch import choose_backend
+from .export import export_backend
 from .rnn import BackendOption, autocast_enabled, run_layer
 
 
@@ -35,7 +39,7 @@ class _TritonCellDriver(BackendOption):
     """Mixin holding the forward shared by TritonLSTMCell and TritonGRUCell."""
 
     def forward(self, input, hx=None):
-        backend = choose_backend(self.backend, input.device)
+        backend = export_backend(self) or choose_backend(self.backend, input.device)
         if backend == "torch":
             return super(BackendOption, self).forward(input, hx)  # torch's own cell
         return self._cell_forward(input, hx, backend)
@@ -117,6 +121,12 @@ class TritonLSTMCell(_TritonCellDriver, nn.LSTMCell):
 
     cell = "lstm"
 
+    def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None):
+        if torch.jit.is_scripting():  # TorchScript compiles this branch alone (scripting.py)
+            return scripting.lstm_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih,
+                                       self.bias_hh, self.hidden_size)
+        return super().forward(input, hx)
+
     def _cell_forward(self, input, hx, backend):
         if hx is not None and not isinstance(hx, (tuple, list)):
             raise TypeError(f"TritonLSTMCell: hx must be a tuple (h_0, c_0) of Tensors, not "
@@ -130,6 +140,12 @@ class TritonGRUCell(_TritonCellDriver, nn.GRUCell):
     """Drop-in `nn.GRUCell`: `h_1 = cell(input, h_0)`, one fused step per call."""
 
     cell = "gru"
+
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None):
+        if torch.jit.is_scripting():  # TorchScript compiles this branch alone (scripting.py)
+            return scripting.gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih,
+                                      self.bias_hh, self.hidden_size)
+        return super().forward(input, hx)
 
     def _cell_forward(self, input, hx, backend):
         return self._step(input, [hx] if hx is not None else [], backend)[0]

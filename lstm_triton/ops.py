@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from . import batching, reference, stepwise
+from .dispatch import triton_can_run, warn_fallback
 from .schedule import Schedule
 
 
@@ -38,13 +39,31 @@ def rnn_layer(
     b_hh: Optional[Tensor], w_hr: Optional[Tensor], reverse: bool, save: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Returns (y, h_n, c_n, saved_0, saved_1, saved_2); unused slots are empty tensors."""
-    impl = _backend_module(backend)
     sched = Schedule.build(batch_sizes, x.shape[0], h0.shape[0], reverse)
+    if not triton_can_run(x.device):
+        return _recorded_elsewhere(cell, backend, x, sched, h0, c0, (w_ih, w_hh, b_ih, b_hh, w_hr))
+    impl = _backend_module(backend)
     if cell == "lstm":
         return impl.lstm_forward(x, sched, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, save)
     y, h_n, gates = impl.gru_forward(x, sched, h0, w_ih, w_hh, b_ih, b_hh, save)
     empty = x.new_empty(0)
     return y, h_n, empty.clone(), gates, empty.clone(), empty.clone()
+
+
+def _recorded_elsewhere(cell, backend, x, sched, h0, c0, weights):
+    """A call recorded with a Triton backend (an export or trace in the "custom_op" export
+    mode, lstm_triton/export.py) and run where Triton cannot run, e.g. loaded on a CPU
+    without the interpreter: the layer runs on torch's ops (the reference math) rather than
+    failing inside Triton, as backend="auto" would choose. Forward only: it saves nothing,
+    so a backward through it raises (the saved slots are empty)."""
+    warn_fallback(f"a recorded backend={backend!r} layer runs on {x.device}, where Triton "
+                  f"cannot run: it runs on the pure-PyTorch reference math (inference only)",
+                  key=("recorded", backend, x.device.type))
+    with torch.no_grad():
+        y, h_n, c_n = reference.layer(cell, x, sched, h0, c0, weights)
+    empty = x.new_empty(0)
+    return (y, h_n, c_n if c_n is not None else empty.clone(), empty.clone(), empty.clone(),
+            empty.clone())
 
 
 @rnn_layer.register_fake
@@ -112,6 +131,11 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, dy, dh_n, dc_n, *_unused_saved_grads):
+    if not triton_can_run(ctx.saved_tensors[0].device):
+        raise RuntimeError(
+            f"lstm_triton: this layer was recorded with backend={ctx.backend!r} and ran on "
+            f"{ctx.saved_tensors[0].device}, where Triton cannot run, for inference only; to "
+            f"train there, record it in lstm_triton's default 'aten' export mode.")
     if not ctx.save:
         raise RuntimeError(
             "lstm_triton: this forward ran without saving for backward (it saw no input "

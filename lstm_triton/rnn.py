@@ -6,15 +6,19 @@ changes. One driver serves both cells: input layout (batch_first, unbatched,
 PackedSequence), checks, autocast, the layer/direction/dropout loop and state
 handling. The cell-specific part is which custom op slot carries c.
 """
+from typing import Optional, Tuple
+
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 from torch.autograd import forward_ad
 from torch.nn.utils.rnn import PackedSequence
 
-from . import checks, reference
+from . import checks, reference, scripting
 from .dispatch import Workload, choose_backend, validate_backend, warn_fallback
+from .export import export_backend, onnx_layers
 from .ops import rnn_layer
+from .quantize import QuantizationGuard
 from .schedule import Schedule
 
 
@@ -107,7 +111,7 @@ def run_layer(cell, backend, x, batch_sizes, h0, c0, weights, reverse):
     return y, h_n, (c_n if lstm else None)
 
 
-class BackendOption:
+class BackendOption(QuantizationGuard):
     """Mixin: the keyword-only `backend` every Triton module adds to torch's constructor
     (placed before the torch class in the bases, so torch's __init__ runs unchanged)."""
 
@@ -131,6 +135,9 @@ class _TritonRNNDriver(BackendOption):
     """Mixin holding the forward shared by TritonLSTM and TritonGRU."""
 
     def forward(self, input, hx=None):
+        if export_backend(self) == "torch":  # exported or traced: aten ops (export.py)
+            lowered = onnx_layers(self, input, hx)
+            return lowered if lowered is not None else super(BackendOption, self).forward(input, hx)
         return self._run(input, hx)
 
     def _layer_weights(self, layer, direction):
@@ -295,8 +302,22 @@ class TritonLSTM(_TritonRNNDriver, nn.LSTM):
 
     cell = "lstm"
 
+    def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None):
+        if torch.jit.is_scripting():  # TorchScript compiles this branch alone (scripting.py)
+            return scripting.lstm(input, hx, self._flat_weights, self.bias, self.num_layers,
+                                  float(self.dropout), self.training, self.bidirectional,
+                                  self.batch_first, self.hidden_size, self.proj_size)
+        return super().forward(input, hx)
+
 
 class TritonGRU(_TritonRNNDriver, nn.GRU):
     """Drop-in `nn.GRU` on Triton kernels: `output, h_n = gru(input, h_0)`."""
 
     cell = "gru"
+
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None):
+        if torch.jit.is_scripting():  # TorchScript compiles this branch alone (scripting.py)
+            return scripting.gru(input, hx, self._flat_weights, self.bias, self.num_layers,
+                                 float(self.dropout), self.training, self.bidirectional,
+                                 self.batch_first, self.hidden_size)
+        return super().forward(input, hx)

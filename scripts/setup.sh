@@ -25,6 +25,11 @@ need pandas "pandas>=2"
 need matplotlib "matplotlib>=3.7"
 # the lab's too: tests/test_lab_measure.py runs one smoke case of the lab end to end
 need pytest_benchmark "pytest-benchmark>=4"
+# ONNX export tests (tests/test_deploy.py): the exporter's onnxscript, and onnxruntime to
+# run the exported models; none of them touches torch
+need onnx "onnx>=1.16"
+need onnxscript "onnxscript>=0.3"
+need onnxruntime "onnxruntime>=1.18"
 if [ ${#missing[@]} -gt 0 ]; then
   "$py" -m pip install -q "${missing[@]}"
 fi

@@ -13,6 +13,7 @@ from rnn_testing import assert_close
 from torch import nn
 from torch.nn.utils.rnn import pack_sequence
 
+import lstm_triton
 from lstm_triton import TritonGRU, TritonGRUCell, TritonLSTM
 from lstm_triton.ops import rnn_layer, rnn_layer_backward
 
@@ -178,14 +179,18 @@ def test_opcheck_rnn_layer_backward(cell, packed, proj):
                                   lambda: TritonGRU(3, 4, dtype=DTYPE),
                                   lambda: TritonGRUCell(3, 4, dtype=DTYPE)],
                          ids=["lstm", "gru", "gru-cell"])
-def test_jit_trace_passes_its_check_and_the_traced_module_trains(make):
+@pytest.mark.parametrize("mode", ["aten", "custom_op"])
+def test_jit_trace_passes_its_check_and_the_traced_module_trains(make, mode):
     """torch.jit.trace (its default check reruns the trace without grad) of a module traced
-    for inference, then used for training: outputs and gradients equal eager."""
+    for inference, then used for training: outputs and gradients equal eager. By default the
+    trace records torch's aten ops (lstm_triton/export.py); in "custom_op" mode it records
+    the custom op, which then keeps what backward needs though traced under no_grad."""
     module = make()
     x = torch.randn(5, 2, 3, dtype=DTYPE) if not isinstance(module, TritonGRUCell) else \
         torch.randn(2, 3, dtype=DTYPE)
-    with torch.no_grad():
+    with torch.no_grad(), lstm_triton.export_mode(mode):
         traced = torch.jit.trace(module, (x,))  # raises TracingCheckError if the graphs differ
+    assert ("lstm_triton::rnn_layer" in str(traced.inlined_graph)) == (mode == "custom_op")
 
     def first(out):
         return out[0] if isinstance(out, tuple) else out

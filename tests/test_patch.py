@@ -113,7 +113,8 @@ def test_patch_leaves_subclasses_and_triton_modules_alone_and_shares_shared_modu
     own = MyLSTM(3, 3)
     done = TritonLSTM(3, 3, backend="reference")
     model = nn.ModuleDict({"a": shared, "b": nn.Sequential(shared), "own": own, "done": done})
-    lstm_triton.patch(model)
+    with pytest.warns(UserWarning, match="MyLSTM alone.*subclasses=True"):
+        lstm_triton.patch(model)
     assert type(model["a"]) is TritonGRU and model["b"][0] is model["a"]
     assert model["own"] is own and model["done"] is done and done.backend == "reference"
 
