@@ -40,3 +40,17 @@ def compute_dtype(tensor_dtype):
     import triton.language as tl
 
     return tl.float64 if tensor_dtype == torch.float64 else tl.float32
+
+
+def row_launch(n_rows: int, n_units: int, n_gates: int) -> tuple[tuple[int, int], int, int]:
+    """(grid, BLOCK_B, BLOCK_H) of a kernel whose programs each hold whole rows of
+    n_gates * n_units values (a layer norm reduces over the row): BLOCK_H covers every
+    unit, BLOCK_B rows per program keep a program near the pointwise kernels' few
+    thousand elements (one row when a row alone is wider)."""
+    block_h = triton.next_power_of_2(max(n_units, 1))
+    if interpreting():
+        block_b = triton.next_power_of_2(max(n_rows, 1))
+    else:
+        block_b = min(triton.next_power_of_2(max(n_rows, 1)),
+                      max(1, 4096 // (n_gates * block_h)))
+    return (triton.cdiv(n_rows, block_b), 1), block_b, block_h
