@@ -1,0 +1,209 @@
+"""layer_norm=True (issue 18): the layer-normalised LSTM / GRU against the float64 reference.
+
+The oracle is the same module class in float64 on backend="reference", i.e.
+lstm_triton/reference.py's equations (LN via torch.nn.functional.layer_norm), loaded
+with the tested module's (rounded) parameters. The LN parameters are moved off their
+initial ones and zeros, so a kernel that ignored a scale or a shift would fail.
+Compared: output, every final state, the gradient of the input, the states and every
+parameter (the LN ones included), over the layouts nn.LSTM accepts.
+"""
+import warnings
+
+import pytest
+import torch
+from rnn_testing import assert_close, outputs_and_grads
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_sequence
+
+from lstm_triton import FallbackWarning, TritonGRU, TritonLSTM, dispatch, layer_norm
+
+N_IN, H, T, B = 4, 5, 4, 3
+CLASSES = {"lstm": TritonLSTM, "gru": TritonGRU}
+
+CASES = [
+    # cell, dtype, module options, layout, with initial states
+    pytest.param("lstm", torch.float32, {"num_layers": 2, "bidirectional": True},
+                 "batch_first", True, id="lstm-fp32-2layers-bi-batch_first-h0"),
+    pytest.param("lstm", torch.bfloat16, {"num_layers": 2, "proj_size": 3}, "padded", False,
+                 id="lstm-bf16-2layers-proj"),
+    pytest.param("lstm", torch.float32, {"bidirectional": True, "proj_size": 2}, "packed",
+                 True, id="lstm-fp32-bi-proj-packed-h0"),
+    pytest.param("lstm", torch.float32, {"bias": False}, "unbatched", True,
+                 id="lstm-fp32-nobias-unbatched-h0"),
+    pytest.param("gru", torch.float32, {"num_layers": 2, "bidirectional": True},
+                 "batch_first", True, id="gru-fp32-2layers-bi-batch_first-h0"),
+    pytest.param("gru", torch.float16, {"bidirectional": True, "bias": False}, "packed", False,
+                 id="gru-fp16-bi-nobias-packed"),
+    pytest.param("gru", torch.float32, {"num_layers": 2}, "unbatched", False,
+                 id="gru-fp32-2layers-unbatched"),
+]
+
+
+def ln_twins(cell, dtype, backend="stepwise", **options):
+    """(module under test, float64 reference-backend module with the same parameters)."""
+    module = CLASSES[cell](N_IN, H, layer_norm=True, dtype=dtype, backend=backend, **options)
+    with torch.no_grad():  # away from the initial ones / zeros
+        for name, p in module.named_parameters():
+            if name.startswith("ln_"):
+                p.add_(0.5 * torch.randn_like(p))
+    oracle = CLASSES[cell](N_IN, H, layer_norm=True, dtype=torch.float64, backend="reference",
+                           **options)
+    oracle.load_state_dict({k: v.to(torch.float64) for k, v in module.state_dict().items()})
+    return module, oracle
+
+
+def make_input(layout, dtype):
+    """(input for the module, the leaf tensor gradients are taken of, batch size)."""
+    if layout == "packed":
+        seqs = [torch.randn(n, N_IN, dtype=dtype) for n in (2, T, 1)]
+        packed = pack_sequence(seqs, enforce_sorted=False)
+        data = packed.data.detach().requires_grad_()
+        return PackedSequence(data, packed.batch_sizes, packed.sorted_indices,
+                              packed.unsorted_indices), data, len(seqs)
+    shape = {"padded": (T, B, N_IN), "batch_first": (B, T, N_IN), "unbatched": (T, N_IN)}[layout]
+    x = torch.randn(shape, dtype=dtype, requires_grad=True)
+    return x, x, (None if layout == "unbatched" else B)
+
+
+def as_float64(value):
+    if isinstance(value, PackedSequence):
+        data = value.data.detach().to(torch.float64).requires_grad_()
+        return PackedSequence(data, value.batch_sizes, value.sorted_indices,
+                              value.unsorted_indices), data
+    value = value.detach().to(torch.float64).requires_grad_()
+    return value, value
+
+
+def initial_states(cell, module, batch, dtype):
+    n_dir = 2 if module.bidirectional else 1
+    lead = (module.num_layers * n_dir,) + (() if batch is None else (batch,))
+    sizes = [getattr(module, "proj_size", 0) or H] + ([H] if cell == "lstm" else [])
+    return [torch.randn(*lead, s, dtype=dtype, requires_grad=True) for s in sizes]
+
+
+@pytest.mark.parametrize("cell, dtype, options, layout, with_state", CASES)
+def test_layer_norm_matches_reference(cell, dtype, options, layout, with_state):
+    module, oracle = ln_twins(cell, dtype, batch_first=layout == "batch_first", **options)
+    x, x_leaf, batch = make_input(layout, dtype)
+    states = initial_states(cell, module, batch, dtype) if with_state else []
+    hx = (tuple(states) if cell == "lstm" else states[0]) if states else None
+
+    x64, x64_leaf = as_float64(x)
+    states64 = [s.detach().to(torch.float64).requires_grad_() for s in states]
+    hx64 = (tuple(states64) if cell == "lstm" else states64[0]) if states64 else None
+
+    with torch.no_grad():  # the shapes of what the loss weighs
+        out, finals = oracle(x64, hx64)
+    finals = finals if isinstance(finals, tuple) else (finals,)
+    data = out.data if isinstance(out, PackedSequence) else out
+    weights_out = [torch.randn_like(data)] + [torch.randn_like(f) for f in finals]
+
+    got = outputs_and_grads(module, x, hx, weights_out, [x_leaf] + states)
+    want = outputs_and_grads(oracle, x64, hx64, weights_out, [x64_leaf] + states64)
+    names = ["input"] + [f"state {k}" for k in range(len(states))] + [
+        n for n, _ in module.named_parameters()]
+    (out, finals, grads), (ref_out, ref_finals, ref_grads) = got, want
+    assert_close(out.data if layout == "packed" else out,
+                 ref_out.data if layout == "packed" else ref_out, dtype, "output")
+    for k, (f, f_ref) in enumerate(zip(finals, ref_finals)):
+        assert_close(f, f_ref, dtype, f"final state {k}")
+    assert len(grads) == len(ref_grads) == len(names)
+    for name, g, g_ref in zip(names, grads, ref_grads):
+        assert g is not None and g_ref is not None, name
+        assert_close(g, g_ref, dtype, f"gradient of {name}")
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_default_is_torch_and_layer_norm_only_adds_parameters(cell):
+    """layer_norm=False is nn.LSTM / nn.GRU (same state_dict, same numbers under a seed);
+    True appends the LN parameters, named like torch's, after torch's own, so the shared
+    ones still draw the same numbers; LN scales start at 1 and LN_c's shift at 0."""
+    options = dict(num_layers=2, bidirectional=True)
+    torch.manual_seed(3)
+    torch_module = getattr(nn, cell.upper())(N_IN, H, **options)
+    for layer_norm_on in (False, True):
+        torch.manual_seed(3)
+        module = CLASSES[cell](N_IN, H, layer_norm=layer_norm_on, **options)
+        ours, theirs = module.state_dict(), torch_module.state_dict()
+        assert list(ours)[:len(theirs)] == list(theirs)
+        for name, value in theirs.items():
+            assert torch.equal(ours[name], value), name
+        extra = list(ours)[len(theirs):]
+        if not layer_norm_on:
+            assert extra == []
+            continue
+        per_dir = ["ln_ih_weight", "ln_hh_weight"] + (
+            ["ln_c_weight", "ln_c_bias"] if cell == "lstm" else [])
+        assert extra == [f"{n}_l{k}{sfx}" for k in range(2) for sfx in ("", "_reverse")
+                         for n in per_dir]
+        gates = 4 if cell == "lstm" else 3
+        for name in extra:
+            size = gates * H if "_ih_" in name or "_hh_" in name else H
+            assert ours[name].shape == (size,), name
+            assert torch.equal(ours[name], torch.full((size,), 0.0 if "bias" in name else 1.0))
+        module.reset_parameters()  # torch's reset, then LN's own init again
+        assert torch.equal(module.ln_c_bias_l1_reverse if cell == "lstm"
+                           else module.ln_hh_weight_l1_reverse,
+                           torch.zeros(H) if cell == "lstm" else torch.ones(3 * H))
+        assert "layer_norm=True" in repr(module)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_state_dict_round_trip(cell):
+    module, _ = ln_twins(cell, torch.float32, backend="reference", proj_size=2) \
+        if cell == "lstm" else ln_twins(cell, torch.float32, backend="reference")
+    options = {"proj_size": 2} if cell == "lstm" else {}
+    loaded = CLASSES[cell](N_IN, H, layer_norm=True, backend="reference", **options)
+    loaded.load_state_dict(module.state_dict())
+    for (name, p), (name_l, p_l) in zip(module.named_parameters(), loaded.named_parameters()):
+        assert name == name_l and torch.equal(p, p_l), name
+    x = torch.randn(T, B, N_IN)
+    torch.testing.assert_close(loaded(x)[0], module(x)[0], rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="Missing key"):  # an nn.LSTM state_dict lacks LN
+        loaded.load_state_dict(getattr(nn, cell.upper())(N_IN, H, **options).state_dict())
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_gradcheck_float64(cell):
+    """Analytic gradients of the fused kernels against finite differences: input, h0 and
+    the LN parameters (the other weights' gradients are the plain GEMMs of stepwise)."""
+    module, _ = ln_twins(cell, torch.float64)
+    small_x = torch.randn(2, 2, N_IN, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(1, 2, H, dtype=torch.float64, requires_grad=True)
+    names = [n for n, _ in module.named_parameters() if n.startswith("ln_")]
+    ln_params = [getattr(module, n).detach().clone().requires_grad_() for n in names]
+
+    def run(x, h, *ln):
+        params = dict(zip(names, ln))
+        hx = (h, torch.zeros_like(h)) if cell == "lstm" else h
+        out, finals = torch.func.functional_call(module, params, (x, hx))
+        finals = finals if isinstance(finals, tuple) else (finals,)
+        return (out, *finals)
+
+    # fast mode (random projections of the Jacobian): the slow mode's one forward per input
+    # element took minutes through the interpreter
+    assert torch.autograd.gradcheck(run, (small_x, h0, *ln_params), fast_mode=True)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_persistent_falls_back_to_stepwise_with_a_warning(cell, monkeypatch):
+    monkeypatch.setattr(dispatch, "_warned", set())  # the warning is once per process
+    module = CLASSES[cell](N_IN, H, layer_norm=True, backend="persistent")
+    x = torch.randn(T, B, N_IN)
+    with pytest.warns(FallbackWarning, match="layer_norm=True"):
+        out, _ = module(x)
+    module.backend = "stepwise"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FallbackWarning)
+        want, _ = module(x)
+    assert torch.equal(out, want)
+    assert layer_norm.PERSISTENT_FALLBACK.startswith("backend='persistent'")
+
+
+def test_torch_backend_is_refused():
+    with pytest.raises(ValueError, match="no layer-normalised cell"):
+        TritonLSTM(N_IN, H, layer_norm=True, backend="torch")
+    module = TritonGRU(N_IN, H, layer_norm=True)
+    module.backend = "torch"
+    with pytest.raises(ValueError, match="backend='auto', 'stepwise'"):
+        module(torch.randn(T, B, N_IN))
