@@ -207,3 +207,39 @@ def test_torch_backend_is_refused():
     module.backend = "torch"
     with pytest.raises(ValueError, match="backend='auto', 'stepwise'"):
         module(torch.randn(T, B, N_IN))
+
+
+def test_layer_norm_layer_is_one_custom_op_under_compile():
+    """torch.compile(fullgraph=True) sees each LN layer as one op (no graph break) and gives
+    eager's numbers; opcheck checks the op's schema, fake and autograd registrations."""
+    module = TritonLSTM(N_IN, H, layer_norm=True, dtype=torch.float64, backend="stepwise")
+    compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
+    x = torch.randn(T, B, N_IN, dtype=torch.float64)
+    out, (h_n, c_n) = compiled(x)
+    want, (h_want, c_want) = module(x)
+    for got, ref in ((out, want), (h_n, h_want), (c_n, c_want)):
+        assert_close(got, ref, torch.float64, "compiled")
+    grads = torch.autograd.grad(out.sum(), list(module.parameters()))
+    ref_grads = torch.autograd.grad(want.sum(), list(module.parameters()))
+    for g, g_ref in zip(grads, ref_grads):
+        assert_close(g, g_ref, torch.float64, "compiled gradient")
+
+    def p(*shape):
+        return torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    x_rows = p(T * 2, 2)
+    torch.library.opcheck(layer_norm.rnn_layer_norm, (
+        "gru", x_rows, None, p(2, 3), None, p(9, 2), p(9, 3), p(9), p(9), None, p(9), p(9),
+        None, None, True, True))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_double_backward_matches_reference(cell):
+    """backward(create_graph=True) (a gradient penalty) goes through the reference layer."""
+    module, oracle = ln_twins(cell, torch.float64)
+    x = torch.randn(3, 2, N_IN, dtype=torch.float64, requires_grad=True)
+    penalties = []
+    for m in (module, oracle):
+        (dx,) = torch.autograd.grad(m(x)[0].pow(2).sum(), x, create_graph=True)
+        penalties.append(torch.autograd.grad(dx.pow(2).sum(), list(m.parameters())))
+    for g, g_ref in zip(*penalties):
+        assert_close(g, g_ref, torch.float64, "second-order gradient")
