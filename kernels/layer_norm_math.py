@@ -15,7 +15,7 @@ cancels badly when |mean| >> std.
 import triton
 import triton.language as tl
 
-EPS: tl.constexpr = 1e-5  # torch.nn.LayerNorm's default; the issue fixes it
+EPS = tl.constexpr(1e-5)  # torch.nn.LayerNorm's default; the issue fixes it
 
 
 @triton.jit

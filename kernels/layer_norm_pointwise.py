@@ -71,7 +71,7 @@ def ln_rows_fwd(a, weight, bias, out, a_hat, rstd):
     n, C = a.shape
     if n == 0:
         return
-    grid, block_b, block_c = row_launch(n, C, 1)
+    grid, block_b, block_c, warps = row_launch(n, C, 1)
     save = a_hat is not None
     ln_rows_fwd_kernel[grid](
         a, weight, bias if bias is not None else weight, out,
@@ -79,7 +79,7 @@ def ln_rows_fwd(a, weight, bias, out, a_hat, rstd):
         n, C, a.stride(0), out.stride(0), a_hat.stride(0) if save else 0,
         rstd.stride(0) if save else 0,
         HAS_BIAS=bias is not None, SAVE=save, COMPUTE=compute_dtype(a.dtype),
-        BLOCK_B=block_b, BLOCK_C=block_c,
+        BLOCK_B=block_b, BLOCK_C=block_c, num_warps=warps,
     )
 
 
@@ -88,11 +88,11 @@ def ln_rows_bwd(dout, a_hat, rstd, weight, da):
     n, C = dout.shape
     if n == 0:
         return
-    grid, block_b, block_c = row_launch(n, C, 1)
+    grid, block_b, block_c, warps = row_launch(n, C, 1)
     ln_rows_bwd_kernel[grid](
         dout, a_hat, rstd, weight, da,
         n, C, dout.stride(0), a_hat.stride(0), rstd.stride(0), da.stride(0),
-        COMPUTE=compute_dtype(dout.dtype), BLOCK_B=block_b, BLOCK_C=block_c,
+        COMPUTE=compute_dtype(dout.dtype), BLOCK_B=block_b, BLOCK_C=block_c, num_warps=warps,
     )
 
 
@@ -196,7 +196,7 @@ def lstm_ln_step_fwd(gx, rec, ln, c, m, h_state, saved):
     n, H = gx.shape[0], c.shape[1]
     if n == 0:
         return
-    grid, block_b, block_h = row_launch(n, H, 4)
+    grid, block_b, block_h, warps = row_launch(n, H, 4)
     save = saved is not None
     gates, c_save, r_hat, c_hat, rstd_r, rstd_c = saved if save else (gx, c, gx, c, c, c)
     lstm_ln_step_fwd_kernel[grid](
@@ -208,7 +208,7 @@ def lstm_ln_step_fwd(gx, rec, ln, c, m, h_state, saved):
         gates.stride(0), c_save.stride(0), r_hat.stride(0), c_hat.stride(0),
         rstd_r.stride(0), rstd_c.stride(0),
         WRITE_H_STATE=h_state is not None, SAVE=save, COMPUTE=compute_dtype(gx.dtype),
-        BLOCK_B=block_b, BLOCK_H=block_h,
+        BLOCK_B=block_b, BLOCK_H=block_h, num_warps=warps,
     )
 
 
@@ -223,7 +223,7 @@ def lstm_ln_step_bwd(dm, dh_rec, dc, gates, c_prev, n_prev, c0, saved_ln, ln, ou
     n, H = dm.shape[0], dc.shape[1]
     if n == 0:
         return
-    grid, block_b, block_h = row_launch(n, H, 4)
+    grid, block_b, block_h, warps = row_launch(n, H, 4)
     r_hat, c_hat, rstd_r, rstd_c = saved_ln
     dgates, drec, dcn = out
     lstm_ln_step_bwd_kernel[grid](
@@ -236,7 +236,7 @@ def lstm_ln_step_bwd(dm, dh_rec, dc, gates, c_prev, n_prev, c0, saved_ln, ln, ou
         r_hat.stride(0), c_hat.stride(0), rstd_r.stride(0), rstd_c.stride(0),
         dgates.stride(0), drec.stride(0), dcn.stride(0),
         ADD_DH_REC=dh_rec is not None, COMPUTE=compute_dtype(dm.dtype),
-        BLOCK_B=block_b, BLOCK_H=block_h,
+        BLOCK_B=block_b, BLOCK_H=block_h, num_warps=warps,
     )
 
 
@@ -321,7 +321,7 @@ def gru_ln_step_fwd(gx, rec, ln_hh_weight, b_hh, h_state, y, saved):
     n, H = gx.shape[0], h_state.shape[1]
     if n == 0:
         return
-    grid, block_b, block_h = row_launch(n, H, 3)
+    grid, block_b, block_h, warps = row_launch(n, H, 3)
     save = saved is not None
     gates, r_hat, rstd_r = saved if save else (gx, gx, gx)
     gru_ln_step_fwd_kernel[grid](
@@ -331,7 +331,7 @@ def gru_ln_step_fwd(gx, rec, ln_hh_weight, b_hh, h_state, y, saved):
         gx.stride(0), rec.stride(0), h_state.stride(0), y.stride(0),
         gates.stride(0), r_hat.stride(0), rstd_r.stride(0),
         HAS_BIAS=b_hh is not None, SAVE=save, COMPUTE=compute_dtype(gx.dtype),
-        BLOCK_B=block_b, BLOCK_H=block_h,
+        BLOCK_B=block_b, BLOCK_H=block_h, num_warps=warps,
     )
 
 
@@ -341,7 +341,7 @@ def gru_ln_step_bwd(dy, dh_rec, saved, ln_hh_weight, h_prev, n_prev, h0, out):
     n, H = dy.shape[0], dh_rec.shape[1]
     if n == 0:
         return
-    grid, block_b, block_h = row_launch(n, H, 3)
+    grid, block_b, block_h, warps = row_launch(n, H, 3)
     gates, r_hat, rstd_r = saved
     dgx, dgh, drec = out
     gru_ln_step_bwd_kernel[grid](
@@ -351,5 +351,5 @@ def gru_ln_step_bwd(dy, dh_rec, saved, ln_hh_weight, h_prev, n_prev, h0, out):
         dy.stride(0), dh_rec.stride(0), gates.stride(0), r_hat.stride(0), rstd_r.stride(0),
         h_prev.stride(0) if h_prev is not None else 0, h0.stride(0),
         dgx.stride(0), dgh.stride(0), drec.stride(0),
-        COMPUTE=compute_dtype(dy.dtype), BLOCK_B=block_b, BLOCK_H=block_h,
+        COMPUTE=compute_dtype(dy.dtype), BLOCK_B=block_b, BLOCK_H=block_h, num_warps=warps,
     )

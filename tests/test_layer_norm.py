@@ -243,3 +243,39 @@ def test_double_backward_matches_reference(cell):
         penalties.append(torch.autograd.grad(dx.pow(2).sum(), list(m.parameters())))
     for g, g_ref in zip(*penalties):
         assert_close(g, g_ref, torch.float64, "second-order gradient")
+
+
+COMPILE_FOR_SM90 = r'''
+import triton, triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from lstm_triton.kernels import layer_norm_pointwise as lnp
+STATE = ("c_ptr", "dc_ptr", "c_save_ptr", "c_prev_ptr", "c0_ptr", "rstd_ptr", "rstd_r_ptr",
+         "rstd_c_ptr")
+for kernel in (lnp.ln_rows_fwd_kernel, lnp.ln_rows_bwd_kernel, lnp.lstm_ln_step_fwd_kernel,
+               lnp.lstm_ln_step_bwd_kernel, lnp.gru_ln_step_fwd_kernel,
+               lnp.gru_ln_step_bwd_kernel):
+    for dt in ("fp16", "bf16", "fp32", "fp64"):
+        compute = tl.float64 if dt == "fp64" else tl.float32
+        state = "*fp64" if dt == "fp64" else "*fp32"
+        flags = ("WRITE_H_STATE", "SAVE", "ADD_DH_REC", "HAS_BIAS")
+        cx = {k: True for k in flags if k in kernel.arg_names}
+        cx.update(COMPUTE=compute, BLOCK_B=4)
+        cx.update({k: 256 for k in ("BLOCK_H", "BLOCK_C") if k in kernel.arg_names})
+        sig = {n: "constexpr" if n in cx else ((state if n in STATE else "*" + dt)
+                                               if n.endswith("_ptr") else "i32")
+               for n in kernel.arg_names}
+        triton.compile(ASTSource(kernel, sig, constexprs=cx), target=GPUTarget("cuda", 90, 32),
+                       options={"num_warps": 4})
+print("compiled")
+'''
+
+
+@pytest.mark.slow
+def test_layer_norm_kernels_compile_for_sm90_without_a_gpu():
+    """The interpreter never compiles: build every layer-norm kernel for an H100 (sm_90) in
+    every dtype, in a process without TRITON_INTERPRET (it caught a module-level EPS that the
+    interpreter accepted and the compiler refuses)."""
+    from test_persistent import run_compiled_for_sm90
+
+    run_compiled_for_sm90(COMPILE_FOR_SM90, expect="compiled")
