@@ -26,7 +26,7 @@ from .config import compute_dtype, row_launch
 from .layer_norm_math import (ln_backward1, ln_backward3, ln_backward4, ln_normalise1,
                               ln_normalise3, ln_normalise4, load_row_stat, load_vector,
                               store_row_stat)
-from .tiles import load_gate, store_gate, tile_index
+from .tiles import load_gate, load_previous, store_gate, tile_index
 
 
 # ------------------------------------------------------------- LN_ih over all rows
@@ -156,12 +156,8 @@ def lstm_ln_step_bwd_kernel(
     if ADD_DH_REC:
         dm += load_gate(dh_rec_ptr, rows, units, stride_dhr, 0, H, mask, COMPUTE)
     i, f, g, o = load_gates4(gates_ptr, rows, units, stride_gates, H, mask, COMPUTE)
-    from_prev = rows < n_prev
-    c_prev = tl.where(
-        from_prev,
-        load_gate(c_prev_ptr, rows, units, stride_cp, 0, H, mask & from_prev, COMPUTE),
-        load_gate(c0_ptr, rows, units, stride_c0, 0, H, mask & (rows >= n_prev), COMPUTE),
-    )
+    c_prev = load_previous(c_prev_ptr, c0_ptr, rows, units, stride_cp, stride_c0, n_prev, H,
+                           mask, COMPUTE)
     # through m = o * tanh(cn), cn = LN_c(c_t): d pre_o, d cn, then LN_c's backward to d c_t
     c_hat = load_gate(c_hat_ptr, rows, units, stride_ch, 0, H, mask, COMPUTE)
     w_c = load_vector(w_c_ptr, units, 0, H, COMPUTE)
@@ -293,12 +289,8 @@ def gru_ln_step_bwd_kernel(
     dh = load_gate(dy_ptr, rows, units, stride_dy, 0, H, mask, COMPUTE)
     dh += load_gate(dh_rec_ptr, rows, units, stride_dhr, 0, H, mask, COMPUTE)
     r, z, n, gh_n = load_gates4(gates_ptr, rows, units, stride_gates, H, mask, COMPUTE)
-    from_prev = rows < n_prev
-    h_prev = tl.where(
-        from_prev,
-        load_gate(h_prev_ptr, rows, units, stride_hp, 0, H, mask & from_prev, COMPUTE),
-        load_gate(h0_ptr, rows, units, stride_h0, 0, H, mask & (rows >= n_prev), COMPUTE),
-    )
+    h_prev = load_previous(h_prev_ptr, h0_ptr, rows, units, stride_hp, stride_h0, n_prev, H,
+                           mask, COMPUTE)
     d_r, d_z, d_n, dh_direct = gru_cell_backward(dh, r, z, n, gh_n, h_prev)
     dgh_n = d_n * r
     store_gates3(dgx_ptr, rows, units, stride_dgx, H, d_r, d_z, d_n, mask)

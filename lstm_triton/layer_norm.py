@@ -35,7 +35,8 @@ from .kernels.config import state_dtype
 from .kernels.layer_norm_pointwise import (gru_ln_step_bwd, gru_ln_step_fwd, lstm_ln_step_bwd,
                                            lstm_ln_step_fwd, ln_rows_bwd, ln_rows_fwd)
 from .schedule import Schedule
-from .stepwise import _prev_rows, column_sum, gru_weight_grads
+from .ops import check_saved
+from .stepwise import _prev_rows, column_sum, gru_weight_grads, output_grad
 
 PERSISTENT_FALLBACK = (
     "backend='persistent' runs layer_norm=True layers on the stepwise backend: a row "
@@ -101,12 +102,7 @@ def lstm_backward(dy, dh_n, dc_n, x, sched, h0, c0, w_ih, w_hh, w_hr, ln, y, gat
     for t in reversed(sched.order()):
         rows, bs = sched.rows(t), sched.batch_sizes[t]
         c_prev, n_prev = _prev_rows(c_all, sched, t)
-        if proj:
-            torch.add(dy[rows], dh_rec[:bs], out=dh_all[rows])
-            torch.mm(dh_all[rows], w_hr, out=dm_buf[:bs])
-            dm, dh_carried = dm_buf[:bs], None
-        else:
-            dm, dh_carried = dy[rows], dh_rec
+        dm, dh_carried = output_grad(dy, dh_rec, rows, bs, w_hr, dh_all, dm_buf)
         lstm_ln_step_bwd(dm, dh_carried, dc, gates[rows], c_prev, n_prev, c0_state,
                          (hats[rows, width:2 * width], hats[rows, 2 * width:], rstd[rows, 1],
                           rstd[rows, 2]), ln[1:], (dgates[rows], drec[rows], dcn[rows]))
@@ -263,10 +259,7 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, dy, dh_n, dc_n, *_unused_saved_grads):
-    if not ctx.save:
-        raise RuntimeError(
-            "lstm_triton: this forward ran without saving for backward (it saw no input "
-            "requiring grad); run it with torch.enable_grad() and inputs that require grad.")
+    check_saved(ctx)
     if torch.is_grad_enabled() and not torch.compiler.is_compiling():
         return _differentiable_backward(ctx, dy, dh_n, dc_n)
     (x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, _, w_hr, ln_ih, ln_hh, ln_c_w, ln_c_b, y,
