@@ -245,6 +245,34 @@ def test_double_backward_matches_reference(cell):
         assert_close(g, g_ref, torch.float64, "second-order gradient")
 
 
+def test_jvp_runs_the_reference_equations(monkeypatch):
+    """Forward-mode AD has no formula in the custom op: like the plain layers, LN layers run
+    the reference there (warned), and the tangent is the reference backend's."""
+    monkeypatch.setattr(dispatch, "_warned", set())
+    module, oracle = ln_twins("lstm", torch.float64)
+    x, v = torch.randn(3, 2, N_IN, dtype=torch.float64), torch.randn(3, 2, N_IN, dtype=torch.float64)
+    with pytest.warns(FallbackWarning, match="forward-mode"):
+        _, tangent = torch.func.jvp(lambda t: module(t)[0], (x,), (v,))
+    _, want = torch.func.jvp(lambda t: oracle(t)[0], (x,), (v,))
+    assert want.abs().max() > 1e-3
+    assert_close(tangent, want, torch.float64, "jvp tangent")
+
+
+def test_cpu_autocast_casts_the_layer_norm_parameters_too():
+    """Under CPU autocast torch casts a padded LSTM to bf16: the LN parameters run in bf16
+    like the other weights (the numbers of the module converted to bf16), and the fp32
+    parameters get gradients."""
+    module = TritonLSTM(N_IN, H, layer_norm=True, backend="stepwise")
+    x = torch.randn(T, B, N_IN)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = module(x)
+    assert out.dtype == torch.bfloat16
+    converted = TritonLSTM(N_IN, H, layer_norm=True, backend="stepwise", dtype=torch.bfloat16)
+    converted.load_state_dict(module.state_dict())
+    assert torch.equal(out, converted(x.to(torch.bfloat16))[0])
+    out.float().sum().backward()
+    assert module.ln_hh_weight_l0.grad is not None and module.ln_hh_weight_l0.grad.dtype == torch.float32
+
 COMPILE_FOR_SM90 = r'''
 import triton, triton.language as tl
 from triton.backends.compiler import GPUTarget
