@@ -76,9 +76,9 @@ def gru_layer(x, sched, h0, w_ih, w_hh, b_ih=None, b_hh=None, ln=None):
 
 def layer(cell, x, sched, h0, c0, weights, ln=None):
     """y, h_n, c_n (None for GRU) of one layer-direction; weights (w_ih, w_hh, b_ih, b_hh,
-    w_hr), absent ones None; ln the layer-norm parameters (lstm_layer, gru_layer) or None. The "reference" backend, the layers that need what only
-    autograd through plain ops gives (rnn.needs_reference), and double backward
-    (ops.py) run this."""
+    w_hr), absent ones None; ln the layer-norm parameters (lstm_layer, gru_layer) or None.
+    The "reference" backend, the layers that need what only autograd through plain ops
+    gives (rnn.needs_reference), and double backward (ops.py, layer_norm.py) run this."""
     w_ih, w_hh, b_ih, b_hh, w_hr = weights
     if cell == "lstm":
         return lstm_layer(x, sched, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, ln)
