@@ -12,23 +12,41 @@ from .tiles import load_gate, store_gate
 
 
 @triton.jit
+def lstm_cell_state(pre_i, pre_f, pre_g, pre_o, c_prev):
+    """Gate pre-activations and c_{t-1} -> (i, f, g, o, c_t); the layer-normalised cell
+    (layer_norm_pointwise.py) applies LN_c to c_t before the output gate."""
+    i, f, g, o = sigmoid(pre_i), sigmoid(pre_f), tanh(pre_g), sigmoid(pre_o)
+    return i, f, g, o, f * c_prev + i * g
+
+
+@triton.jit
 def lstm_cell_forward(pre_i, pre_f, pre_g, pre_o, c_prev):
     """Gate pre-activations and c_{t-1} -> (i, f, g, o, c_t, m_t = o * tanh(c_t))."""
-    i, f, g, o = sigmoid(pre_i), sigmoid(pre_f), tanh(pre_g), sigmoid(pre_o)
-    c = f * c_prev + i * g
+    i, f, g, o, c = lstm_cell_state(pre_i, pre_f, pre_g, pre_o, c_prev)
     return i, f, g, o, c, o * tanh(c)
+
+
+@triton.jit
+def lstm_output_backward(dm, o, tanh_s):
+    """m = o * tanh(s) (s = c_t, or LN_c(c_t)): dm -> (d pre_o, dL/ds)."""
+    return dm * tanh_s * o * (1.0 - o), dm * o * (1.0 - tanh_s * tanh_s)
+
+
+@triton.jit
+def lstm_state_backward(dc, i, f, g, c_prev):
+    """Full dL/dc_t -> (d pre_i, d pre_f, d pre_g, dL/dc_{t-1})."""
+    d_i = dc * g * i * (1.0 - i)
+    d_f = dc * c_prev * f * (1.0 - f)
+    d_g = dc * i * (1.0 - g * g)
+    return d_i, d_f, d_g, dc * f
 
 
 @triton.jit
 def lstm_cell_backward(dm, dc, i, f, g, o, c, c_prev):
     """dm = dL/dm_t, dc = carried dL/dc_t -> pre-activation gradients and dL/dc_{t-1}."""
-    tanh_c = tanh(c)
-    dc = dc + dm * o * (1.0 - tanh_c * tanh_c)
-    d_i = dc * g * i * (1.0 - i)
-    d_f = dc * c_prev * f * (1.0 - f)
-    d_g = dc * i * (1.0 - g * g)
-    d_o = dm * tanh_c * o * (1.0 - o)
-    return d_i, d_f, d_g, d_o, dc * f
+    d_o, dc_out = lstm_output_backward(dm, o, tanh(c))
+    d_i, d_f, d_g, dc_prev = lstm_state_backward(dc + dc_out, i, f, g, c_prev)
+    return d_i, d_f, d_g, d_o, dc_prev
 
 
 @triton.jit

@@ -13,7 +13,7 @@ import triton.language as tl
 
 from .cell_math import gru_cell_backward, gru_cell_forward, load_gates4, store_gates3, store_gates4
 from .config import compute_dtype, pointwise_launch
-from .tiles import load_gate, store_gate, tile_index
+from .tiles import load_gate, load_previous, store_gate, tile_index
 
 
 @triton.jit
@@ -56,12 +56,8 @@ def gru_step_bwd_kernel(
     dh = load_gate(dy_ptr, rows, units, stride_dy, 0, H, mask, COMPUTE)
     dh += load_gate(dh_rec_ptr, rows, units, stride_dhr, 0, H, mask, COMPUTE)
     r, z, n, rec_n = load_gates4(gates_ptr, rows, units, stride_gates, H, mask, COMPUTE)
-    from_prev = rows < n_prev
-    h_prev = tl.where(
-        from_prev,
-        load_gate(h_prev_ptr, rows, units, stride_hp, 0, H, mask & from_prev, COMPUTE),
-        load_gate(h0_ptr, rows, units, stride_h0, 0, H, mask & (rows >= n_prev), COMPUTE),
-    )
+    h_prev = load_previous(h_prev_ptr, h0_ptr, rows, units, stride_hp, stride_h0, n_prev, H,
+                           mask, COMPUTE)
 
     d_r, d_z, d_n, dh_direct = gru_cell_backward(dh, r, z, n, rec_n, h_prev)
     store_gates3(dgx_ptr, rows, units, stride_dgx, H, d_r, d_z, d_n, mask)

@@ -15,7 +15,7 @@ import triton.language as tl
 
 from .cell_math import load_gates4, lstm_cell_backward, lstm_cell_forward, store_gates4
 from .config import compute_dtype, pointwise_launch
-from .tiles import load_gate, store_gate, tile_index
+from .tiles import load_gate, load_previous, store_gate, tile_index
 
 
 @triton.jit
@@ -61,12 +61,8 @@ def lstm_step_bwd_kernel(
         dm += load_gate(dh_rec_ptr, rows, units, stride_dhr, 0, H, mask, COMPUTE)
     i, f, g, o = load_gates4(gates_ptr, rows, units, stride_gates, H, mask, COMPUTE)
     c = load_gate(c_save_ptr, rows, units, stride_cs, 0, H, mask, COMPUTE)
-    from_prev = rows < n_prev
-    c_prev = tl.where(
-        from_prev,
-        load_gate(c_prev_ptr, rows, units, stride_cp, 0, H, mask & from_prev, COMPUTE),
-        load_gate(c0_ptr, rows, units, stride_c0, 0, H, mask & (rows >= n_prev), COMPUTE),
-    )
+    c_prev = load_previous(c_prev_ptr, c0_ptr, rows, units, stride_cp, stride_c0, n_prev, H,
+                           mask, COMPUTE)
 
     dc = load_gate(dc_ptr, rows, units, stride_dc, 0, H, mask, COMPUTE)
     d_i, d_f, d_g, d_o, dc_prev = lstm_cell_backward(dm, dc, i, f, g, o, c, c_prev)

@@ -28,3 +28,17 @@ def load_gate(ptr, rows, units, stride, q, H, mask, COMPUTE: tl.constexpr):
 @triton.jit
 def store_gate(ptr, rows, units, stride, q, H, value, mask):
     tl.store(ptr + rows * stride + q * H + units, value.to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def load_previous(prev_ptr, init_ptr, rows, units, stride_prev, stride_init, n_prev, H, mask,
+                  COMPUTE: tl.constexpr):
+    """The state a backward step's rows started from: rows < n_prev continue the step
+    processed before (prev_ptr), the others start from the initial state (init_ptr; only
+    in the reverse direction of a packed batch, where short sequences join late)."""
+    from_prev = rows < n_prev
+    return tl.where(
+        from_prev,
+        load_gate(prev_ptr, rows, units, stride_prev, 0, H, mask & from_prev, COMPUTE),
+        load_gate(init_ptr, rows, units, stride_init, 0, H, mask & (rows >= n_prev), COMPUTE),
+    )

@@ -69,7 +69,8 @@ def export_backend(module):
     is being exported or the export keeps the custom op (the usual choice then applies).
 
     The one place that decides it: a module whose options torch's forward cannot run
-    would export through the "reference" backend (plain torch ops) from here.
+    (`torch_twin_runs()` False: layer_norm) exports through the "reference" backend (plain
+    torch ops, the time loop unrolled for the traced length), and refuses ONNX.
     """
     if not exporting():
         return None
@@ -81,6 +82,13 @@ def export_backend(module):
                 f"export outside lstm_triton.export_mode('custom_op'), i.e. in the default "
                 f"'aten' mode, which ONNX translates to its LSTM/GRU operators.")
         return None
+    if not getattr(module, "torch_twin_runs", lambda: True)():  # e.g. layer_norm=True
+        if in_onnx_export():
+            raise RuntimeError(
+                f"lstm_triton: {type(module).__name__} uses an option ONNX's LSTM/GRU "
+                f"operators cannot express (layer_norm); export it with torch.export, which "
+                f"records the layers as plain torch ops.")
+        return "reference"  # plain torch ops: loadable by torch alone
     if in_onnx_export() and getattr(module, "proj_size", 0) > 0:
         raise RuntimeError(
             f"lstm_triton: ONNX's LSTM operator has no projection, so an LSTM with "

@@ -130,16 +130,21 @@ def _setup_context(ctx, inputs, output):
     ctx.has_bias = b_ih is not None
 
 
+def check_saved(ctx):
+    """A backward of a forward that saved nothing (it saw no input requiring grad)."""
+    if not ctx.save:
+        raise RuntimeError(
+            "lstm_triton: this forward ran without saving for backward (it saw no input "
+            "requiring grad); run it with torch.enable_grad() and inputs that require grad.")
+
+
 def _backward(ctx, dy, dh_n, dc_n, *_unused_saved_grads):
     if not triton_can_run(ctx.saved_tensors[0].device):
         raise RuntimeError(
             f"lstm_triton: this layer was recorded with backend={ctx.backend!r} and ran on "
             f"{ctx.saved_tensors[0].device}, where Triton cannot run, for inference only; to "
             f"train there, record it in lstm_triton's default 'aten' export mode.")
-    if not ctx.save:
-        raise RuntimeError(
-            "lstm_triton: this forward ran without saving for backward (it saw no input "
-            "requiring grad); run it with torch.enable_grad() and inputs that require grad.")
+    check_saved(ctx)
     if torch.is_grad_enabled() and not torch.compiler.is_compiling():
         return _differentiable_backward(ctx, dy, dh_n, dc_n)
     (x, batch_sizes, h0, c0, w_ih, w_hh, _, _, w_hr, y,

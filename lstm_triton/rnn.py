@@ -14,8 +14,8 @@ from torch import Tensor, nn
 from torch.autograd import forward_ad
 from torch.nn.utils.rnn import PackedSequence
 
-from . import checks, reference, scripting
-from .dispatch import Workload, choose_backend, validate_backend, warn_fallback
+from . import checks, layer_norm, reference, scripting
+from .dispatch import Workload, choose_backend, triton_can_run, validate_backend, warn_fallback
 from .export import export_backend, onnx_layers
 from .ops import rnn_layer
 from .quantize import QuantizationGuard
@@ -84,27 +84,31 @@ REFERENCE_FOR_AD = ("forward-mode AD and torch.func transforms run on the pure-P
                     "reference backend (the Triton ops have no forward-mode formula)")
 
 
-def run_layer(cell, backend, x, batch_sizes, h0, c0, weights, reverse):
+def run_layer(cell, backend, x, batch_sizes, h0, c0, weights, reverse, ln=None):
     """One layer-direction on `backend`: y (N, P), h_n (B, P), c_n (B, H) or None for GRU.
 
     weights: (w_ih, w_hh, b_ih, b_hh, w_hr), absent ones None. The layers of
     TritonLSTM/TritonGRU and each call of the cells (a one-step layer) go through here.
+    ln: the layer-norm parameters of a `layer_norm=True` layer (lstm_triton.layer_norm).
     """
     w_ih, w_hh, b_ih, b_hh, w_hr = weights
     lstm = cell == "lstm"
     h0 = h0.contiguous()
     c0 = c0.contiguous() if lstm else None
-    tensors = [x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr]
+    tensors = [x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, *(ln or ())]
     if backend != "reference" and needs_reference(tensors):
         warn_fallback(REFERENCE_FOR_AD, key=REFERENCE_FOR_AD)
         backend = "reference"
     if backend == "reference":
         sched = Schedule.build(batch_sizes, x.shape[0], h0.shape[0], reverse)
-        return reference.layer(cell, x, sched, h0, c0, weights)
+        return reference.layer(cell, x, sched, h0, c0, weights, ln)
     # A torch.jit.trace records `save` as a constant: record True, so the traced module
     # can also train (and the trace checker, which reruns without grad, sees one graph).
     save = torch.jit.is_tracing() or (
         torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
+    if ln is not None:
+        return layer_norm.run_layer(cell, backend, x, batch_sizes, h0, c0, weights, ln,
+                                    reverse, save)
     y, h_n, c_n, *_ = rnn_layer(
         cell, backend, x, batch_sizes, h0, c0, w_ih.contiguous(), w_hh.contiguous(),
         b_ih, b_hh, w_hr.contiguous() if w_hr is not None else None, reverse, save)
@@ -131,14 +135,84 @@ class BackendOption(QuantizationGuard):
         return super().extra_repr() + f", backend={self.backend!r}"
 
 
+LAYER_NORM_TORCH = ("backend='torch' runs torch's own nn.LSTM / nn.GRU, which has no "
+                    "layer-normalised cell; use backend='auto', 'stepwise', 'persistent' or "
+                    "'reference' with layer_norm=True.")
+
+
 class _TritonRNNDriver(BackendOption):
-    """Mixin holding the forward shared by TritonLSTM and TritonGRU."""
+    """Mixin holding the forward shared by TritonLSTM and TritonGRU, and the keyword-only
+    `layer_norm` (issue 18; lstm_triton/layer_norm.py): False is exactly torch's module."""
+
+    layer_norm = False  # also what lstm_triton.patch's modules (built without __init__) see
+
+    def __init__(self, *args, layer_norm=False, **kwargs):
+        super().__init__(*args, **kwargs)
+        if layer_norm:
+            if self.backend == "torch":
+                raise ValueError(LAYER_NORM_TORCH)
+            self.layer_norm = True
+            # registered after torch's own parameters: torch's initialisation draws the
+            # same numbers for those under the same seed
+            for name, init, size in self._layer_norm_shapes():
+                self.register_parameter(name, nn.Parameter(torch.empty(
+                    size, device=self.weight_ih_l0.device, dtype=self.weight_ih_l0.dtype)))
+            self._reset_layer_norm()
+
+    def _layer_norm_shapes(self):
+        """(name, init value, size) of every LN parameter, layer by layer, like torch's."""
+        width = self.weight_hh_l0.shape[0]  # G * H
+        for layer in range(self.num_layers):
+            for direction in range(2 if self.bidirectional else 1):
+                suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+                yield f"ln_ih_weight{suffix}", 1.0, width
+                yield f"ln_hh_weight{suffix}", 1.0, width
+                if self.cell == "lstm":
+                    yield f"ln_c_weight{suffix}", 1.0, self.hidden_size
+                    yield f"ln_c_bias{suffix}", 0.0, self.hidden_size
+
+    def _reset_layer_norm(self):
+        with torch.no_grad():
+            for name, init, _ in self._layer_norm_shapes():
+                getattr(self, name).fill_(init)
+
+    def reset_parameters(self):
+        super().reset_parameters()  # torch's uniform init of every parameter, then LN's own
+        if self.layer_norm:
+            self._reset_layer_norm()
+
+    def extra_repr(self):
+        return super().extra_repr() + (", layer_norm=True" if self.layer_norm else "")
+
+    def _layer_norm_weights(self, layer, direction):
+        if not self.layer_norm:
+            return None
+        suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+        names = ("ln_ih_weight", "ln_hh_weight") + (
+            ("ln_c_weight", "ln_c_bias") if self.cell == "lstm" else ())
+        return tuple(getattr(self, name + suffix) for name in names)
+
+    def torch_twin_runs(self) -> bool:
+        """Whether torch's own module computes what this one does: False when an option
+        torch has no cell for is on (layer_norm). Exports and TorchScript key on it."""
+        return not self.layer_norm
+
+    def __prepare_scriptable__(self):
+        """torch.jit.script runs torch's kernels (scripting.py): refuse, at script time,
+        a module whose options those kernels cannot compute, rather than script wrong math."""
+        if not self.torch_twin_runs():
+            raise RuntimeError(
+                f"lstm_triton: {type(self).__name__} with layer_norm=True cannot be scripted: "
+                f"TorchScript runs torch's own LSTM/GRU kernels, which have no layer-normalised "
+                f"cell; use torch.jit.trace or torch.export (they record plain torch ops).")
+        return self
 
     def forward(self, input, hx=None):
-        if export_backend(self) == "torch":  # exported or traced: aten ops (export.py)
+        backend = export_backend(self)  # exported or traced: aten ops (export.py)
+        if backend == "torch":
             lowered = onnx_layers(self, input, hx)
             return lowered if lowered is not None else super(BackendOption, self).forward(input, hx)
-        return self._run(input, hx)
+        return self._run(input, hx, backend)
 
     def _layer_weights(self, layer, direction):
         suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
@@ -147,7 +221,7 @@ class _TritonRNNDriver(BackendOption):
                 get("bias_hh") if self.bias else None,
                 get("weight_hr") if getattr(self, "proj_size", 0) > 0 else None)
 
-    def _run(self, input, hx):
+    def _run(self, input, hx, backend=None):
         name = type(self).__name__
         lstm = self.cell == "lstm"
         packed = isinstance(input, PackedSequence)
@@ -185,7 +259,11 @@ class _TritonRNNDriver(BackendOption):
             seq_len = batch_sizes.shape[0] if packed else x.shape[0]
             workload = Workload(self.cell, dtype, batch, self.hidden_size, seq_len,
                                 self._needs_grad(x, hx))
-        backend = choose_backend(self.backend, x.device, workload)
+        backend = backend or choose_backend(self.backend, x.device, workload)
+        if backend == "torch" and self.layer_norm:  # torch has no such cell
+            if self.backend == "torch":
+                raise ValueError(LAYER_NORM_TORCH)
+            backend = "stepwise" if triton_can_run(x.device) else "reference"
         if backend == "torch":  # torch's own forward on the same parameters (cuDNN on CUDA)
             return super(BackendOption, self).forward(input, hx)
 
@@ -277,10 +355,13 @@ class _TritonRNNDriver(BackendOption):
                 k = layer * n_dir + direction
                 weights = [w.to(cast) if (cast is not None and w is not None) else w
                            for w in self._layer_weights(layer, direction)]
+                ln = self._layer_norm_weights(layer, direction)
+                if ln is not None and cast is not None:
+                    ln = tuple(w.to(cast) for w in ln)
                 h0 = states[0][k]
                 c0 = states[1][k] if lstm else None
                 y, h_n, c_n = run_layer(self.cell, backend, layer_input, batch_sizes, h0, c0,
-                                        weights, direction == 1)
+                                        weights, direction == 1, ln)
                 outs.append(y)
                 h_all.append(h_n)
                 c_all.append(c_n)

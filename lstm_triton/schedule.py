@@ -30,7 +30,9 @@ class Schedule:
         offsets, total = [], 0
         for b in sizes:
             offsets.append(total)
-            total += b
+            # not `+=`: under torch.jit.trace the sizes are 0-d tensors, and an in-place add
+            # would move every offset already appended along with the running total
+            total = total + b
         return Schedule(sizes, tuple(offsets), reverse)
 
     @property

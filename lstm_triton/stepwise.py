@@ -61,6 +61,17 @@ def gru_weight_grads(dgx, drec, x, y, h0, sched, w_ih, has_bias, need_dx):
             column_sum(dgx) if has_bias else None, column_sum(drec) if has_bias else None)
 
 
+def output_grad(dy, dh_rec, rows, bs, w_hr, dh_all, dm_buf):
+    """(dm, dh_carried) of an LSTM backward step: the gradient of the step's unprojected
+    output m_t, and the carried recurrent gradient the step kernel still has to add (None
+    with a projection, where it is folded in here: dh_all = dy + dh_rec, dm = dh_all W_hr)."""
+    if w_hr is None:
+        return dy[rows], dh_rec
+    torch.add(dy[rows], dh_rec[:bs], out=dh_all[rows])
+    torch.mm(dh_all[rows], w_hr, out=dm_buf[:bs])
+    return dm_buf[:bs], None
+
+
 def _prev_rows(tensor, sched, t):
     rows, n_prev = sched.previous(t)
     return (tensor[rows] if rows is not None else None), n_prev
@@ -108,12 +119,7 @@ def lstm_backward(dy, dh_n, dc_n, x, sched, h0, c0, w_ih, w_hh, w_hr, y, gates, 
     for t in reversed(sched.order()):
         rows, bs = sched.rows(t), sched.batch_sizes[t]
         c_prev, n_prev = _prev_rows(c_all, sched, t)
-        if proj:
-            torch.add(dy[rows], dh_rec[:bs], out=dh_all[rows])
-            torch.mm(dh_all[rows], w_hr, out=dm_buf[:bs])
-            dm, dh_carried = dm_buf[:bs], None
-        else:
-            dm, dh_carried = dy[rows], dh_rec
+        dm, dh_carried = output_grad(dy, dh_rec, rows, bs, w_hr, dh_all, dm_buf)
         lstm_step_bwd(dm, dh_carried, dc, gates[rows], c_all[rows], c_prev, n_prev, c0_state,
                       dgates[rows])
         torch.mm(dgates[rows], w_hh, out=dh_rec[:bs])
