@@ -28,12 +28,13 @@ import datetime
 import os
 import platform
 import statistics
-import subprocess
 import time
 from importlib import metadata
 from pathlib import Path
 
 import torch
+
+from .first_contact import _commit  # git describe of the checkout
 
 REPO = Path(__file__).resolve().parents[1]
 LABEL = "HOST OVERHEAD on a CPU machine (Triton launch a no-op, GEMMs on tiny CPU tensors): " \
@@ -244,14 +245,6 @@ def run(device="cpu", quick=False, out_dir=None, label=""):
               f"torch {ref * 1e6:8.1f} us  ratio {mine / ref:5.2f}", flush=True)
     write(rows, Path(out_dir) if out_dir else REPO / "reports" / "host", device)
     return rows
-
-
-def _commit():
-    try:
-        return subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
-                              capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
 
 
 def write(rows, out_dir, device):

@@ -14,7 +14,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from . import checks, reference
 from .dispatch import Workload, choose_backend, validate_backend, warn_fallback
-from .ops import rnn_layer
+from .ops import rnn_layer_fast
 from .schedule import Schedule
 
 
@@ -92,7 +92,7 @@ def run_layer(cell, backend, x, batch_sizes, h0, c0, weights, reverse):
     # can also train (and the trace checker, which reruns without grad, sees one graph).
     save = torch.jit.is_tracing() or (
         torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
-    y, h_n, c_n, *_ = rnn_layer(
+    y, h_n, c_n, *_ = rnn_layer_fast(
         cell, backend, x, batch_sizes, h0, c0, w_ih.contiguous(), w_hh.contiguous(),
         b_ih, b_hh, w_hr.contiguous() if w_hr is not None else None, reverse, save)
     return y, h_n, (c_n if lstm else None)
