@@ -127,13 +127,15 @@ def install_fake_h100():
 def time_pair(ours, theirs, calls, warmup, sync=None):
     """(median, q1, q3) seconds per call of `ours` and of `theirs`, each call timed on its own
     and the two alternating call by call (which goes first alternates too), so both see the
-    same machine load: the CPU is shared, and a median over single calls ignores the calls
-    a busy neighbour preempted."""
+    same machine state."""
     for fn in (ours, theirs):
         for _ in range(warmup):
             fn()
     times = ([], [])
-    clock = time.perf_counter
+    # On the CPU: the calling thread's CPU time, which a shared machine's other processes
+    # do not inflate (torch runs one intra-op thread here). With real launches (CUDA) the
+    # wall clock, synchronised around each call.
+    clock = time.perf_counter if sync else time.thread_time
     for k in range(calls):
         order = ((ours, times[0]), (theirs, times[1]))
         for fn, out in (order if k % 2 == 0 else order[::-1]):
@@ -264,8 +266,8 @@ def write(rows, out_dir, device):
              f"{first['date']} UTC · {first['machine']} ({first['cores']} cores, shared) · "
              f"python {first['python']} · torch {first['torch']} · triton {first['triton']} · "
              f"commit {first['commit']} · launch {first['launch']}", "",
-             "Medians over single calls (`calls` of each), ours and torch's alternating call "
-             "by call in one run "
+             "Medians over single calls (`calls` of each; CPU time of the calling thread, one "
+             "intra-op thread), ours and torch's alternating call by call in one run "
              "(`python -m bench.host`). B=2, I=H=16, float32. Cells: one call (fwdbwd: "
              "forward + backward of the outputs' sum). Modules: one layer; per step = call / T. "
              "torch's column is nn.LSTMCell / nn.GRUCell / nn.LSTM / nn.GRU on the same "

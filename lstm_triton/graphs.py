@@ -84,7 +84,9 @@ class _Graphed:
             self.graph.fn = rerun
         else:
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
+            # thread_local: a backward's capture runs on autograd's device thread, and the
+            # default ("global") would make other threads' CUDA calls fail meanwhile
+            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
                 self.outputs = fn(*self.static_args)
 
     def __call__(self, args):

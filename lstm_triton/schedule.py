@@ -22,9 +22,9 @@ class Schedule:
 
     @staticmethod
     def build(batch_sizes, n_rows: int, batch: int, reverse: bool) -> "Schedule":
-        if batch_sizes is None:
+        if batch_sizes is None:  # padded: built without a Python loop over the T steps
             steps = n_rows // batch if batch else 0
-            sizes = (batch,) * steps
+            return Schedule((batch,) * steps, tuple(range(0, steps * batch, batch or 1)), reverse)
         else:
             sizes = tuple(int(b) for b in batch_sizes.tolist())
         offsets, total = [], 0
