@@ -141,8 +141,9 @@ def _backward(ctx, dy, dh_n, dc_n, *_unused_saved_grads):
         dc_n = None
     args = (ctx.cell, ctx.backend, dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y,
             saved_0, saved_1, saved_2, ctx.reverse, ctx.has_bias, ctx.needs_input_grad[2])
-    # traced (torch.compile's backward graph): the op, one node; eager: its implementation
-    if plain_eager(x, y):
+    # traced (torch.compile's backward graph) or batched gradients (vmap): the op, which
+    # has the rules for both; plain eager: its implementation
+    if plain_eager(x, y, dy, dh_n, dc_n) and not _batched(dy, dh_n, dc_n):
         grads = _run_impl(_rnn_layer_backward_impl, args, x, batch_sizes)
     else:
         grads = rnn_layer_backward(*args)
@@ -193,9 +194,17 @@ def plain_eager(*tensors) -> bool:
     FlopCounterMode, profilers' modes), no tensor subclass. Only then may a call skip the
     custom op's dispatch (the op's graph node is what all of those need to see)."""
     if (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
-            or torch.jit.is_tracing()):
+            or torch.jit.is_tracing() or torch._C._are_functorch_transforms_active()):
         return False
     return all(type(t) in _PLAIN for t in tensors if t is not None)
+
+
+def _batched(*tensors) -> bool:
+    """Whether autograd's legacy vmap batches these gradients (is_grads_batched=True,
+    jacobian(vectorize=True), gradcheck's batched-gradient check): their type is still
+    Tensor, only a Batched dispatch key tells (the legacy one has no Python enum member:
+    the key set's name is read; functorch's FuncTorchBatched matches too)."""
+    return any(t is not None and "Batched" in str(torch._C._dispatch_keys(t)) for t in tensors)
 
 
 class _EagerLayer(torch.autograd.Function):

@@ -110,3 +110,27 @@ def test_compiled_module_gives_the_eager_paths_bits(make):
 
     for a, b in zip(outputs_and_grads(compiled), outputs_and_grads(module)):
         assert torch.equal(a, b)
+
+
+def test_batched_gradients_go_through_the_custom_op(monkeypatch):
+    """Autograd's batched gradients (is_grads_batched=True: vmap over the backward) reach
+    the backward as Batched tensors of type Tensor: the backward must take the op, whose
+    batching rule handles them, never run the kernels on them directly."""
+    seen = []
+    real = ops.rnn_layer_backward
+
+    def spy(*args):
+        seen.append("op")
+        return real(*args)
+
+    monkeypatch.setattr(ops, "rnn_layer_backward", spy)
+    monkeypatch.setattr(ops, "_rnn_layer_backward_impl",
+                        lambda *args: pytest.fail("the implementation ran on batched gradients"))
+    inputs = layer_inputs("gru", None, False)
+    y, *_ = ops.rnn_layer_fast("gru", "stepwise", *inputs.values(), False, True)
+    cotangents = torch.randn(2, *y.shape)
+    try:
+        torch.autograd.grad(y, inputs["x"], cotangents, is_grads_batched=True)
+    except RuntimeError as error:  # no batching rule for the op on this branch's base
+        assert "atching rule" in str(error) or "vmap" in str(error), error
+    assert seen == ["op"]
