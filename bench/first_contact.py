@@ -83,6 +83,8 @@ GPU_TESTS = (
     ("two-launches-lstm-1024-coop", "two_persistent and lstm and 1024 and cooperative", 60),
     ("graph-replay-lstm-persistent", "cuda_graph and lstm and persistent", 60),
     ("graph-training-lstm", "make_graphed_callables and lstm", 60),
+    # issue 17: stepwise calls replayed from graphs of their own (lstm_triton/graphs.py)
+    ("graph-replay-stepwise", "stepwise_calls_replay_from_cuda_graphs", 60),
 )
 SMOKE_TESTS = GPU_TESTS[:1]  # skipped without CUDA: the rehearsal runs the phase's plumbing
 

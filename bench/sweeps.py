@@ -144,6 +144,10 @@ SWEEPS = {s.name: s for s in [
     Sweep("decomp-fp32", "the persistent float32 forward's per-step cost (B=16, H=1024, "
           "T 256/1024), LSTM and GRU", "shape",
           _both_cells([_lstm(16, t, 1024, dtype="fp32") for t in (256, 1024)])),
+    # ------------------------------------ issue 17: host overhead (bench/host.py, no cases:
+    # bench/test_host.py runs it; also on every CPU smoke run)
+    Sweep("host", "what does a call cost the host against torch's own modules? "
+          "(bench/host.py: B=2, H=16, launches a no-op on a CPU machine)", "shape", ()),
     # ------------------------------------------------------------- CPU smoke sweep
     Sweep("smoke", "SMOKE: does the lab run end to end? (interpreter on CPU, not performance)",
           "seq_len",

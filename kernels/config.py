@@ -6,6 +6,7 @@ bandwidth-kernel choice of a few thousand elements per program. The
 interpreter runs programs one after another in Python, so there we use as few,
 as large programs as possible.
 """
+import functools
 import os
 
 import triton
@@ -18,7 +19,14 @@ def interpreting() -> bool:
 
 def pointwise_launch(n_rows: int, n_units: int) -> tuple[tuple[int, int], int, int]:
     """(grid, BLOCK_B, BLOCK_H) of a step kernel over an (n_rows, n_units) tile."""
-    if interpreting():
+    return _pointwise_launch(n_rows, n_units, interpreting())
+
+
+@functools.lru_cache(maxsize=4096)
+def _pointwise_launch(n_rows, n_units, interpret):
+    """Cached: it runs once per launch, and triton.next_power_of_2 / cdiv are
+    constexpr_functions on Triton 3.9, ~20 µs of host time per launch uncached."""
+    if interpret:
         block_b = triton.next_power_of_2(max(n_rows, 1))
         block_h = triton.next_power_of_2(max(n_units, 1))
     else:
@@ -34,8 +42,10 @@ def state_dtype(dtype):
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
+@functools.lru_cache(maxsize=None)
 def compute_dtype(tensor_dtype):
-    """Gate math runs in float32, or float64 when the module is float64 (gradcheck)."""
+    """Gate math runs in float32, or float64 when the module is float64 (gradcheck).
+    Cached: it runs once per step launch."""
     import torch
     import triton.language as tl
 

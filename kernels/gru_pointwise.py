@@ -13,6 +13,7 @@ import triton.language as tl
 
 from .cell_math import gru_cell_backward, gru_cell_forward, load_gates4, store_gates3, store_gates4
 from .config import compute_dtype, pointwise_launch
+from .launch import prepared
 from .tiles import load_gate, load_previous, store_gate, tile_index
 
 
@@ -72,7 +73,7 @@ def gru_step_fwd(gx, rec, h_state, y, gates):
         return
     grid, block_b, block_h = pointwise_launch(n, H)
     save = gates is not None
-    gru_step_fwd_kernel[grid](
+    prepared(gru_step_fwd_kernel)[grid](
         gx, rec, h_state, y, gates if save else gx,
         n, H,
         gx.stride(0), rec.stride(0), h_state.stride(0), y.stride(0), gates.stride(0) if save else 0,
@@ -86,7 +87,7 @@ def gru_step_bwd(dy, dh_rec, gates, h_prev, n_prev, h0, dgx, drec):
     if n == 0:
         return
     grid, block_b, block_h = pointwise_launch(n, H)
-    gru_step_bwd_kernel[grid](
+    prepared(gru_step_bwd_kernel)[grid](
         dy, dh_rec, gates, h_prev if h_prev is not None else h0, n_prev, h0, dgx, drec,
         n, H,
         dy.stride(0), dh_rec.stride(0), gates.stride(0),

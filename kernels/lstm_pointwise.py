@@ -15,6 +15,7 @@ import triton.language as tl
 
 from .cell_math import load_gates4, lstm_cell_backward, lstm_cell_forward, store_gates4
 from .config import compute_dtype, pointwise_launch
+from .launch import prepared
 from .tiles import load_gate, load_previous, store_gate, tile_index
 
 
@@ -82,7 +83,7 @@ def lstm_step_fwd(gx, rec, c, m, h_state, gates, c_save):
         return
     grid, block_b, block_h = pointwise_launch(n, H)
     save = gates is not None
-    lstm_step_fwd_kernel[grid](
+    prepared(lstm_step_fwd_kernel)[grid](
         gx, rec, c, m, h_state if h_state is not None else m,
         gates if save else gx, c_save if save else c,
         n, H,
@@ -107,7 +108,7 @@ def lstm_step_bwd(dm, dh_rec, dc, gates, c_save, c_prev, n_prev, c0, dgates):
     if n == 0:
         return
     grid, block_b, block_h = pointwise_launch(n, H)
-    lstm_step_bwd_kernel[grid](
+    prepared(lstm_step_bwd_kernel)[grid](
         dm, dh_rec if dh_rec is not None else dm, dc, gates, c_save,
         c_prev if c_prev is not None else c0, n_prev, c0, dgates,
         n, H,

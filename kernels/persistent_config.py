@@ -28,6 +28,7 @@ Under the interpreter (CPU tests) programs run one after another, so a barrier
 with two programs would wait forever: the plan is a single program whose
 BLOCK_H covers every hidden unit.
 """
+import functools
 import os
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -194,8 +195,10 @@ def dot_mode(dtype, device) -> int:
     return DOT_NATIVE
 
 
+@functools.lru_cache(maxsize=1024)
 def pad_dot(n: int) -> int:
-    """n rounded up to a power of two of at least MIN_DOT: a block size or K of a tl.dot."""
+    """n rounded up to a power of two of at least MIN_DOT: a block size or K of a tl.dot.
+    Cached: triton.next_power_of_2 is a slow constexpr_function on the host (Triton 3.9)."""
     return max(MIN_DOT, triton.next_power_of_2(max(n, 1)))
 
 

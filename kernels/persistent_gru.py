@@ -19,6 +19,7 @@ import triton.language as tl
 from .cell_math import gru_cell_backward, gru_cell_forward, load_gates4, store_gates3, store_gates4
 from .config import compute_dtype
 from .grid_sync import grid_arrive, grid_start, grid_wait, launch_failed, new_sync_state
+from .launch import prepared
 from .persistent_config import PersistentPlan, launch_options, recurrent_dot, schedule_tensors
 from .persistent_tiles import (backward_step_rows, forward_step_rows, gate_columns, load_rows,
                                program_tile, recurrent_matmul, recurrent_matmul_partials,
@@ -137,7 +138,7 @@ def gru_persistent_fwd(gx, sched, h0, w_hh, b_hh, save, plan: PersistentPlan):
     y = gx.new_empty(n_rows, hidden)
     h_n = h0.new_empty(batch, hidden)
     gates = gx.new_empty(n_rows, 4 * hidden) if save else None
-    gru_persistent_fwd_kernel[(plan.grid,)](
+    prepared(gru_persistent_fwd_kernel)[(plan.grid,)](
         gx, h0, w_hh, b_hh if b_hh is not None else w_hh, y, h_n, gates if save else gx,
         bs, off, sync,
         sched.steps, batch, hidden,
@@ -164,7 +165,7 @@ def gru_persistent_bwd(dy, dh_n, sched, h0, w_hh, y, gates, plan: PersistentPlan
     sync = new_sync_state(dy.device)
     dgx, drec = dy.new_empty(n_rows, 3 * hidden), dy.new_empty(n_rows, 3 * hidden)
     dh0 = dh_n.new_empty(batch, hidden)
-    gru_persistent_bwd_kernel[(plan.grid,)](
+    prepared(gru_persistent_bwd_kernel)[(plan.grid,)](
         dy, dh_n, gates, y, h0, w_hh, dgx, drec, dh0,
         bs, off, sync,
         sched.steps, batch, hidden,

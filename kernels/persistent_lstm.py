@@ -39,6 +39,7 @@ import triton.language as tl
 from .cell_math import load_gates4, lstm_cell_backward, lstm_cell_forward, store_gates4
 from .config import compute_dtype, state_dtype
 from .grid_sync import grid_arrive, grid_start, grid_wait, launch_failed, new_sync_state
+from .launch import prepared
 from .persistent_config import (PersistentPlan, launch_options, pad_dot, recurrent_dot,
                                 schedule_tensors, split_k)
 from .persistent_tiles import (backward_step_rows, forward_step_rows, gate_columns, load_rows,
@@ -197,7 +198,7 @@ def lstm_persistent_fwd(gx, sched, h0, c0, w_hh, w_hr, save, plan: PersistentPla
     h_n, c_n = h0.new_empty(batch, width), c0.new_empty(batch, hidden)
     gates = gx.new_empty(n_rows, 4 * hidden) if save else None
     c_all = gx.new_empty(n_rows, hidden, dtype=state_dtype(gx.dtype)) if save else None
-    lstm_persistent_fwd_kernel[(plan.grid,)](
+    prepared(lstm_persistent_fwd_kernel)[(plan.grid,)](
         gx, h0, c0, w_hh, w_hr if proj else w_hh, y, m_all, h_n, c_n,
         gates if save else gx, c_all if save else y, bs, off, sync,
         sched.steps, batch, hidden, width,
@@ -233,7 +234,7 @@ def lstm_persistent_bwd(dy, dh_n, dc_n, sched, c0, w_hh, w_hr, gates, c_all,
     dgates = dy.new_empty(n_rows, 4 * hidden)
     dr = dy.new_empty(n_rows, width) if proj else None
     dh0, dc0 = dh_n.new_empty(batch, width), dy.new_empty(batch, hidden)
-    lstm_persistent_bwd_kernel[(plan.grid,)](
+    prepared(lstm_persistent_bwd_kernel)[(plan.grid,)](
         dy, dh_n, dc_n, gates, c_all, c0, w_hh, w_hr if proj else w_hh,
         dr if proj else dgates, dgates, dh0, dc0, bs, off, sync,
         sched.steps, batch, hidden, width,

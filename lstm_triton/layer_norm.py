@@ -102,7 +102,8 @@ def lstm_backward(dy, dh_n, dc_n, x, sched, h0, c0, w_ih, w_hh, w_hr, ln, y, gat
     for t in reversed(sched.order()):
         rows, bs = sched.rows(t), sched.batch_sizes[t]
         c_prev, n_prev = _prev_rows(c_all, sched, t)
-        dm, dh_carried = output_grad(dy, dh_rec, rows, bs, w_hr, dh_all, dm_buf)
+        dm, dh_carried = output_grad(dy[rows], dh_rec, bs, w_hr,
+                                     dh_all[rows] if dh_all is not None else None, dm_buf)
         lstm_ln_step_bwd(dm, dh_carried, dc, gates[rows], c_prev, n_prev, c0_state,
                          (hats[rows, width:2 * width], hats[rows, 2 * width:], rstd[rows, 1],
                           rstd[rows, 2]), ln[1:], (dgates[rows], drec[rows], dcn[rows]))

@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import batching, reference, stepwise
+from . import batching, graphs, reference, stepwise
 from .dispatch import triton_can_run, warn_fallback
 from .schedule import Schedule
 
@@ -32,13 +32,9 @@ def _backend_module(backend: str):
     raise ValueError(f"unknown backend {backend!r}")
 
 
-@torch.library.custom_op("lstm_triton::rnn_layer", mutates_args=())
-def rnn_layer(
-    cell: str, backend: str, x: Tensor, batch_sizes: Optional[Tensor], h0: Tensor,
-    c0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
-    b_hh: Optional[Tensor], w_hr: Optional[Tensor], reverse: bool, save: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Returns (y, h_n, c_n, saved_0, saved_1, saved_2); unused slots are empty tensors."""
+def _rnn_layer_impl(cell, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+                    reverse, save):
+    """rnn_layer's implementation: what the custom op and the eager path (rnn_layer_fast, below) run."""
     sched = Schedule.build(batch_sizes, x.shape[0], h0.shape[0], reverse)
     if not triton_can_run(x.device):
         return _recorded_elsewhere(cell, backend, x, sched, h0, c0, (w_ih, w_hh, b_ih, b_hh, w_hr))
@@ -66,6 +62,17 @@ def _recorded_elsewhere(cell, backend, x, sched, h0, c0, weights):
             empty.clone())
 
 
+@torch.library.custom_op("lstm_triton::rnn_layer", mutates_args=())
+def rnn_layer(
+    cell: str, backend: str, x: Tensor, batch_sizes: Optional[Tensor], h0: Tensor,
+    c0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+    b_hh: Optional[Tensor], w_hr: Optional[Tensor], reverse: bool, save: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Returns (y, h_n, c_n, saved_0, saved_1, saved_2); unused slots are empty tensors."""
+    return _rnn_layer_impl(cell, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+                           reverse, save)
+
+
 @rnn_layer.register_fake
 def _(cell, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, save):
     n_rows, hidden = x.shape[0], w_hh.shape[0] // (4 if cell == "lstm" else 3)
@@ -83,16 +90,9 @@ def _(cell, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, rever
     )
 
 
-@torch.library.custom_op("lstm_triton::rnn_layer_backward", mutates_args=())
-def rnn_layer_backward(
-    cell: str, backend: str, dy: Tensor, dh_n: Tensor, dc_n: Optional[Tensor], x: Tensor,
-    batch_sizes: Optional[Tensor], h0: Tensor, c0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
-    w_hr: Optional[Tensor], y: Tensor, saved_0: Tensor, saved_1: Tensor, saved_2: Tensor,
-    reverse: bool, has_bias: bool, need_dx: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Returns (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr); empty where not applicable.
-    A tuple, not a list: torch's legacy vmap (which runs autograd's batched gradients)
-    can loop an op over the batch by itself only when it returns plain Tensors."""
+def _rnn_layer_backward_impl(cell, backend, dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh,
+                             w_hr, y, saved_0, saved_1, saved_2, reverse, has_bias, need_dx):
+    """rnn_layer_backward's implementation (the eager path calls it directly)."""
     impl = _backend_module(backend)
     sched = Schedule.build(batch_sizes, x.shape[0], h0.shape[0], reverse)
     if cell == "lstm":
@@ -103,6 +103,21 @@ def rnn_layer_backward(
             dy, dh_n, x, sched, h0, w_ih, w_hh, y, saved_0, has_bias, need_dx)
         grads = (dx, dh0, None, dw_ih, dw_hh, db_ih, db_hh, None)
     return tuple(g if g is not None else x.new_empty(0) for g in grads)
+
+
+@torch.library.custom_op("lstm_triton::rnn_layer_backward", mutates_args=())
+def rnn_layer_backward(
+    cell: str, backend: str, dy: Tensor, dh_n: Tensor, dc_n: Optional[Tensor], x: Tensor,
+    batch_sizes: Optional[Tensor], h0: Tensor, c0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
+    w_hr: Optional[Tensor], y: Tensor, saved_0: Tensor, saved_1: Tensor, saved_2: Tensor,
+    reverse: bool, has_bias: bool, need_dx: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Returns (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr); empty where not applicable.
+    A tuple, not a list: torch's legacy vmap (which runs autograd's batched gradients)
+    can loop an op over the batch by itself only when it returns plain Tensors."""
+    return _rnn_layer_backward_impl(cell, backend, dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih,
+                                    w_hh, w_hr, y, saved_0, saved_1, saved_2, reverse, has_bias,
+                                    need_dx)
 
 
 @rnn_layer_backward.register_fake
@@ -155,9 +170,15 @@ def _backward(ctx, dy, dh_n, dc_n, *_unused_saved_grads):
         dc_n = torch.zeros_like(c0) if dc_n is None else dc_n.contiguous()
     else:
         dc_n = None
-    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = rnn_layer_backward(
-        ctx.cell, ctx.backend, dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y,
-        saved_0, saved_1, saved_2, ctx.reverse, ctx.has_bias, ctx.needs_input_grad[2])
+    args = (ctx.cell, ctx.backend, dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y,
+            saved_0, saved_1, saved_2, ctx.reverse, ctx.has_bias, ctx.needs_input_grad[2])
+    # traced (torch.compile's backward graph) or batched gradients (vmap): the op, which
+    # has the rules for both; plain eager: its implementation
+    if plain_eager(x, y, dy, dh_n, dc_n) and not _batched(dy, dh_n, dc_n):
+        grads = _run_impl(_rnn_layer_backward_impl, args, x, batch_sizes)
+    else:
+        grads = rnn_layer_backward(*args)
+    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = grads
     lstm, has_bias = ctx.cell == "lstm", ctx.has_bias
     return (
         None, None, dx if ctx.needs_input_grad[2] else None, None, dh0, dc0 if lstm else None,
@@ -196,3 +217,69 @@ rnn_layer.register_autograd(_backward, setup_context=_setup_context)
 
 # Batched calls (autograd's batched gradients, torch.func.vmap): one op call per member.
 batching.register(rnn_layer, rnn_layer_backward)
+
+
+# ---------------------------------------------------------------------- the eager path
+_PLAIN = (Tensor, torch.nn.Parameter)
+
+
+def plain_eager(*tensors) -> bool:
+    """Whether nothing but plain eager execution will see this call: no torch.compile /
+    torch.export (Dynamo or make_fx), no torch.jit.trace, no dispatch mode (FakeTensorMode,
+    FlopCounterMode, profilers' modes), no tensor subclass. Only then may a call skip the
+    custom op's dispatch (the op's graph node is what all of those need to see)."""
+    if (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
+            or torch.jit.is_tracing() or torch._C._are_functorch_transforms_active()):
+        return False
+    return all(type(t) in _PLAIN for t in tensors if t is not None)
+
+
+def _batched(*tensors) -> bool:
+    """Whether autograd's legacy vmap batches these gradients (is_grads_batched=True,
+    jacobian(vectorize=True), gradcheck's batched-gradient check): their type is still
+    Tensor, only a Batched dispatch key tells (the legacy one has no Python enum member:
+    the key set's name is read; functorch's FuncTorchBatched matches too)."""
+    return any(t is not None and "Batched" in str(torch._C._dispatch_keys(t)) for t in tensors)
+
+
+class _EagerLayer(torch.autograd.Function):
+    """rnn_layer with its autograd formula, minus the custom op's dispatch: the same
+    implementation, saved tensors and backward (_setup_context, _backward), called as a
+    plain autograd Function. The op's dispatch (schema parsing, the autograd wrapper, a
+    Dynamo-disabled frame) cost more host time than a whole cell step (issue 17)."""
+
+    @staticmethod
+    def forward(ctx, *inputs):  # not the setup_context style: its argument binding costs
+        # ~20 µs a call (inspect.signature)
+        output = _run_impl(_rnn_layer_impl, inputs, inputs[2], inputs[3])
+        _setup_context(ctx, inputs, output)
+        ctx.mark_non_differentiable(*output[3:])  # the saved slots carry no gradient
+        ctx.set_materialize_grads(False)  # _backward reads a missing gradient as zeros
+        return output
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return _backward(ctx, *grads)
+
+
+def rnn_layer_fast(cell, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+                   reverse, save):
+    """rnn_layer's result, by the shortest road that gives the same bits: the custom op
+    where anything traces or intercepts the call (plain_eager), else its implementation,
+    under an autograd Function only when a backward will follow (`save`)."""
+    if not plain_eager(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr):
+        return rnn_layer(cell, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+                         reverse, save)
+    if save:
+        return _EagerLayer.apply(cell, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh,
+                                 w_hr, reverse, save)
+    return _run_impl(_rnn_layer_impl, (cell, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih,
+                                       b_hh, w_hr, reverse, save), x, batch_sizes)
+
+
+def _run_impl(fn, args, x, batch_sizes):
+    """fn(*args) (an implementation above; args[1] is the backend): a stepwise call on CUDA
+    is replayed from a CUDA graph after its first use (graphs.py), the rest runs as is."""
+    if args[1] != "stepwise":
+        return fn(*args)
+    return graphs.run(fn, args, x.device, batch_sizes)

@@ -17,7 +17,7 @@ from torch.nn.utils.rnn import PackedSequence
 from . import checks, layer_norm, reference, scripting
 from .dispatch import Workload, choose_backend, triton_can_run, validate_backend, warn_fallback
 from .export import export_backend, onnx_layers
-from .ops import rnn_layer
+from .ops import rnn_layer_fast
 from .quantize import QuantizationGuard
 from .schedule import Schedule
 
@@ -109,7 +109,7 @@ def run_layer(cell, backend, x, batch_sizes, h0, c0, weights, reverse, ln=None):
     if ln is not None:
         return layer_norm.run_layer(cell, backend, x, batch_sizes, h0, c0, weights, ln,
                                     reverse, save)
-    y, h_n, c_n, *_ = rnn_layer(
+    y, h_n, c_n, *_ = rnn_layer_fast(
         cell, backend, x, batch_sizes, h0, c0, w_ih.contiguous(), w_hh.contiguous(),
         b_ih, b_hh, w_hr.contiguous() if w_hr is not None else None, reverse, save)
     return y, h_n, (c_n if lstm else None)

@@ -22,9 +22,9 @@ class Schedule:
 
     @staticmethod
     def build(batch_sizes, n_rows: int, batch: int, reverse: bool) -> "Schedule":
-        if batch_sizes is None:
+        if batch_sizes is None:  # padded: built without a Python loop over the T steps
             steps = n_rows // batch if batch else 0
-            sizes = (batch,) * steps
+            return Schedule((batch,) * steps, tuple(range(0, steps * batch, batch or 1)), reverse)
         else:
             sizes = tuple(int(b) for b in batch_sizes.tolist())
         offsets, total = [], 0
@@ -51,16 +51,21 @@ class Schedule:
     def rows(self, t: int) -> slice:
         return slice(self.offsets[t], self.offsets[t] + self.batch_sizes[t])
 
+    def previous_step(self, t: int):
+        """(the step processed before t or None, how many of t's rows continue from it)."""
+        p = t + 1 if self.reverse else t - 1
+        if p < 0 or p >= self.steps:
+            return None, 0
+        return p, min(self.batch_sizes[p], self.batch_sizes[t])
+
     def previous(self, t: int):
         """(rows of the step processed before t, how many of t's rows continue from it).
 
         Rows of t past that count start from the initial state: only possible
         in the reverse direction of a packed batch, where short sequences join late.
         """
-        p = t + 1 if self.reverse else t - 1
-        if p < 0 or p >= self.steps:
-            return None, 0
-        return self.rows(p), min(self.batch_sizes[p], self.batch_sizes[t])
+        p, n_prev = self.previous_step(t)
+        return (None if p is None else self.rows(p)), n_prev
 
     def previous_index(self, device) -> torch.Tensor:
         """(N,) row of cat([y, h0]) holding each row's previous state (for dW_hh).

@@ -61,20 +61,36 @@ def gru_weight_grads(dgx, drec, x, y, h0, sched, w_ih, has_bias, need_dx):
             column_sum(dgx) if has_bias else None, column_sum(drec) if has_bias else None)
 
 
-def output_grad(dy, dh_rec, rows, bs, w_hr, dh_all, dm_buf):
-    """(dm, dh_carried) of an LSTM backward step: the gradient of the step's unprojected
-    output m_t, and the carried recurrent gradient the step kernel still has to add (None
-    with a projection, where it is folded in here: dh_all = dy + dh_rec, dm = dh_all W_hr)."""
+def output_grad(dy_t, dh_rec, bs, w_hr, dh_all_t, dm_buf):
+    """(dm, dh_carried) of an LSTM backward step, from the step's rows of dy (and of dh_all
+    with a projection): the gradient of the step's unprojected output m_t, and the carried
+    recurrent gradient the step kernel still has to add (None with a projection, where it
+    is folded in here: dh_all = dy + dh_rec, dm = dh_all W_hr)."""
     if w_hr is None:
-        return dy[rows], dh_rec
-    torch.add(dy[rows], dh_rec[:bs], out=dh_all[rows])
-    torch.mm(dh_all[rows], w_hr, out=dm_buf[:bs])
-    return dm_buf[:bs], None
+        return dy_t, dh_rec
+    torch.add(dy_t, _head(dh_rec, bs), out=dh_all_t)
+    dm = _head(dm_buf, bs)
+    torch.mm(dh_all_t, w_hr, out=dm)
+    return dm, None
 
 
 def _prev_rows(tensor, sched, t):
     rows, n_prev = sched.previous(t)
     return (tensor[rows] if rows is not None else None), n_prev
+
+
+def _steps(sched, *tensors):
+    """Per-step row views of each (N, ...) tensor (None stays None), made in one call per
+    tensor before the loop: slicing `tensor[rows]` in the loop cost ~1 µs a view, several
+    views a step (issue 17)."""
+    if sched.steps == 1:  # a cell call: the one step is the whole tensor
+        return [(t,) for t in tensors]
+    return [None if t is None else t.split(sched.batch_sizes) for t in tensors]
+
+
+def _head(tensor, rows):
+    """tensor[:rows] without a new view when it is all of it (the padded case)."""
+    return tensor if rows == tensor.shape[0] else tensor[:rows]
 
 
 # ---------------------------------------------------------------------------- LSTM
@@ -91,14 +107,17 @@ def lstm_forward(x, sched, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, save):
     gates = x.new_empty(n_rows, 4 * hidden) if save else None
     c_all = c_state.new_empty(n_rows, hidden) if save else None
     rec = x.new_empty(batch, 4 * hidden)
+    w_hh_t, w_hr_t = w_hh.t(), (w_hr.t() if proj else None)
+    gx_s, m_s, y_s, gates_s, c_all_s = _steps(sched, gx, m_all, y, gates, c_all)
     for t in sched.order():
-        rows, bs = sched.rows(t), sched.batch_sizes[t]
-        torch.mm(h_state[:bs], w_hh.t(), out=rec[:bs])
-        lstm_step_fwd(gx[rows], rec[:bs], c_state, m_all[rows], None if proj else h_state,
-                      gates[rows] if save else None, c_all[rows] if save else None)
+        bs = sched.batch_sizes[t]
+        rec_t = _head(rec, bs)
+        torch.mm(_head(h_state, bs), w_hh_t, out=rec_t)
+        lstm_step_fwd(gx_s[t], rec_t, c_state, m_s[t], None if proj else h_state,
+                      gates_s[t] if save else None, c_all_s[t] if save else None)
         if proj:
-            torch.mm(m_all[rows], w_hr.t(), out=y[rows])
-            h_state[:bs] = y[rows]
+            torch.mm(m_s[t], w_hr_t, out=y_s[t])
+            _head(h_state, bs).copy_(y_s[t])
     # Each unused slot is its own empty tensor: custom-op outputs may not alias each other.
     return (y, h_state, c_state.to(x.dtype),
             gates if save else x.new_empty(0), c_all if save else x.new_empty(0),
@@ -116,13 +135,16 @@ def lstm_backward(dy, dh_n, dc_n, x, sched, h0, c0, w_ih, w_hh, w_hr, y, gates, 
     dgates = x.new_empty(n_rows, 4 * hidden)
     dh_all = x.new_empty(n_rows, h0.shape[1]) if proj else None
     dm_buf = x.new_empty(h0.shape[0], hidden) if proj else None
+    dy_s, dh_all_s, gates_s, c_all_s, dgates_s = _steps(sched, dy, dh_all, gates, c_all, dgates)
     for t in reversed(sched.order()):
-        rows, bs = sched.rows(t), sched.batch_sizes[t]
-        c_prev, n_prev = _prev_rows(c_all, sched, t)
-        dm, dh_carried = output_grad(dy, dh_rec, rows, bs, w_hr, dh_all, dm_buf)
-        lstm_step_bwd(dm, dh_carried, dc, gates[rows], c_all[rows], c_prev, n_prev, c0_state,
-                      dgates[rows])
-        torch.mm(dgates[rows], w_hh, out=dh_rec[:bs])
+        bs = sched.batch_sizes[t]
+        p, n_prev = sched.previous_step(t)
+        c_prev = c_all_s[p] if p is not None else None
+        dm, dh_carried = output_grad(dy_s[t], dh_rec, bs, w_hr,
+                                     dh_all_s[t] if proj else None, dm_buf)
+        lstm_step_bwd(dm, dh_carried, dc, gates_s[t], c_all_s[t], c_prev, n_prev, c0_state,
+                      dgates_s[t])
+        torch.mm(dgates_s[t], w_hh, out=_head(dh_rec, bs))
     dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr = lstm_weight_grads(
         dgates, x, y, h0, sched, w_ih, has_bias, need_dx, dh_all, m_all)
     return dx, dh_rec, dc.to(x.dtype), dw_ih, dw_hh, db_ih, db_hh, dw_hr
@@ -137,13 +159,16 @@ def gru_forward(x, sched, h0, w_ih, w_hh, b_ih, b_hh, save):
     y = x.new_empty(n_rows, hidden)
     gates = x.new_empty(n_rows, 4 * hidden) if save else None
     rec = x.new_empty(batch, 3 * hidden)
+    w_hh_t = w_hh.t()
+    gx_s, y_s, gates_s = _steps(sched, gx, y, gates)
     for t in sched.order():
-        rows, bs = sched.rows(t), sched.batch_sizes[t]
+        bs = sched.batch_sizes[t]
+        rec_t, h_t = _head(rec, bs), _head(h_state, bs)
         if b_hh is None:
-            torch.mm(h_state[:bs], w_hh.t(), out=rec[:bs])
+            torch.mm(h_t, w_hh_t, out=rec_t)
         else:
-            torch.addmm(b_hh, h_state[:bs], w_hh.t(), out=rec[:bs])
-        gru_step_fwd(gx[rows], rec[:bs], h_state, y[rows], gates[rows] if save else None)
+            torch.addmm(b_hh, h_t, w_hh_t, out=rec_t)
+        gru_step_fwd(gx_s[t], rec_t, h_state, y_s[t], gates_s[t] if save else None)
     return y, h_state, gates if save else x.new_empty(0)
 
 
@@ -153,11 +178,12 @@ def gru_backward(dy, dh_n, x, sched, h0, w_ih, w_hh, y, gates, has_bias, need_dx
     dh_rec = dh_n.clone()
     dgx = x.new_empty(n_rows, 3 * hidden)
     drec = x.new_empty(n_rows, 3 * hidden)
+    dy_s, y_s, gates_s, dgx_s, drec_s = _steps(sched, dy, y, gates, dgx, drec)
     for t in reversed(sched.order()):
-        rows, bs = sched.rows(t), sched.batch_sizes[t]
-        h_prev, n_prev = _prev_rows(y, sched, t)
-        gru_step_bwd(dy[rows], dh_rec, gates[rows], h_prev, n_prev, h0, dgx[rows], drec[rows])
-        dh_rec[:bs].addmm_(drec[rows], w_hh)
+        p, n_prev = sched.previous_step(t)
+        gru_step_bwd(dy_s[t], dh_rec, gates_s[t], y_s[p] if p is not None else None, n_prev,
+                     h0, dgx_s[t], drec_s[t])
+        _head(dh_rec, sched.batch_sizes[t]).addmm_(drec_s[t], w_hh)
     dx, dw_ih, dw_hh, db_ih, db_hh = gru_weight_grads(dgx, drec, x, y, h0, sched, w_ih, has_bias,
                                                       need_dx)
     return dx, dh_rec, dw_ih, dw_hh, db_ih, db_hh

@@ -190,3 +190,67 @@ def test_failed_barrier_inside_a_cuda_graph_gives_nan(monkeypatch):
             out, (h, c) = module(x)
     graph.replay()
     assert out.isnan().all() and h.isnan().all() and c.isnan().all()
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_stepwise_calls_replay_from_cuda_graphs(cell, monkeypatch):
+    """lstm_triton/graphs.py on a real GPU: the first stepwise call of a key runs plainly and
+    captures, later ones replay. Training steps with fresh inputs and an optimizer step
+    between them (weights changed in place) equal plain calls within float32's tolerance
+    (cuBLAS may pick another GEMM algorithm on a capturing stream), and a replayed no-grad
+    call at T=256 costs the host a fraction of a plain one (the point of issue 17)."""
+    import time
+
+    from lstm_triton import graphs
+
+    monkeypatch.setattr(graphs, "ENABLED", True)  # opt-in; restored after the test
+    graphs.clear()
+    module, _ = twin_modules(cell, 32, 64, dtype=torch.float32, backend="stepwise")
+    opt = torch.optim.SGD(module.parameters(), lr=0.1)
+
+    def step(x):
+        module.zero_grad()
+        x = x.detach().requires_grad_()
+        out, finals = module(x)
+        loss = out.pow(2).sum() + sum(f.sin().sum() for f in as_tuple(finals))
+        loss.backward()
+        return [out.detach(), *as_tuple(finals), x.grad,
+                *(p.grad.clone() for p in module.parameters())]
+
+    for _ in range(3):
+        x = torch.randn(16, 4, 32, device="cuda")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FallbackWarning)
+            got = step(x)
+        graphs.ENABLED = False
+        try:
+            want = step(x)
+        finally:
+            graphs.ENABLED = True
+        for a, b in zip(got, want):
+            assert_close(a, b, torch.float32, cell)
+        opt.step()
+    assert len(graphs._graphs) == 2  # forward and backward: one graph each, replayed
+
+    x = torch.randn(256, 4, 32, device="cuda")
+
+    def host_seconds(enabled, calls=5):
+        graphs.ENABLED = enabled
+        try:
+            with torch.no_grad():
+                module(x)  # first use (captures when enabled)
+                torch.cuda.synchronize()
+                start = time.perf_counter()
+                for _ in range(calls):
+                    module(x)
+                host = (time.perf_counter() - start) / calls
+                torch.cuda.synchronize()
+            return host
+        finally:
+            graphs.ENABLED = True
+
+    replayed, plain = host_seconds(True), host_seconds(False)
+    print(f"stepwise {cell} T=256 host per call: replayed {replayed * 1e6:.0f} us, "
+          f"plain {plain * 1e6:.0f} us")
+    assert replayed < plain / 4, (replayed, plain)
+    graphs.clear()

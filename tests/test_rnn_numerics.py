@@ -319,14 +319,14 @@ def test_forward_saves_for_backward_only_when_a_backward_can_follow(cell, backen
     from lstm_triton import rnn
 
     calls = []
-    real = rnn.rnn_layer
+    real = rnn.rnn_layer_fast
 
     def spy(*args):
         out = real(*args)
         calls.append((args[-1], sum(t.numel() for t in out[3:])))
         return out
 
-    monkeypatch.setattr(rnn, "rnn_layer", spy)
+    monkeypatch.setattr(rnn, "rnn_layer_fast", spy)
     module, _ = twin_modules(cell, 3, 5, num_layers=2, bidirectional=True, backend=backend)
     x = torch.randn(4, 2, 3)
     with torch.no_grad():

@@ -1,0 +1,299 @@
+"""Host overhead: what a call costs the CPU, against torch's own modules in the same run.
+
+    python -m bench.host [--quick] [--out DIR]       (default reports/host/)
+    pytest bench/ --benchmark-only                    (bench/test_host.py runs it)
+
+At small sizes a GPU finishes a step in microseconds, so the host's work per step is the
+speed. This measures that work on any machine: on a CPU machine Triton's driver is
+replaced by `FakeH100` (kernels are compiled for sm_90 by the real compiler, bound and
+specialised by Triton's real runtime, and the launch itself is a no-op), the GEMMs run on
+tiny CPU tensors, and torch's nn.LSTMCell / nn.GRUCell / nn.LSTM / nn.GRU run on the same
+tiny CPU tensors, their real math included, interleaved with ours round by round. On a
+CUDA machine (--device cuda) the same calls run with real launches on CUDA tensors and
+torch's modules are cuDNN's; host time is then the wall time of a block of calls without
+a synchronisation inside it (the queue absorbs it while the GPU keeps up).
+
+Every figure is HOST OVERHEAD, never GPU speed. Cases:
+  cell      TritonLSTMCell / TritonGRUCell call vs nn.LSTMCell / nn.GRUCell, B=2, I=H=16,
+            inference (no_grad) and training (forward + backward of the outputs' sum)
+  stepwise  one-layer TritonLSTM / TritonGRU backend="stepwise", T=64: per step
+  persistent backend="persistent" call at T = 16, 64, 256: host cost vs T
+
+Must run without TRITON_INTERPRET (the interpreter replaces @triton.jit functions, which
+then cannot be compiled): bench/test_host.py runs it in a subprocess.
+"""
+import argparse
+import csv
+import datetime
+import os
+import platform
+import statistics
+import time
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from .first_contact import _commit  # git describe of the checkout
+
+REPO = Path(__file__).resolve().parents[1]
+LABEL = "HOST OVERHEAD on a CPU machine (Triton launch a no-op, GEMMs on tiny CPU tensors): " \
+        "not GPU speed"
+GOALS = {"cell": 1.0, "stepwise": 2.0}  # issue 17: at most this many times torch's host time
+
+
+class _NoLaunch:
+    """Triton's launcher, replaced: binding, specialisation and the cache lookup all ran."""
+
+    def __init__(self, src, metadata):
+        pass
+
+    def __call__(self, *args):
+        pass
+
+
+class _FakeUtils:
+    def load_binary(self, name, kernel, shared, device):
+        # module, function (a handle naming the binary: the tests check which one launched),
+        # n_regs, n_spills, n_max_threads
+        return None, hash(bytes(kernel)), 0, 0, 1024
+
+    def get_device_properties(self, device):
+        return dict(max_shared_mem=232448, multiprocessor_count=132, max_num_regs=65536,
+                    warpSize=32)
+
+
+class FakeH100:
+    """A Triton driver that reports an active sm_90 device and launches nothing: the JIT
+    runtime (binder, specialisation, cache, compile) runs exactly as on a GPU, on CPU
+    tensors. Written against the driver interface Triton 3.6 and 3.9 share
+    (triton.runtime.driver.set_active, CompiledKernel._init_handles)."""
+
+    launcher_cls = _NoLaunch
+
+    def __init__(self):
+        self.utils = _FakeUtils()
+
+    @staticmethod
+    def is_active():
+        return True
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def get_current_target(self):
+        from triton.backends.compiler import GPUTarget
+        return GPUTarget("cuda", 90, 32)
+
+    def get_device_capability(self, device=None):
+        return (9, 0)
+
+    def get_active_torch_device(self):
+        return torch.device("cpu")
+
+    def map_python_to_cpp_type(self, ty):
+        raise NotImplementedError("FakeH100 builds no C launcher")
+
+    def get_benchmarker(self):
+        raise NotImplementedError("FakeH100 times nothing")
+
+
+def install_fake_h100():
+    """Make Triton and lstm_triton treat CPU tensors as runnable on an H100 that launches
+    nothing: Triton's active driver, dispatch's "can Triton run here" and the persistent
+    plan (planned for an H100 as bench/compiled.py does)."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise RuntimeError("bench.host needs the real Triton compiler: unset TRITON_INTERPRET")
+    from triton.runtime import driver
+
+    driver.set_active(FakeH100())
+    from lstm_triton import dispatch, persistent
+    from lstm_triton.kernels import persistent_config
+
+    from .compiled import H100
+
+    dispatch.triton_can_run = lambda device: True
+
+    def h100_plan(cell, device, dtype, batch, hidden, out_size):
+        return persistent_config.plan(4 if cell == "lstm" else 3, torch.device("cuda"), dtype,
+                                      batch, hidden, out_size, budget=tuple(H100.values()))
+    persistent.persistent_plan = h100_plan
+
+
+# ------------------------------------------------------------------------------- timing
+def time_pair(ours, theirs, calls, warmup, sync=None):
+    """(median, q1, q3) seconds per call of `ours` and of `theirs`, each call timed on its own
+    and the two alternating call by call (which goes first alternates too), so both see the
+    same machine state."""
+    for fn in (ours, theirs):
+        for _ in range(warmup):
+            fn()
+    times = ([], [])
+    # On the CPU: the calling thread's CPU time, which a shared machine's other processes
+    # do not inflate (torch runs one intra-op thread here). With real launches (CUDA) the
+    # wall clock, synchronised around each call.
+    clock = time.perf_counter if sync else time.thread_time
+    for k in range(calls):
+        order = ((ours, times[0]), (theirs, times[1]))
+        for fn, out in (order if k % 2 == 0 else order[::-1]):
+            if sync:
+                sync()
+            start = clock()
+            fn()
+            if sync:
+                sync()
+            out.append(clock() - start)
+    return [(statistics.median(t), *statistics.quantiles(t, n=4)[::2]) for t in times]
+
+
+def _outputs(out):
+    """Every tensor of a cell's or a module's output, flattened."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    flat = []
+    for o in out:
+        flat.extend(_outputs(o))
+    return flat
+
+
+def make_call(module, x, hx, train):
+    if not train:
+        def infer():
+            with torch.no_grad():
+                module(x, hx)
+        return infer
+
+    def step():
+        sum(t.sum() for t in _outputs(module(x, hx))).backward()
+    return step
+
+
+def cases(device, quick):
+    """(kind, cell, pass, T, our module, torch module, x, hx) for every measured call."""
+    from lstm_triton import TritonGRU, TritonGRUCell, TritonLSTM, TritonLSTMCell
+
+    B, I, H = 2, 16, 16
+    out = []
+    for cell, ours_cls, theirs_cls in (("lstm", TritonLSTMCell, torch.nn.LSTMCell),
+                                       ("gru", TritonGRUCell, torch.nn.GRUCell)):
+        theirs = theirs_cls(I, H).to(device)
+        ours = ours_cls(I, H, backend="stepwise").to(device)
+        ours.load_state_dict(theirs.state_dict())
+        h = torch.randn(B, H, device=device)
+        hx = (h, torch.randn(B, H, device=device)) if cell == "lstm" else h
+        for pass_ in ("fwd", "fwdbwd"):
+            out.append(("cell", cell, pass_, 1, ours, theirs, torch.randn(B, I, device=device),
+                        hx))
+    module_cls = {"lstm": (TritonLSTM, torch.nn.LSTM), "gru": (TritonGRU, torch.nn.GRU)}
+    for backend, lengths in (("stepwise", (64,)),
+                             ("persistent", (16, 64) if quick else (16, 64, 256))):
+        for cell, (ours_cls, theirs_cls) in module_cls.items():
+            theirs = theirs_cls(I, H).to(device)
+            ours = ours_cls(I, H, backend=backend).to(device)
+            ours.load_state_dict(theirs.state_dict())
+            for T in lengths:
+                x = torch.randn(T, B, I, device=device)
+                for pass_ in ("fwd", "fwdbwd"):
+                    out.append((backend, cell, pass_, T, ours, theirs, x, None))
+    return out
+
+
+def machine():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run(device="cpu", quick=False, out_dir=None, label=""):
+    """Measure every case; write the raw CSV and the markdown table; return the rows."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        install_fake_h100()
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    # one intra-op thread: the tensors are tiny, and on a shared CPU a second thread only
+    # adds contention noise to both columns
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    calls, warmup = (150, 10) if quick else (600, 30)
+    date = datetime.datetime.now(datetime.timezone.utc)
+    common = dict(
+        date=date.strftime("%Y-%m-%d %H:%M"), device=str(device),
+        machine=machine() if device.type == "cpu" else torch.cuda.get_device_name(device),
+        cores=os.cpu_count(), python=platform.python_version(), torch=torch.__version__,
+        triton=metadata.version("triton"), commit=_commit(), label=label,
+        launch="no-op (FakeH100, sm_90)" if device.type == "cpu" else "real")
+    rows = []
+    for kind, cell, pass_, T, ours, theirs, x, hx in cases(device, quick):
+        n = max(20, calls // max(1, T // 16)) if kind != "cell" else calls
+        (mine, q1, q3), (ref, rq1, rq3) = time_pair(
+            make_call(ours, x, hx, pass_ == "fwdbwd"), make_call(theirs, x, hx, pass_ == "fwdbwd"),
+            n, warmup if kind == "cell" else 3, sync)
+        steps = T if kind != "cell" else 1
+        row = dict(common, kind=kind, cell=cell, **{"pass": pass_}, batch=x.shape[-2]
+                   if x.dim() > 1 else 1, input_size=x.shape[-1], hidden_size=ours.hidden_size,
+                   seq_len=T, ours_us=mine * 1e6, ours_q1_us=q1 * 1e6, ours_q3_us=q3 * 1e6,
+                   torch_us=ref * 1e6, torch_q1_us=rq1 * 1e6, torch_q3_us=rq3 * 1e6,
+                   ours_per_step_us=mine * 1e6 / steps, torch_per_step_us=ref * 1e6 / steps,
+                   ratio=mine / ref, goal=GOALS.get(kind, ""), calls=n)
+        rows.append(row)
+        print(f"{kind:10s} {cell:4s} {pass_:6s} T={T:<4d} ours {mine * 1e6:8.1f} us "
+              f"torch {ref * 1e6:8.1f} us  ratio {mine / ref:5.2f}", flush=True)
+    write(rows, Path(out_dir) if out_dir else REPO / "reports" / "host", device)
+    return rows
+
+
+def write(rows, out_dir, device):
+    """<date>-<device>-triton<v>[-label].csv (raw) and .md (the table) under out_dir."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    first = rows[0]
+    stem = (f"{first['date'][:10]}-{device.type}-triton{first['triton']}"
+            + (f"-{first['label']}" if first["label"] else ""))
+    csv_path = out_dir / f"{stem}.csv"
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(first))
+        writer.writeheader()
+        writer.writerows(rows)
+    title = LABEL if device.type == "cpu" else "HOST OVERHEAD with real launches on " + \
+        first["machine"] + ": wall time of call blocks, not kernel time"
+    lines = [f"# {title}", "",
+             f"{first['date']} UTC · {first['machine']} ({first['cores']} cores, shared) · "
+             f"python {first['python']} · torch {first['torch']} · triton {first['triton']} · "
+             f"commit {first['commit']} · launch {first['launch']}", "",
+             "Medians over single calls (`calls` of each; CPU time of the calling thread, one "
+             "intra-op thread), ours and torch's alternating call by call in one run "
+             "(`python -m bench.host`). B=2, I=H=16, float32. Cells: one call (fwdbwd: "
+             "forward + backward of the outputs' sum). Modules: one layer; per step = call / T. "
+             "torch's column is nn.LSTMCell / nn.GRUCell / nn.LSTM / nn.GRU on the same "
+             "tensors, its real math included.", "",
+             "| kind | cell | pass | T | ours µs/call | ours µs/step | torch µs/call | "
+             "torch µs/step | ratio | goal |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        goal = f"≤ {r['goal']:.1f}× ({'holds' if r['ratio'] <= r['goal'] else 'misses'})" \
+            if r["goal"] else "T-independent"
+        lines.append(f"| {r['kind']} | {r['cell']} | {r['pass']} | {r['seq_len']} | "
+                     f"{r['ours_us']:.1f} | {r['ours_per_step_us']:.2f} | {r['torch_us']:.1f} | "
+                     f"{r['torch_per_step_us']:.2f} | {r['ratio']:.2f} | {goal} |")
+    (out_dir / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {csv_path} and {csv_path.with_suffix('.md').name}")
+    return csv_path
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and lengths")
+    parser.add_argument("--out", default=None, help="directory (default reports/host)")
+    parser.add_argument("--label", default="", help="suffix of the files' names")
+    args = parser.parse_args(argv)
+    run(args.device, args.quick, args.out, args.label)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""Prepared launches (kernels/launch.py) pass Triton's launcher exactly what Triton's own
+runtime passes it.
+
+The shortcut only exists where kernels are compiled (the interpreter runs Triton's own
+path), so these tests compile the step kernels for sm_90 in a process without
+TRITON_INTERPRET, with Triton's driver replaced by bench.host.FakeH100 whose launcher
+records its arguments instead of launching. Each launch runs twice on the same arguments:
+through `kernel[grid]` (Triton's binder) and through `prepared(kernel)[grid]`, whose
+first call per specialisation takes Triton's path and whose later calls take the
+shortcut; the recorded calls must be identical, the compiled function included.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+
+SCRIPT = r"""
+import torch
+from bench import host
+from lstm_triton.kernels import gru_pointwise, launch, lstm_pointwise
+
+calls = []
+
+
+class Recording(host._NoLaunch):
+    def __call__(self, *args):
+        calls.append(args)
+
+
+host.FakeH100.launcher_cls = Recording
+host.install_fake_h100()
+torch.manual_seed(0)
+B, H = 3, 20
+
+
+def same(a, b):
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.data_ptr() == b.data_ptr() and a.dtype == b.dtype
+    return type(a) is type(b) and a == b
+
+
+def check(run):
+    n_shortcut = 0
+    # run(kernels) launches through `kernels`: {"real name": kernel or prepared kernel}
+    for prepared in (False, True, True):  # Triton's path, then prepared: first and cached
+        calls.clear()
+        run(prepared)
+        if not prepared:
+            expected = list(calls)
+            continue
+        assert len(calls) == len(expected) > 0, (len(calls), len(expected))
+        n_shortcut += sum(c[6] is None for c in calls)
+        for got, want in zip(calls, expected):
+            assert len(got) == len(want), (len(got), len(want))
+            # grid, stream, function, packed metadata, arguments: the same; launch metadata
+            # and hooks: Triton passes empty hook chains (which call nothing, so nothing reads
+            # the metadata), the prepared launch None
+            for k, (a, b) in enumerate(zip(got, want)):
+                if k == 6:
+                    assert a is None or type(a) is type(b), (a, b)
+                elif k in (7, 8):
+                    assert a in (None, b) and (b is None or b.calls == []), (k, a, b)
+                else:
+                    assert same(a, b), (k, a, b)
+    assert n_shortcut == len(expected), "the cached launches must take the shortcut"
+
+
+def patched(module, prepared):
+    # the module's launch functions call prepared(kernel)[grid]: Triton's own path is the
+    # same call with `prepared` replaced by the identity
+    module.prepared = launch.prepared if prepared else (lambda fn: fn)
+
+
+for dtype, offset in ((torch.float32, 0), (torch.float16, 0), (torch.float32, 1)):
+    # offset 1: every tensor starts 4 bytes past 16-byte alignment (another specialisation)
+    def t(*shape, dt=dtype):
+        return torch.randn(shape[0] * shape[1] + offset).to(dt)[offset:].view(*shape)
+
+    state = torch.float32 if dtype == torch.float16 else dtype
+    gx, rec, c, m, hs, gates, cs = (t(B, 4 * H), t(B, 4 * H), t(B, H, dt=state), t(B, H),
+                                    t(B, H), t(B, 4 * H), t(B, H, dt=state))
+
+    def lstm(prepared):
+        patched(lstm_pointwise, prepared)
+        lstm_pointwise.lstm_step_fwd(gx, rec, c, m, hs, gates, cs)
+        lstm_pointwise.lstm_step_fwd(gx[:2], rec[:2], c, m[:2], None, None, None)
+        lstm_pointwise.lstm_step_bwd(m, hs, c, gates, cs, cs, 2, c, rec)
+        lstm_pointwise.lstm_step_bwd(m[:1], None, c, gates[:1], cs[:1], None, 0, c, rec[:1])
+
+    def gru(prepared):
+        patched(gru_pointwise, prepared)
+        gru_pointwise.gru_step_fwd(gx[:, :3 * H], rec[:, :3 * H], hs, m, gates)
+        gru_pointwise.gru_step_fwd(gx[:2, :3 * H], rec[:2, :3 * H], hs, m[:2], None)
+        gru_pointwise.gru_step_bwd(m, hs, gates, hs, 2, m, gx[:, :3 * H], rec[:, :3 * H])
+
+    check(lstm)
+    check(gru)
+
+n_entries = sum(len(k.cache) for k in launch._PREPARED.values())
+print("PREPARED OK", n_entries)
+"""
+
+
+@pytest.mark.slow
+def test_prepared_launch_passes_what_tritons_runtime_passes():
+    """LSTM and GRU step kernels, forward and backward, with and without the optional
+    tensors, float32 and float16, 16-byte aligned and not: the launcher sees the same
+    grid, stream, compiled function, metadata and arguments either way."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo, env.get("PYTHONPATH")]))
+    done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True,
+                          text=True, timeout=900, cwd=repo)
+    assert done.returncode == 0 and "PREPARED OK" in done.stdout, done.stderr[-3000:]
+    # one cache entry per (kernel, flags, dtype, alignment) seen: 3 variants x (2 LSTM fwd
+    # + 2 LSTM bwd + 2 GRU fwd + 1 GRU bwd) specialisations
+    assert int(done.stdout.split("PREPARED OK")[1]) == 21, done.stdout
