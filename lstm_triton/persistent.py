@@ -22,12 +22,18 @@ Fallbacks to stepwise (see dispatch.persistent_plan): layers the persistent
 kernel does not serve (very large batches, devices without Triton), warned once
 per reason; and a launch whose grid barrier failed (the
 grid was not co-resident, e.g. a GPU shared with other work), warned each time.
+
+Issue 18's per-call options that change the step itself (segment resets, recurrent
+dropout, zoneout: a variants.Variant) are not in the persistent kernels yet: such a
+layer runs forward and backward on stepwise's fused kernels, warned once (VARIANT).
+weight_drop and variational_dropout need nothing here (a masked W_hh, a masked input).
 """
 
 from triton.runtime.errors import OutOfResources
 
 from . import stepwise
 from .dispatch import persistent_plan, warn_fallback
+from .variants import NONE
 from .kernels.persistent_config import not_cooperative, streamed
 from .kernels.persistent_gru import gru_persistent_bwd, gru_persistent_fwd
 from .kernels.persistent_lstm import lstm_persistent_bwd, lstm_persistent_fwd
@@ -42,7 +48,13 @@ def _fallback(what, reason):
                   key=None if reason == BARRIER_FAILED else reason)
 
 
-def _plan(cell, x, h0, hidden):
+VARIANT = ("resets, zoneout and recurrent_dropout are fused in the stepwise kernels only "
+           "(the persistent loop does not take them yet)")
+
+
+def _plan(cell, x, h0, hidden, variant=NONE):
+    if variant.active:
+        return None, VARIANT
     return persistent_plan(cell, x.device, x.dtype, h0.shape[0], hidden, h0.shape[1])
 
 
@@ -73,9 +85,9 @@ def _launch(launcher, plan, *args):
 
 
 # ---------------------------------------------------------------------------- LSTM
-def lstm_forward(x, sched, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, save):
+def lstm_forward(x, sched, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, save, variant=NONE):
     """Returns y (N, P), h_n (B, P), c_n (B, H), gates, c_all, m_all (empty when unused)."""
-    plan, reason = _plan("lstm", x, h0, c0.shape[1])
+    plan, reason = _plan("lstm", x, h0, c0.shape[1], variant)
     if plan is not None:
         bias = None if b_ih is None else b_ih + b_hh
         gx = stepwise.input_projection(x, w_ih, bias)  # (N, 4H)
@@ -87,13 +99,13 @@ def lstm_forward(x, sched, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, save):
                     c_all if save else empty.clone(), m_all if m_all is not None else empty)
         reason = BARRIER_FAILED
     _fallback("LSTM forward", reason)
-    return stepwise.lstm_forward(x, sched, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, save)
+    return stepwise.lstm_forward(x, sched, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, save, variant)
 
 
 def lstm_backward(dy, dh_n, dc_n, x, sched, h0, c0, w_ih, w_hh, w_hr, y, gates, c_all, m_all,
-                  has_bias, need_dx):
+                  has_bias, need_dx, variant=NONE):
     """Gradients (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr); None where not applicable."""
-    plan, reason = _plan("lstm", x, h0, c0.shape[1])
+    plan, reason = _plan("lstm", x, h0, c0.shape[1], variant)
     if plan is not None:
         out = _launch(lstm_persistent_bwd, plan, dy, dh_n, dc_n, sched, c0, w_hh, w_hr, gates,
                       c_all)
@@ -105,13 +117,13 @@ def lstm_backward(dy, dh_n, dc_n, x, sched, h0, c0, w_ih, w_hh, w_hr, y, gates, 
         reason = BARRIER_FAILED
     _fallback("LSTM backward", reason)
     return stepwise.lstm_backward(dy, dh_n, dc_n, x, sched, h0, c0, w_ih, w_hh, w_hr, y, gates,
-                                  c_all, m_all, has_bias, need_dx)
+                                  c_all, m_all, has_bias, need_dx, variant)
 
 
 # ----------------------------------------------------------------------------- GRU
-def gru_forward(x, sched, h0, w_ih, w_hh, b_ih, b_hh, save):
+def gru_forward(x, sched, h0, w_ih, w_hh, b_ih, b_hh, save, variant=NONE):
     """Returns y (N, H), h_n (B, H), gates (N, 4H: r, z, n, rec_n; empty when unused)."""
-    plan, reason = _plan("gru", x, h0, h0.shape[1])
+    plan, reason = _plan("gru", x, h0, h0.shape[1], variant)
     if plan is not None:
         gx = stepwise.input_projection(x, w_ih, b_ih)  # (N, 3H); b_hh stays in the kernel
         out = _launch(gru_persistent_fwd, plan, gx, sched, h0, w_hh, b_hh, save)
@@ -120,12 +132,13 @@ def gru_forward(x, sched, h0, w_ih, w_hh, b_ih, b_hh, save):
             return y, h_n, gates if save else x.new_empty(0)
         reason = BARRIER_FAILED
     _fallback("GRU forward", reason)
-    return stepwise.gru_forward(x, sched, h0, w_ih, w_hh, b_ih, b_hh, save)
+    return stepwise.gru_forward(x, sched, h0, w_ih, w_hh, b_ih, b_hh, save, variant)
 
 
-def gru_backward(dy, dh_n, x, sched, h0, w_ih, w_hh, y, gates, has_bias, need_dx):
+def gru_backward(dy, dh_n, x, sched, h0, w_ih, w_hh, y, gates, has_bias, need_dx,
+                 variant=NONE):
     """Gradients (dx, dh0, dw_ih, dw_hh, db_ih, db_hh)."""
-    plan, reason = _plan("gru", x, h0, h0.shape[1])
+    plan, reason = _plan("gru", x, h0, h0.shape[1], variant)
     if plan is not None:
         out = _launch(gru_persistent_bwd, plan, dy, dh_n, sched, h0, w_hh, y, gates)
         if out is not None:
@@ -135,4 +148,5 @@ def gru_backward(dy, dh_n, x, sched, h0, w_ih, w_hh, y, gates, has_bias, need_dx
             return dx, dh0, dw_ih, dw_hh, db_ih, db_hh
         reason = BARRIER_FAILED
     _fallback("GRU backward", reason)
-    return stepwise.gru_backward(dy, dh_n, x, sched, h0, w_ih, w_hh, y, gates, has_bias, need_dx)
+    return stepwise.gru_backward(dy, dh_n, x, sched, h0, w_ih, w_hh, y, gates, has_bias, need_dx,
+                                 variant)

@@ -7,13 +7,12 @@ PackedSequence), checks, autocast, the layer/direction/dropout loop and state
 handling. The cell-specific part is which custom op slot carries c.
 """
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.autograd import forward_ad
 from torch.nn.utils.rnn import PackedSequence
 
-from . import checks, reference
-from .dispatch import Workload, choose_backend, validate_backend, warn_fallback
+from . import checks, reference, variants
+from .dispatch import Workload, choose_backend, triton_can_run, validate_backend, warn_fallback
 from .ops import rnn_layer
 from .schedule import Schedule
 
@@ -71,10 +70,11 @@ REFERENCE_FOR_AD = ("forward-mode AD and torch.func transforms run on the pure-P
                     "reference backend (the Triton ops have no forward-mode formula)")
 
 
-def run_layer(cell, backend, x, batch_sizes, h0, c0, weights, reverse):
+def run_layer(cell, backend, x, batch_sizes, h0, c0, weights, reverse, variant=variants.NONE):
     """One layer-direction on `backend`: y (N, P), h_n (B, P), c_n (B, H) or None for GRU.
 
-    weights: (w_ih, w_hh, b_ih, b_hh, w_hr), absent ones None. The layers of
+    weights: (w_ih, w_hh, b_ih, b_hh, w_hr), absent ones None. variant: the per-call
+    tensors of resets / recurrent dropout / zoneout (variants.Variant). The layers of
     TritonLSTM/TritonGRU and each call of the cells (a one-step layer) go through here.
     """
     w_ih, w_hh, b_ih, b_hh, w_hr = weights
@@ -87,14 +87,14 @@ def run_layer(cell, backend, x, batch_sizes, h0, c0, weights, reverse):
         backend = "reference"
     if backend == "reference":
         sched = Schedule.build(batch_sizes, x.shape[0], h0.shape[0], reverse)
-        return reference.layer(cell, x, sched, h0, c0, weights)
+        return reference.layer(cell, x, sched, h0, c0, weights, variant)
     # A torch.jit.trace records `save` as a constant: record True, so the traced module
     # can also train (and the trace checker, which reruns without grad, sees one graph).
     save = torch.jit.is_tracing() or (
         torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
     y, h_n, c_n, *_ = rnn_layer(
         cell, backend, x, batch_sizes, h0, c0, w_ih.contiguous(), w_hh.contiguous(),
-        b_ih, b_hh, w_hr.contiguous() if w_hr is not None else None, reverse, save)
+        b_ih, b_hh, w_hr.contiguous() if w_hr is not None else None, reverse, save, *variant)
     return y, h_n, (c_n if lstm else None)
 
 
@@ -119,10 +119,27 @@ class BackendOption:
 
 
 class _TritonRNNDriver(BackendOption):
-    """Mixin holding the forward shared by TritonLSTM and TritonGRU."""
+    """Mixin holding the forward shared by TritonLSTM and TritonGRU, and the options
+    beyond torch's (lstm_triton/variants.py), keyword-only; their defaults are nn.LSTM's."""
 
-    def forward(self, input, hx=None):
-        return self._run(input, hx)
+    zoneout = variants.DEFAULTS["zoneout"]  # class-level defaults: see variants.DEFAULTS
+    weight_drop = variants.DEFAULTS["weight_drop"]
+    recurrent_dropout = variants.DEFAULTS["recurrent_dropout"]
+    variational_dropout = variants.DEFAULTS["variational_dropout"]
+
+    def __init__(self, *args, zoneout=0.0, weight_drop=0.0, recurrent_dropout=0.0,
+                 variational_dropout=False, **kwargs):
+        options = variants.check_options(self.cell, zoneout, weight_drop, recurrent_dropout,
+                                         variational_dropout)
+        super().__init__(*args, **kwargs)
+        for name, value in options.items():
+            setattr(self, name, value)
+
+    def extra_repr(self):
+        return super().extra_repr() + variants.options_repr(self)
+
+    def forward(self, input, hx=None, *, resets=None):
+        return self._run(input, hx, resets)
 
     def _layer_weights(self, layer, direction):
         suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
@@ -131,7 +148,7 @@ class _TritonRNNDriver(BackendOption):
                 get("bias_hh") if self.bias else None,
                 get("weight_hr") if getattr(self, "proj_size", 0) > 0 else None)
 
-    def _run(self, input, hx):
+    def _run(self, input, hx, resets=None):
         name = type(self).__name__
         lstm = self.cell == "lstm"
         packed = isinstance(input, PackedSequence)
@@ -147,6 +164,7 @@ class _TritonRNNDriver(BackendOption):
         autocasting = autocast_enabled(x.device.type)
         checks.check_input(name, x, self.input_size, x.dtype if autocasting else weight.dtype,
                            packed, RuntimeError if (packed and lstm) else ValueError)
+        resets = variants.check_resets(name, resets, x, batched, self.batch_first, packed)
         if not packed:
             if not batched:
                 x = x.unsqueeze(1)
@@ -170,6 +188,13 @@ class _TritonRNNDriver(BackendOption):
             workload = Workload(self.cell, dtype, batch, self.hidden_size, seq_len,
                                 self._needs_grad(x, hx))
         backend = choose_backend(self.backend, x.device, workload)
+        if backend == "torch" and variants.needs_kernels_of_this_project(self, resets):
+            if self.backend == "torch":
+                raise ValueError(
+                    f"{name}: backend='torch' runs torch's own forward, which has no resets, "
+                    f"zoneout, weight_drop, recurrent_dropout or variational_dropout; use "
+                    f"backend='auto', 'stepwise', 'persistent' or 'reference'.")
+            backend = "stepwise" if triton_can_run(x.device) else "reference"
         if backend == "torch":  # torch's own forward on the same parameters (cuDNN on CUDA)
             return super(BackendOption, self).forward(input, hx)
 
@@ -194,7 +219,7 @@ class _TritonRNNDriver(BackendOption):
             out = rows.new_zeros(rows.shape[0], n_dir * out_size) + anchor
             finals = [s + anchor for s in states]
         else:
-            out, finals = self._layers(rows, batch_sizes, states, backend, weight_cast)
+            out, finals = self._layers(rows, batch_sizes, states, backend, weight_cast, resets)
 
         if packed:
             output = PackedSequence(out, batch_sizes, sorted_indices, unsorted_indices)
@@ -250,11 +275,14 @@ class _TritonRNNDriver(BackendOption):
         checks.check_device(x, self.weight_ih_l0, *states)
         return states
 
-    def _layers(self, rows, batch_sizes, states, backend, cast):
+    def _layers(self, rows, batch_sizes, states, backend, cast, resets=None):
         lstm = self.cell == "lstm"
         n_dir = 2 if self.bidirectional else 1
         h_all, c_all = [], []
         layer_input = rows
+        batch = states[0].shape[1]
+        keeps = [None if resets is None else variants.keep_rows(resets, d == 1, rows.dtype)
+                 for d in range(n_dir)]  # the same reset positions in every layer
         for layer in range(self.num_layers):
             outs = []
             for direction in range(n_dir):
@@ -263,14 +291,18 @@ class _TritonRNNDriver(BackendOption):
                            for w in self._layer_weights(layer, direction)]
                 h0 = states[0][k]
                 c0 = states[1][k] if lstm else None
+                w_hh, variant = variants.layer_variant(
+                    self, keeps[direction], weights[1], rows.shape[0], batch, self.hidden_size,
+                    h0.shape[-1], rows)
+                weights[1] = w_hh
                 y, h_n, c_n = run_layer(self.cell, backend, layer_input, batch_sizes, h0, c0,
-                                        weights, direction == 1)
+                                        weights, direction == 1, variant)
                 outs.append(y)
                 h_all.append(h_n)
                 c_all.append(c_n)
             layer_input = torch.cat(outs, dim=1) if n_dir == 2 else outs[0]
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
-                layer_input = F.dropout(layer_input, self.dropout, training=True)
+                layer_input = variants.inter_layer_dropout(self, layer_input, batch_sizes, batch)
         finals = [torch.stack(h_all)] + ([torch.stack(c_all)] if lstm else [])
         return layer_input, finals
 
