@@ -119,6 +119,25 @@ def check_resets(name, resets, x, batched, batch_first, packed):
     return resets.transpose(0, 1) if batch_first else resets
 
 
+def check_cell_reset(name, reset, x):
+    """A cell's `reset`: bool, (B,) for a batched input, a scalar for an unbatched one."""
+    if reset is None:
+        return None
+    if not isinstance(reset, Tensor):
+        raise TypeError(f"{name}: reset must be a bool Tensor, not {type(reset).__name__}.")
+    if reset.dtype != torch.bool:
+        raise RuntimeError(f"{name}: reset must be a bool tensor, got dtype {reset.dtype}; "
+                           f"convert it with reset.bool().")
+    want = tuple(x.shape[:1]) if x.dim() == 2 else ()
+    if tuple(reset.shape) != want:
+        raise RuntimeError(f"{name}: reset must have shape {want} (one flag per batch row, "
+                           f"a scalar for an unbatched input), got {tuple(reset.shape)}.")
+    if reset.device != x.device:
+        raise RuntimeError(f"{name}: reset is on {reset.device} but the input on {x.device}; "
+                           f"move it with reset.to({str(x.device)!r}).")
+    return reset
+
+
 def keep_rows(resets, reverse, dtype):
     """(N,) 1 - reset of the state entering each row's step, in the layer's row order.
 
@@ -132,9 +151,12 @@ def keep_rows(resets, reverse, dtype):
 
 # ---------------------------------------------------------------------------- masks
 def bernoulli_like(shape, keep_probability, like, dtype=None):
-    """0/1 mask, 1 with probability keep_probability, drawn from torch's generator."""
-    return torch.empty(shape, dtype=dtype or like.dtype, device=like.device).bernoulli_(
+    """0/1 mask, 1 with probability keep_probability, drawn from torch's generator. Drawn
+    in float32 whatever the layer's dtype, so a float64 run (the tests' oracle) and a half
+    one draw the same masks from the same seed."""
+    mask = torch.empty(shape, dtype=torch.float32, device=like.device).bernoulli_(
         keep_probability)
+    return mask.to(dtype or like.dtype)
 
 
 def dropout_mask(shape, p, like, dtype=None):

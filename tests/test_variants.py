@@ -1,0 +1,479 @@
+"""Issue 18: options beyond nn.LSTM / nn.GRU (segment resets, zoneout, weight_drop,
+recurrent_dropout, variational_dropout), against the float64 reference and torch.
+
+Random options are tested three ways: training with a fixed seed against the float64
+reference backend, which draws the very same masks (variants.py draws them in the driver,
+in float32, whatever the backend and dtype); eval formulas; p = 0 equals nn.LSTM / nn.GRU.
+"""
+import warnings
+
+import pytest
+import torch
+from rnn_testing import DEVICE, TORCH_MODULES, as_tuple, assert_close
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from lstm_triton import TritonGRU, TritonGRUCell, TritonLSTM, TritonLSTMCell
+from lstm_triton.dispatch import FallbackWarning
+from lstm_triton.variants import layer_variant
+
+MODULES = {"lstm": TritonLSTM, "gru": TritonGRU}
+F64 = torch.float64
+
+
+def make(cell, *args, dtype=torch.float32, backend="stepwise", **kwargs):
+    return MODULES[cell](*args, dtype=dtype, device=DEVICE, backend=backend, **kwargs)
+
+
+def oracle_of(module):
+    """The same module in float64 on the reference backend (same weights and options)."""
+    oracle = MODULES[module.cell](module.input_size, module.hidden_size, device=DEVICE,
+                                  **_config(module), dtype=F64, backend="reference")
+    oracle.load_state_dict({k: v.to(F64) for k, v in module.state_dict().items()})
+    oracle.train(module.training)
+    return oracle
+
+
+def _config(module):
+    names = ["num_layers", "bias", "batch_first", "dropout", "bidirectional", "zoneout",
+             "weight_drop", "recurrent_dropout", "variational_dropout"]
+    if module.cell == "lstm":
+        names.append("proj_size")
+    return {n: getattr(module, n) for n in names}
+
+
+def run(module, x, hx, resets, seed=7):
+    """Output, final states and the gradients of x, the states and every parameter, of a
+    loss touching all of them with fixed random weights; masks drawn from `seed`."""
+    x = x.detach().to(module.weight_ih_l0.dtype).requires_grad_()
+    states = [s.detach().to(x.dtype).requires_grad_() for s in as_tuple(hx)] if hx else []
+    torch.manual_seed(seed)
+    arg = None if not states else (tuple(states) if module.cell == "lstm" else states[0])
+    out, finals = module(x, arg, resets=resets)
+    gen = torch.Generator(device=DEVICE).manual_seed(1)
+    loss = sum((t.double() * torch.randn(t.shape, generator=gen, device=DEVICE, dtype=F64)).sum()
+               for t in (out, *as_tuple(finals)))
+    grads = torch.autograd.grad(loss, [x, *states, *module.parameters()])
+    return out, as_tuple(finals), grads
+
+
+def assert_same_run(got, want, dtype):
+    for name, a, b in zip(["output", "finals", "grads"], got, want):
+        for k, (u, v) in enumerate(zip(as_tuple(a), as_tuple(b))):
+            assert_close(u, v, dtype, f"{name}[{k}]")
+
+
+def random_resets(T, B, p=0.3):
+    return torch.rand(T, B, device=DEVICE) < p
+
+
+OPTIONS = [
+    pytest.param(dict(zoneout=0.3), id="zoneout"),
+    pytest.param(dict(zoneout=(0.5, 0.2)), id="zoneout-pair"),
+    pytest.param(dict(weight_drop=0.4), id="weight_drop"),
+    pytest.param(dict(recurrent_dropout=0.4), id="recurrent_dropout"),
+    pytest.param(dict(dropout=0.5, variational_dropout=True), id="variational_dropout"),
+    pytest.param(dict(zoneout=0.2, weight_drop=0.3, recurrent_dropout=0.3, dropout=0.4,
+                      variational_dropout=True), id="all"),
+]
+
+
+# ----------------------------------------------------------- each option vs the oracle
+def check_against_oracle(cell, options, *, proj=0, resets=True, training=True, layers=2,
+                         bidirectional=True, h0=True, dtype=torch.float32, backend="stepwise",
+                         T=5, B=3):
+    kwargs = dict(proj_size=proj) if proj else {}
+    I, H = 4, 5
+    module = make(cell, I, H, num_layers=layers, bidirectional=bidirectional, dtype=dtype,
+                  backend=backend, **options, **kwargs).train(training)
+    x = torch.randn(T, B, I, device=DEVICE)
+    n = layers * (2 if bidirectional else 1)
+    hx = None
+    if h0:
+        hx = (torch.randn(n, B, proj or H, device=DEVICE),) + (
+            (torch.randn(n, B, H, device=DEVICE),) if cell == "lstm" else ())
+    r = random_resets(T, B) if resets else None
+    got = run(module, x, hx, r)
+    assert_same_run(got, run(oracle_of(module), x, hx, r), dtype)
+
+
+ALL = dict(zoneout=0.2, weight_drop=0.3, recurrent_dropout=0.3, dropout=0.4,
+           variational_dropout=True)
+ONE_LAYER = dict(zoneout=0.2, weight_drop=0.3, recurrent_dropout=0.3)  # no inter-layer dropout
+
+
+@pytest.mark.parametrize("cell, proj", [("lstm", 0), ("lstm", 3), ("gru", 0)],
+                         ids=["lstm", "lstm-proj", "gru"])
+def test_every_option_at_once_with_resets_matches_the_reference(cell, proj):
+    """Training, 2 layers, bidirectional, h0 given, fp32: forward and every gradient, with
+    the float64 reference drawing the same masks from the same seed."""
+    check_against_oracle(cell, ALL, proj=proj)
+
+
+@pytest.mark.parametrize("cell, options", [
+    pytest.param("lstm", dict(zoneout=(0.5, 0.2)), id="lstm-zoneout-pair"),
+    pytest.param("gru", dict(zoneout=0.3), id="gru-zoneout"),
+    pytest.param("lstm", dict(weight_drop=0.4), id="lstm-weight_drop"),
+    pytest.param("gru", dict(recurrent_dropout=0.4), id="gru-recurrent_dropout"),
+    pytest.param("lstm", dict(recurrent_dropout=0.4), id="lstm-recurrent_dropout"),
+    pytest.param("gru", dict(dropout=0.5, variational_dropout=True), id="gru-variational"),
+])
+def test_each_option_alone_matches_the_reference(cell, options):
+    """Training, no resets, 2 layers one direction, no h0 (zeros)."""
+    check_against_oracle(cell, options, resets=False, bidirectional=False, h0=False, T=4)
+
+
+@pytest.mark.parametrize("cell, proj", [("lstm", 3), ("gru", 0)], ids=["lstm-proj", "gru"])
+def test_eval_zoneout_and_resets_match_the_reference(cell, proj):
+    """Eval: zoneout blends with p; the dropout options are off."""
+    check_against_oracle(cell, ONE_LAYER, proj=proj, training=False, layers=1)
+
+
+@pytest.mark.parametrize("dtype", [pytest.param(torch.float16, id="fp16"),
+                                   pytest.param(torch.bfloat16, id="bf16")])
+def test_half_dtypes_match_the_reference(dtype):
+    check_against_oracle("lstm", ONE_LAYER, dtype=dtype, layers=1, T=4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("resets", [False, True], ids=["", "resets"])
+@pytest.mark.parametrize("options", OPTIONS)
+@pytest.mark.parametrize("cell, proj", [("lstm", 0), ("lstm", 3), ("gru", 0)],
+                         ids=["lstm", "lstm-proj", "gru"])
+def test_option_matrix_matches_the_reference(cell, proj, options, resets, training):
+    if cell == "gru" and isinstance(options.get("zoneout"), tuple):
+        pytest.skip("the GRU's zoneout is a float (its only state is h)")
+    check_against_oracle(cell, options, proj=proj, resets=resets, training=training)
+
+
+# ------------------------------------------------------------- defaults are torch's
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_p0_options_are_nn_lstm_exactly(cell):
+    """Every option at 0 / False: bit for bit the default module (the same kernels), which
+    matches torch's module; no new parameters or buffers."""
+    kwargs = dict(num_layers=2, bidirectional=True, dropout=0.3)
+    plain = make(cell, 3, 4, **kwargs)
+    zeros = make(cell, 3, 4, zoneout=0.0, weight_drop=0.0, recurrent_dropout=0.0,
+                 variational_dropout=False, **kwargs)
+    zeros.load_state_dict(plain.state_dict())
+    assert list(zeros.state_dict()) == list(TORCH_MODULES[cell](3, 4, **kwargs).state_dict())
+    assert repr(zeros) == repr(plain)
+    x = torch.randn(4, 2, 3, device=DEVICE)
+    torch.manual_seed(3)
+    a = plain(x)
+    torch.manual_seed(3)
+    b = zeros(x)
+    for u, v in zip(torch.utils._pytree.tree_leaves(a), torch.utils._pytree.tree_leaves(b)):
+        assert torch.equal(u, v)
+    torch_module = TORCH_MODULES[cell](3, 4, **kwargs, dtype=F64, device=DEVICE)
+    torch_module.load_state_dict({k: v.double() for k, v in plain.state_dict().items()})
+    zeros.eval(), torch_module.eval()
+    for u, v in zip(torch.utils._pytree.tree_leaves(zeros(x)),
+                    torch.utils._pytree.tree_leaves(torch_module(x.double()))):
+        assert_close(u, v, torch.float32, "vs torch")
+
+
+def test_options_show_in_repr_and_add_nothing_to_state_dict():
+    m = make("lstm", 3, 4, zoneout=(0.1, 0.2), weight_drop=0.5)
+    assert "zoneout=(0.1, 0.2)" in repr(m) and "weight_drop=0.5" in repr(m)
+    assert "recurrent_dropout" not in repr(m)
+    assert list(m.state_dict()) == list(nn.LSTM(3, 4).state_dict())
+
+
+# -------------------------------------------------------------- the eval formula
+def test_eval_zoneout_is_the_p_blend_of_lstm_cell_steps():
+    """Independent of reference.py: a loop over nn.LSTMCell, h_t = p_h h_{t-1} + (1 - p_h)
+    h_new and likewise c with p_c."""
+    p_c, p_h = 0.3, 0.6
+    module = make("lstm", 3, 5, zoneout=(p_c, p_h), dtype=F64).eval()
+    cell = nn.LSTMCell(3, 5, dtype=F64, device=DEVICE)
+    cell.load_state_dict({k[:-3]: v for k, v in module.state_dict().items()})
+    x = torch.randn(4, 2, 3, dtype=F64, device=DEVICE)
+    h, c = torch.randn(1, 2, 5, dtype=F64, device=DEVICE), torch.randn(1, 2, 5, dtype=F64,
+                                                                       device=DEVICE)
+    out, (h_n, c_n) = module(x, (h, c))
+    h, c, outs = h[0], c[0], []
+    for t in range(4):
+        h_new, c_new = cell(x[t], (h, c))
+        h, c = p_h * h + (1 - p_h) * h_new, p_c * c + (1 - p_c) * c_new
+        outs.append(h)
+    assert_close(out, torch.stack(outs), F64, "output")
+    assert_close(h_n[0], h, F64, "h_n")
+    assert_close(c_n[0], c, F64, "c_n")
+
+
+# ------------------------------------------------------------ masks: kept fractions
+@pytest.mark.parametrize("p", [0.2, 0.7])
+def test_masks_keep_the_asked_fractions(p):
+    module = make("lstm", 3, 40, weight_drop=p, recurrent_dropout=p, zoneout=p).train()
+    like = torch.zeros(1, device=DEVICE)
+    keep = torch.ones(600 * 40, device=DEVICE)
+    w_hh, variant = layer_variant(module, keep, module.weight_hh_l0, 600 * 40, 40, 40, 40, like)
+    dropped = (w_hh == 0).float().mean().item()
+    assert abs(dropped - p) < 0.03
+    kept = w_hh != 0
+    assert_close(w_hh[kept], module.weight_hh_l0[kept] / (1 - p), torch.float32, "scaled")
+    assert abs((variant.rec == 0).float().mean().item() - p) < 0.05
+    rec = variant.rec
+    assert ((rec == 0) | torch.isclose(rec, torch.tensor(1 / (1 - p), device=DEVICE))).all()
+    for z in (variant.zone_c, variant.zone_h):  # 1 keeps the previous state
+        assert abs(z.mean().item() - p) < 0.01 and set(z.unique().tolist()) == {0.0, 1.0}
+
+
+def test_training_zoneout_keeps_the_previous_h_about_p_of_the_time():
+    """The kernel's output: h_t == h_{t-1} exactly where the mask kept it."""
+    p = 0.4
+    module = make("gru", 3, 16, zoneout=p).train()
+    out, _ = module(torch.randn(40, 8, 3, device=DEVICE))
+    kept = (out[1:] == out[:-1]).float().mean().item()
+    assert abs(kept - p) < 0.05
+
+
+def test_a_seed_reproduces_a_call_bit_for_bit():
+    module = make("lstm", 3, 4, num_layers=2, zoneout=0.3, weight_drop=0.3,
+                  recurrent_dropout=0.3, dropout=0.3, variational_dropout=True).train()
+    x = torch.randn(4, 2, 3, device=DEVICE)
+    torch.manual_seed(5)
+    a, _ = module(x)
+    b, _ = module(x)
+    torch.manual_seed(5)
+    c, _ = module(x)
+    assert torch.equal(a, c) and not torch.equal(a, b)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_variational_dropout_shares_one_mask_over_time(monkeypatch, packed):
+    """What the second layer reads: zero at the same (sequence, feature) at every step."""
+    from lstm_triton import variants
+
+    module = make("lstm", 3, 6, num_layers=2, dropout=0.5, variational_dropout=True).train()
+    original, seen = variants.inter_layer_dropout, []
+
+    def capture(mod, layer_input, batch_sizes, batch):
+        seen.append(original(mod, layer_input, batch_sizes, batch))
+        return seen[-1]
+
+    monkeypatch.setattr(variants, "inter_layer_dropout", capture)
+    x = torch.randn(5, 2, 3, device=DEVICE)
+    module(pack_padded_sequence(x, [5, 3]) if packed else x)
+    zero = seen[0] == 0
+    rows = [zero[:10].view(5, 2, 6)[:, b] for b in range(2)] if not packed else [
+        zero[[0, 2, 4, 6, 7]], zero[[1, 3, 5]]]  # packed rows of sequences 0 and 1
+    assert zero.any() and not zero.all()
+    for r in rows:
+        assert torch.equal(r, r[:1].expand_as(r))
+
+
+# ------------------------------------------------------------------------ resets
+def _segments(resets_col):
+    starts = [0] + [t for t in range(1, len(resets_col)) if resets_col[t]]
+    return list(zip(starts, starts[1:] + [len(resets_col)]))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_rows_with_several_segments_equal_each_segment_run_alone(cell):
+    """2 layers, bidirectional, zero initial state: segment by segment, outputs equal."""
+    T, B = 7, 3
+    module = make(cell, 3, 4, num_layers=2, bidirectional=True, dtype=F64)
+    x = torch.randn(T, B, 3, dtype=F64, device=DEVICE)
+    resets = torch.zeros(T, B, dtype=torch.bool, device=DEVICE)
+    resets[2, 0] = resets[5, 0] = resets[1, 1] = resets[6, 1] = True  # row 2: one segment
+    out, _ = module(x, resets=resets)
+    module.backend = "reference"  # the segments alone, on plain torch ops (and fast)
+    for b in range(B):
+        for start, end in _segments(resets[:, b].tolist()):
+            alone, _ = module(x[start:end, b:b + 1])
+            assert_close(out[start:end, b:b + 1], alone, F64, f"row {b} [{start}, {end})")
+
+
+def test_a_reset_at_step_0_overrides_h0_and_the_reverse_direction_ends_from_h0():
+    module = make("lstm", 3, 4, bidirectional=True, dtype=F64)
+    x = torch.randn(5, 2, 3, dtype=F64, device=DEVICE)
+    hx = tuple(torch.randn(2, 2, 4, dtype=F64, device=DEVICE) for _ in range(2))
+    resets = torch.zeros(5, 2, dtype=torch.bool, device=DEVICE)
+    resets[0] = True
+    out, _ = module(x, hx, resets=resets)
+    zero_fwd = (hx[0].clone(), hx[1].clone())
+    zero_fwd[0][0].zero_(), zero_fwd[1][0].zero_()  # forward direction from zeros
+    want, _ = module(x, zero_fwd)
+    assert_close(out, want, F64, "output")
+
+
+@pytest.mark.parametrize("cell, proj", [("lstm", 0), ("lstm", 2), ("gru", 0)],
+                         ids=["lstm", "lstm-proj", "gru"])
+def test_rl_rollout_loop_equals_one_call_with_resets(cell, proj):
+    """The loop RL libraries run (one call per step, state * (1 - done)) equals one call
+    with resets: outputs, final states, and the gradients of the input, h0 and weights."""
+    T, B = 5, 3
+    kwargs = dict(proj_size=proj) if proj else {}
+    module = make(cell, 3, 4, num_layers=2, dtype=F64, **kwargs)
+    x = torch.randn(T, B, 3, dtype=F64, device=DEVICE, requires_grad=True)
+    h0 = [torch.randn(2, B, proj or 4, dtype=F64, device=DEVICE, requires_grad=True)]
+    if cell == "lstm":
+        h0.append(torch.randn(2, B, 4, dtype=F64, device=DEVICE, requires_grad=True))
+    done = torch.rand(T, B, device=DEVICE) < 0.4  # episode starts at step t
+    done[0, 0] = True
+
+    def pack(states):
+        return tuple(states) if cell == "lstm" else states[0]
+
+    out, finals = module(x, pack(h0), resets=done)
+    loop, state = [], list(h0)
+    for t in range(T):
+        keep = (~done[t]).to(F64)[None, :, None]
+        y, new = module(x[t:t + 1], pack([s * keep for s in state]))
+        loop.append(y)
+        state = list(as_tuple(new))
+    loop = torch.cat(loop)
+    assert_close(out, loop, F64, "output")
+    for a, b in zip(as_tuple(finals), state):
+        assert_close(a, b, F64, "final state")
+    w = torch.randn_like(out)
+    params = [x, *h0, *module.parameters()]
+    g1 = torch.autograd.grad((out * w).sum() + sum(f.sum() for f in as_tuple(finals)), params)
+    g2 = torch.autograd.grad((loop * w).sum() + sum(f.sum() for f in state), params)
+    for a, b in zip(g1, g2):
+        assert_close(a, b, F64, "gradient")
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_cell_reset_zeroes_the_state_of_those_rows(cell):
+    cls = TritonLSTMCell if cell == "lstm" else TritonGRUCell
+    module = cls(3, 4, dtype=F64, device=DEVICE, backend="stepwise")
+    torch_cell = (nn.LSTMCell if cell == "lstm" else nn.GRUCell)(3, 4, dtype=F64, device=DEVICE)
+    torch_cell.load_state_dict(module.state_dict())
+    x = torch.randn(3, 3, dtype=F64, device=DEVICE)
+    states = [torch.randn(3, 4, dtype=F64, device=DEVICE) for _ in range(2 if cell == "lstm"
+                                                                          else 1)]
+    reset = torch.tensor([True, False, True], device=DEVICE)
+    arg = tuple(states) if cell == "lstm" else states[0]
+    got = module(x, arg, reset=reset)
+    zeroed = [s * (~reset)[:, None] for s in states]
+    want = torch_cell(x, tuple(zeroed) if cell == "lstm" else zeroed[0])
+    for a, b in zip(as_tuple(got), as_tuple(want)):
+        assert_close(a, b, F64, "state")
+    got_unbatched = module(x[1], tuple(s[1] for s in states) if cell == "lstm" else states[0][1],
+                           reset=torch.tensor(True, device=DEVICE))
+    want = torch_cell(x[1:2])  # from zeros
+    for a, b in zip(as_tuple(got_unbatched), as_tuple(want)):
+        assert_close(a, b[0], F64, "unbatched state")
+
+
+# --------------------------------------------------------------------- gradcheck
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("cell, options, bidirectional", [
+    pytest.param("lstm", dict(zoneout=(0.3, 0.5), recurrent_dropout=0.5, weight_drop=0.5),
+                 False, id="lstm-all"),
+    pytest.param("gru", dict(zoneout=0.4, recurrent_dropout=0.5, weight_drop=0.5), False,
+                 id="gru-all"),
+    pytest.param("lstm", dict(zoneout=(0.3, 0.5)), True, id="lstm-zoneout", marks=SLOW),
+    pytest.param("gru", dict(zoneout=0.4), True, id="gru-zoneout", marks=SLOW),
+    pytest.param("lstm", dict(recurrent_dropout=0.5), True, id="lstm-recurrent_dropout",
+                 marks=SLOW),
+    pytest.param("gru", dict(recurrent_dropout=0.5), True, id="gru-recurrent_dropout",
+                 marks=SLOW),
+    pytest.param("lstm", dict(weight_drop=0.5), True, id="lstm-weight_drop", marks=SLOW),
+    pytest.param("lstm", dict(), True, id="lstm-resets", marks=SLOW),
+    pytest.param("gru", dict(), True, id="gru-resets", marks=SLOW),
+])
+def test_gradcheck(cell, options, bidirectional):
+    """float64, tiny, training masks from a fixed seed at every evaluation; x, h0 and W_hh
+    (through torch.func.functional_call) as inputs."""
+    module = make(cell, 2, 3, dtype=F64, bidirectional=bidirectional, **options).train()
+    x = torch.randn(3, 2, 2, dtype=F64, device=DEVICE, requires_grad=True)
+    h0 = torch.randn(2 if bidirectional else 1, 2, 3, dtype=F64, device=DEVICE,
+                     requires_grad=True)
+    w_hh = module.weight_hh_l0.detach().clone().requires_grad_()
+    resets = torch.tensor([[False, True], [True, False], [False, True]], device=DEVICE)
+    params = dict(module.named_parameters())
+
+    def f(x, h0, w_hh):
+        torch.manual_seed(0)
+        hx = (h0, h0.flip(-1)) if cell == "lstm" else h0
+        out, finals = torch.func.functional_call(module, {**params, "weight_hh_l0": w_hh},
+                                                 (x, hx), {"resets": resets})
+        return out, *as_tuple(finals)
+
+    assert torch.autograd.gradcheck(f, (x, h0, w_hh), fast_mode=True)
+
+
+# --------------------------------------------------------------------- persistent
+def test_persistent_runs_resets_zoneout_and_recurrent_dropout_on_stepwise_and_says_so():
+    module = make("lstm", 3, 4, backend="persistent", zoneout=0.2, recurrent_dropout=0.2)
+    x = torch.randn(4, 2, 3, device=DEVICE)
+    from lstm_triton import dispatch
+    dispatch._warned.clear()
+    with pytest.warns(FallbackWarning, match="stepwise kernels only"):
+        torch.manual_seed(0)
+        got, _ = module(x)
+    module.backend = "stepwise"
+    torch.manual_seed(0)
+    assert torch.equal(got, module(x)[0])
+
+
+def test_persistent_runs_weight_drop_and_variational_dropout_itself():
+    module = make("gru", 3, 4, num_layers=2, backend="persistent", weight_drop=0.3, dropout=0.3,
+                  variational_dropout=True).train()
+    x = torch.randn(4, 2, 3, device=DEVICE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FallbackWarning)
+        got = run(module, x, None, None)
+    assert_same_run(got, run(oracle_of(module), x, None, None), torch.float32)
+
+
+# ---------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("kwargs", [
+    dict(zoneout=1.0), dict(zoneout=-0.1), dict(zoneout=(0.1, 1.5)), dict(zoneout=(0.1,)),
+    dict(weight_drop=1.0), dict(recurrent_dropout=-1), dict(recurrent_dropout="0.1"),
+    dict(variational_dropout=1),
+], ids=str)
+def test_bad_options_raise_value_error(kwargs):
+    with pytest.raises(ValueError, match="should be"):
+        make("lstm", 3, 4, **kwargs)
+
+
+def test_gru_zoneout_is_a_float():
+    with pytest.raises(ValueError, match="range"):
+        make("gru", 3, 4, zoneout=(0.1, 0.2))
+
+
+@pytest.mark.parametrize("resets, error, match", [
+    pytest.param(lambda: torch.zeros(4, 2), RuntimeError, r"resets.bool\(\)", id="dtype"),
+    pytest.param(lambda: torch.zeros(2, 4, dtype=torch.bool), RuntimeError,
+                 r"\(seq_len, batch\) = \(4, 2\)", id="shape"),
+    pytest.param(lambda: [[False] * 2] * 4, TypeError, "bool Tensor", id="list"),
+])
+def test_bad_resets(resets, error, match):
+    module = make("lstm", 3, 5)
+    with pytest.raises(error, match=match):
+        module(torch.randn(4, 2, 3, device=DEVICE), resets=resets().to(DEVICE)
+               if isinstance(resets(), torch.Tensor) else resets())
+
+
+def test_batch_first_and_unbatched_resets_shapes():
+    module = make("gru", 3, 5, batch_first=True, dtype=F64)
+    x = torch.randn(2, 4, 3, dtype=F64, device=DEVICE)
+    resets = torch.zeros(2, 4, dtype=torch.bool, device=DEVICE)
+    resets[0, 2] = True
+    out, _ = module(x, resets=resets)
+    assert_close(out[0, 2:], module(x[0:1, 2:])[0][0], F64, "batch_first segment")
+    with pytest.raises(RuntimeError, match=r"\(batch, seq_len\)"):
+        module(x, resets=resets.t())
+    unbatched, _ = module(x[0], resets=resets[0])
+    assert_close(unbatched, out[0], F64, "unbatched")
+
+
+def test_resets_with_a_packed_sequence_are_refused():
+    module = make("lstm", 3, 5)
+    packed = pack_padded_sequence(torch.randn(4, 2, 3, device=DEVICE), [4, 2])
+    with pytest.raises(ValueError, match="PackedSequence"):
+        module(packed, resets=torch.zeros(4, 2, dtype=torch.bool, device=DEVICE))
+
+
+def test_backend_torch_refuses_the_options():
+    module = make("lstm", 3, 5, backend="torch", zoneout=0.1)
+    with pytest.raises(ValueError, match="backend='torch'"):
+        module(torch.randn(4, 2, 3, device=DEVICE))
