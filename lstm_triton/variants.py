@@ -92,6 +92,22 @@ def needs_kernels_of_this_project(module, resets) -> bool:
 
 
 # ---------------------------------------------------------------------------- resets
+def _check_flags(name, what, flags, x, want, layout):
+    """A bool tensor of shape `want` on x's device (`layout` names the shape for the user)."""
+    if not isinstance(flags, Tensor):
+        raise TypeError(f"{name}: {what} must be a bool Tensor, not {type(flags).__name__}.")
+    if flags.dtype != torch.bool:
+        raise RuntimeError(f"{name}: {what} must be a bool tensor, got dtype {flags.dtype}; "
+                           f"convert it with {what}.bool() (True where a sequence starts "
+                           f"afresh).")
+    if tuple(flags.shape) != want:
+        raise RuntimeError(f"{name}: {what} must have shape {layout} = {want}, got "
+                           f"{tuple(flags.shape)}.")
+    if flags.device != x.device:
+        raise RuntimeError(f"{name}: {what} is on {flags.device} but the input on {x.device}; "
+                           f"move it with {what}.to({str(x.device)!r}).")
+
+
 def check_resets(name, resets, x, batched, batch_first, packed):
     """resets in the input's leading layout -> (T, B) bool, time-major (None stays None)."""
     if resets is None:
@@ -100,20 +116,10 @@ def check_resets(name, resets, x, batched, batch_first, packed):
         raise ValueError(f"{name}: resets is not supported with a PackedSequence input; pass "
                          f"a padded (T, B, *) batch with resets of shape (T, B), or split the "
                          f"sequences at their resets before packing.")
-    if not isinstance(resets, Tensor):
-        raise TypeError(f"{name}: resets must be a bool Tensor, not {type(resets).__name__}.")
-    if resets.dtype != torch.bool:
-        raise RuntimeError(f"{name}: resets must be a bool tensor, got dtype {resets.dtype}; "
-                           f"convert it with resets.bool() (True where a sequence starts "
-                           f"afresh).")
     want = tuple(x.shape[:2]) if batched else tuple(x.shape[:1])
-    what = ("(batch, seq_len)" if batch_first else "(seq_len, batch)") if batched else "(seq_len,)"
-    if tuple(resets.shape) != want:
-        raise RuntimeError(f"{name}: resets must have the input's leading dimensions {what} = "
-                           f"{want}, got {tuple(resets.shape)}.")
-    if resets.device != x.device:
-        raise RuntimeError(f"{name}: resets is on {resets.device} but the input on {x.device}; "
-                           f"move it with resets.to({str(x.device)!r}).")
+    layout = ("(batch, seq_len)" if batch_first else "(seq_len, batch)") if batched else \
+        "(seq_len,)"
+    _check_flags(name, "resets", resets, x, want, f"the input's leading dimensions {layout}")
     if not batched:
         return resets.unsqueeze(1)
     return resets.transpose(0, 1) if batch_first else resets
@@ -121,20 +127,9 @@ def check_resets(name, resets, x, batched, batch_first, packed):
 
 def check_cell_reset(name, reset, x):
     """A cell's `reset`: bool, (B,) for a batched input, a scalar for an unbatched one."""
-    if reset is None:
-        return None
-    if not isinstance(reset, Tensor):
-        raise TypeError(f"{name}: reset must be a bool Tensor, not {type(reset).__name__}.")
-    if reset.dtype != torch.bool:
-        raise RuntimeError(f"{name}: reset must be a bool tensor, got dtype {reset.dtype}; "
-                           f"convert it with reset.bool().")
-    want = tuple(x.shape[:1]) if x.dim() == 2 else ()
-    if tuple(reset.shape) != want:
-        raise RuntimeError(f"{name}: reset must have shape {want} (one flag per batch row, "
-                           f"a scalar for an unbatched input), got {tuple(reset.shape)}.")
-    if reset.device != x.device:
-        raise RuntimeError(f"{name}: reset is on {reset.device} but the input on {x.device}; "
-                           f"move it with reset.to({str(x.device)!r}).")
+    if reset is not None:
+        want = tuple(x.shape[:1]) if x.dim() == 2 else ()
+        _check_flags(name, "reset", reset, x, want, "(batch,) (a scalar for an unbatched input)")
     return reset
 
 
@@ -154,9 +149,8 @@ def bernoulli_like(shape, keep_probability, like, dtype=None):
     """0/1 mask, 1 with probability keep_probability, drawn from torch's generator. Drawn
     in float32 whatever the layer's dtype, so a float64 run (the tests' oracle) and a half
     one draw the same masks from the same seed."""
-    mask = torch.empty(shape, dtype=torch.float32, device=like.device).bernoulli_(
-        keep_probability)
-    return mask.to(dtype or like.dtype)
+    probability = torch.full(shape, keep_probability, dtype=torch.float32, device=like.device)
+    return torch.bernoulli(probability).to(dtype or like.dtype)
 
 
 def dropout_mask(shape, p, like, dtype=None):

@@ -477,3 +477,117 @@ def test_backend_torch_refuses_the_options():
     module = make("lstm", 3, 5, backend="torch", zoneout=0.1)
     with pytest.raises(ValueError, match="backend='torch'"):
         module(torch.randn(4, 2, 3, device=DEVICE))
+
+
+# ------------------------------------------------------ the custom op, compile, autograd
+@pytest.mark.parametrize("cell, proj", [("lstm", 2), ("gru", 0)], ids=["lstm-proj", "gru"])
+def test_opcheck_rnn_layer_with_a_variant(cell, proj):
+    """The op's schema, fake and autograd registration with the trailing variant tensors
+    (keep, recurrent-dropout mask, zoneout masks; an eval mask is an expanded tensor)."""
+    from lstm_triton.ops import rnn_layer, rnn_layer_backward
+
+    B, I, H, T = 2, 3, 4, 3
+    G, P = (4 if cell == "lstm" else 3), (proj or H)
+
+    def leaf(*shape):
+        return torch.randn(*shape, dtype=F64, device=DEVICE, requires_grad=True)
+
+    keep = (torch.rand(T * B, device=DEVICE) > 0.3).to(F64)
+    rec = torch.full((B, P), 2.0, dtype=F64, device=DEVICE)
+    zone_c = torch.full((1, H), 0.3, dtype=F64, device=DEVICE).expand(T * B, H)
+    zone_h = (torch.rand(T * B, P, device=DEVICE) < 0.3).to(F64)
+    args = (cell, "stepwise", leaf(T * B, I), None, leaf(B, P),
+            leaf(B, H) if cell == "lstm" else None, leaf(G * H, I), leaf(G * H, P), leaf(G * H),
+            leaf(G * H), leaf(P, H) if proj else None, False, True, keep, rec,
+            zone_c if cell == "lstm" else None, zone_h)
+    torch.library.opcheck(rnn_layer, args)
+    with torch.no_grad():
+        y, h_n, c_n, s0, s1, s2 = rnn_layer(*args)
+    x, h0, c0, w_ih, w_hh, w_hr = [t.detach() if t is not None else None
+                                   for t in (args[2], args[4], args[5], args[6], args[7], args[10])]
+    torch.library.opcheck(rnn_layer_backward, (
+        cell, "stepwise", torch.randn_like(y), torch.randn_like(h_n),
+        torch.randn_like(c_n) if cell == "lstm" else None, x, None, h0, c0, w_ih, w_hh, w_hr,
+        y, s0, s1, s2, False, True, True, *args[13:]))
+
+
+def test_compiled_module_with_options_matches_eager():
+    torch._dynamo.reset()
+    module = make("lstm", 3, 4, num_layers=2, zoneout=0.2, recurrent_dropout=0.3,
+                  weight_drop=0.3, dropout=0.3, variational_dropout=True, dtype=F64).train()
+    x = torch.randn(4, 2, 3, dtype=F64, device=DEVICE)
+    resets = random_resets(4, 2)
+    compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
+    torch.manual_seed(2)
+    want, _ = module(x, resets=resets)
+    torch.manual_seed(2)
+    got, _ = compiled(x, resets=resets)
+    assert_close(got, want, F64, "compiled output")
+
+
+def test_double_backward_with_options_matches_the_reference():
+    """create_graph=True runs the reference math, fed the same variant tensors."""
+    module = make("gru", 2, 3, zoneout=0.3, recurrent_dropout=0.3, dtype=F64).train()
+    x = torch.randn(3, 2, 2, dtype=F64, device=DEVICE, requires_grad=True)
+    resets = random_resets(3, 2)
+
+    def penalty(m):
+        torch.manual_seed(4)
+        out, _ = m(x, resets=resets)
+        (g,) = torch.autograd.grad(out.pow(2).sum(), x, create_graph=True)
+        return torch.autograd.grad(g.pow(2).sum(), list(m.parameters()))
+
+    got = penalty(module)
+    module.backend = "reference"
+    for a, b in zip(got, penalty(module)):
+        assert_close(a, b, F64, "second-order gradient")
+
+
+@pytest.mark.parametrize("reset, error, match", [
+    pytest.param(lambda: torch.tensor([1, 0]), RuntimeError, r"reset.bool\(\)", id="dtype"),
+    pytest.param(lambda: torch.tensor([True]), RuntimeError, r"\(batch,\)", id="shape"),
+    pytest.param(lambda: True, TypeError, "bool Tensor", id="python-bool"),
+])
+def test_bad_cell_reset(reset, error, match):
+    module = TritonGRUCell(3, 4, device=DEVICE, backend="stepwise")
+    value = reset()
+    with pytest.raises(error, match=match):
+        module(torch.randn(2, 3, device=DEVICE), reset=value.to(DEVICE)
+               if isinstance(value, torch.Tensor) else value)
+
+
+@pytest.mark.slow  # ~20 s under the interpreter; the same equivalence runs fast above
+def test_rl_rollouts_example_agrees_with_the_per_step_loop(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "rl_rollouts.py"
+    spec = importlib.util.spec_from_file_location("rl_rollouts", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    diff = example.main(["--steps", "4", "--envs", "3", "--hidden", "5", "--done", "0.4"])
+    assert diff < 1e-5
+    assert "one call with resets" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("cell, proj", [("lstm", 2), ("gru", 0)], ids=["lstm-proj", "gru"])
+def test_packed_sequences_with_every_option_match_the_reference(cell, proj):
+    """Unsorted lengths (the reverse direction's short sequences join late), 2 layers,
+    bidirectional, training: outputs, final states and every gradient."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    kwargs = dict(proj_size=proj) if proj else {}
+    module = make(cell, 3, 4, num_layers=2, bidirectional=True, **ALL, **kwargs).train()
+    oracle = oracle_of(module)
+    x = torch.randn(5, 3, 3, device=DEVICE)
+    lengths = [3, 5, 2]
+
+    def go(m):
+        xs = x.to(m.weight_ih_l0.dtype).requires_grad_()
+        torch.manual_seed(11)
+        out, finals = m(pack_padded_sequence(xs, lengths, enforce_sorted=False))
+        loss = (out.data.double().sin()).sum() + sum(f.double().pow(2).sum()
+                                                      for f in as_tuple(finals))
+        return out.data, as_tuple(finals), torch.autograd.grad(loss, [xs, *m.parameters()])
+
+    assert_same_run(go(module), go(oracle), torch.float32)
