@@ -576,8 +576,6 @@ def test_rl_rollouts_example_agrees_with_the_per_step_loop(capsys):
 def test_packed_sequences_with_every_option_match_the_reference(cell, proj):
     """Unsorted lengths (the reverse direction's short sequences join late), 2 layers,
     bidirectional, training: outputs, final states and every gradient."""
-    from torch.nn.utils.rnn import pack_padded_sequence
-
     kwargs = dict(proj_size=proj) if proj else {}
     module = make(cell, 3, 4, num_layers=2, bidirectional=True, **ALL, **kwargs).train()
     oracle = oracle_of(module)
