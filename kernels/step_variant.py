@@ -1,4 +1,5 @@
-"""The per-step arguments of issue 18's options, as the step kernels take them.
+"""The per-step arguments of issue 18's options, as the step kernels take them (and, at
+the end, the per-call block of the persistent kernels).
 
 Every step kernel (lstm_pointwise.py, gru_pointwise.py) takes the same block of six
 pointers, five integers and six constexpr flags; `kernel_args` builds it from a
@@ -39,3 +40,14 @@ def kernel_args(step: Optional[StepVariant], dummy: Tensor):
                  DROP=step.drop is not None, ZONE_C=step.zone_c is not None,
                  ZONE_H=step.zone_h is not None, CARRY=step.carry is not None)
     return pointers, integers, flags
+
+
+def variant_args(variant, dummy: Tensor):
+    """The persistent kernels' block: (pointers keep, drop, zone_c, zone_h; the row strides
+    of the last three; flags) of a variants.Variant, or the all-off block for None."""
+    keep, drop, zone_c, zone_h = variant if variant is not None else (None,) * 4
+    pointers = [t if t is not None else dummy for t in (keep, drop, zone_c, zone_h)]
+    strides = [t.stride(0) if t is not None else 0 for t in (drop, zone_c, zone_h)]
+    flags = dict(KEEP=keep is not None, DROP=drop is not None, ZONE_C=zone_c is not None,
+                 ZONE_H=zone_h is not None)
+    return pointers, strides, flags

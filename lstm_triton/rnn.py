@@ -195,9 +195,6 @@ class _TritonRNNDriver(BackendOption):
                     f"zoneout, weight_drop, recurrent_dropout or variational_dropout; use "
                     f"backend='auto', 'stepwise', 'persistent' or 'reference'.")
             backend = "stepwise" if triton_can_run(x.device) else "reference"
-        if (self.backend == "auto" and backend == "persistent"
-                and variants.needs_step_kernels(self, resets)):
-            backend = "stepwise"  # what persistent would fall back to, without the warning
         if backend == "torch":  # torch's own forward on the same parameters (cuDNN on CUDA)
             return super(BackendOption, self).forward(input, hx)
 

@@ -27,7 +27,7 @@ from .stepwise import (_prev_rows, gru_weight_grads, input_projection, lstm_weig
 from .variants import sequence_of_rows
 
 
-def _scale(variant, sched, t, n):
+def scale_rows(variant, sched, t, n):
     """(n, P) or (n, 1) keep * drop of step t's first n rows, or None when both are off."""
     keep, drop = variant.keep, variant.rec
     scale = None if keep is None else keep[sched.rows(t)][:n, None]
@@ -36,7 +36,7 @@ def _scale(variant, sched, t, n):
     return scale
 
 
-def _gemm_inputs(y, h0, sched, variant):
+def gemm_inputs(y, h0, sched, variant):
     """(N, P) what each row's recurrent GEMM read: h_{t-1} * keep * drop (for dW_hh)."""
     prev = previous_states(y, h0, sched)
     if variant.keep is not None:
@@ -90,7 +90,7 @@ def lstm_forward(x, sched, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, save, variant):
     masked = keep is not None or drop is not None
     gemm_in = h_state
     if masked and order:
-        gemm_in = (h0 * _scale(variant, sched, order[0], batch)).to(h0.dtype)
+        gemm_in = (h0 * scale_rows(variant, sched, order[0], batch)).to(h0.dtype)
     for k, t in enumerate(order):
         rows, bs = sched.rows(t), sched.batch_sizes[t]
         step, nxt = _step(variant, sched, order, k, True, proj)
@@ -109,7 +109,7 @@ def lstm_forward(x, sched, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, save, variant):
             h_state[:bs] = y[rows]
             if masked and nxt is not None:
                 n = min(bs, sched.batch_sizes[nxt])
-                gemm_in[:n] = h_state[:n] * _scale(variant, sched, nxt, n)
+                gemm_in[:n] = h_state[:n] * scale_rows(variant, sched, nxt, n)
     return (y, h_state, c_state.to(x.dtype),
             gates if save else x.new_empty(0), c_all if save else x.new_empty(0),
             m_all if proj and save else x.new_empty(0))
@@ -137,7 +137,7 @@ def lstm_backward(dy, dh_n, dc_n, x, sched, h0, c0, w_ih, w_hh, w_hr, y, gates, 
         if proj:  # the h side in torch ops, the c side in the kernel
             dh = dy[rows] + ddirect[:bs]
             n = min(bs, sched.batch_sizes[nxt]) if nxt is not None else 0
-            scale = _scale(variant, sched, nxt, n) if nxt is not None else None
+            scale = scale_rows(variant, sched, nxt, n) if nxt is not None else None
             dh[:n] += dgemm[:n] * scale if scale is not None else dgemm[:n]
             direct = torch.zeros_like(dh)
             if zone_h is not None:
@@ -155,12 +155,12 @@ def lstm_backward(dy, dh_n, dc_n, x, sched, h0, c0, w_ih, w_hh, w_hr, y, gates, 
     dh0 = _initial_state_grad(dgemm, ddirect, variant, sched, order)
     dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr = lstm_weight_grads(
         dgates, x, y, h0, sched, w_ih, has_bias, need_dx, dh_all, m_all,
-        prev=_gemm_inputs(y, h0, sched, variant))
+        prev=gemm_inputs(y, h0, sched, variant))
     return dx, dh0, dc.to(x.dtype), dw_ih, dw_hh, db_ih, db_hh, dw_hr
 
 
 def _initial_state_grad(dgemm, ddirect, variant, sched, order):
-    scale = _scale(variant, sched, order[0], dgemm.shape[0]) if order else None
+    scale = scale_rows(variant, sched, order[0], dgemm.shape[0]) if order else None
     return (ddirect + (dgemm * scale if scale is not None else dgemm)).to(dgemm.dtype)
 
 
@@ -177,7 +177,7 @@ def gru_forward(x, sched, h0, w_ih, w_hh, b_ih, b_hh, save, variant):
     masked = variant.keep is not None or variant.rec is not None
     gemm_in = h_state
     if masked and order:
-        gemm_in = (h0 * _scale(variant, sched, order[0], batch)).to(h0.dtype)
+        gemm_in = (h0 * scale_rows(variant, sched, order[0], batch)).to(h0.dtype)
     for k, t in enumerate(order):
         rows, bs = sched.rows(t), sched.batch_sizes[t]
         step, _ = _step(variant, sched, order, k, True)
@@ -209,5 +209,5 @@ def gru_backward(dy, dh_n, x, sched, h0, w_ih, w_hh, y, gates, has_bias, need_dx
     dh0 = _initial_state_grad(dgemm, ddirect, variant, sched, order)
     dx, dw_ih, dw_hh, db_ih, db_hh = gru_weight_grads(
         dgx, drec, x, y, h0, sched, w_ih, has_bias, need_dx,
-        prev=_gemm_inputs(y, h0, sched, variant))
+        prev=gemm_inputs(y, h0, sched, variant))
     return dx, dh0, dw_ih, dw_hh, db_ih, db_hh

@@ -91,14 +91,6 @@ def needs_kernels_of_this_project(module, resets) -> bool:
     return resets is not None or p_c > 0 or p_h > 0 or random
 
 
-def needs_step_kernels(module, resets) -> bool:
-    """Whether a call has resets, zoneout or recurrent dropout, which only the stepwise
-    kernels take (persistent.py falls back for them): "auto" then picks stepwise."""
-    p_c, p_h = zoneout_pair(module.cell, module.zoneout)
-    return (resets is not None or p_c > 0 or p_h > 0
-            or (module.training and module.recurrent_dropout > 0))
-
-
 # ---------------------------------------------------------------------------- resets
 def _check_flags(name, what, flags, x, want, layout):
     """A bool tensor of shape `want` on x's device (`layout` names the shape for the user)."""

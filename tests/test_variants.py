@@ -136,15 +136,17 @@ def test_half_dtypes_match_the_reference(dtype):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("backend", ["stepwise", "persistent"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("resets", [False, True], ids=["", "resets"])
 @pytest.mark.parametrize("options", OPTIONS)
 @pytest.mark.parametrize("cell, proj", [("lstm", 0), ("lstm", 3), ("gru", 0)],
                          ids=["lstm", "lstm-proj", "gru"])
-def test_option_matrix_matches_the_reference(cell, proj, options, resets, training):
+def test_option_matrix_matches_the_reference(cell, proj, options, resets, training, backend):
     if cell == "gru" and isinstance(options.get("zoneout"), tuple):
         pytest.skip("the GRU's zoneout is a float (its only state is h)")
-    check_against_oracle(cell, options, proj=proj, resets=resets, training=training)
+    check_against_oracle(cell, options, proj=proj, resets=resets, training=training,
+                         backend=backend)
 
 
 # ------------------------------------------------------------- defaults are torch's
@@ -401,19 +403,21 @@ def test_gradcheck(cell, options, bidirectional):
 
 
 # --------------------------------------------------------------------- persistent
-def test_persistent_runs_resets_zoneout_and_recurrent_dropout_on_stepwise_and_says_so(
-        monkeypatch):
-    from lstm_triton import dispatch
+@pytest.mark.parametrize("cell, proj", [("lstm", 0), ("lstm", 3), ("gru", 0)],
+                         ids=["lstm", "lstm-proj", "gru"])
+def test_persistent_fuses_every_option_and_matches_the_reference(cell, proj):
+    """Resets, zoneout and recurrent dropout inside the persistent loops (no fallback):
+    training, 2 layers, bidirectional, h0 given, forward and every gradient."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FallbackWarning)
+        check_against_oracle(cell, ALL, proj=proj, backend="persistent")
 
-    monkeypatch.setattr(dispatch, "_warned", set())  # a fallback warns once per process
-    module = make("lstm", 3, 4, backend="persistent", zoneout=0.2, recurrent_dropout=0.2)
-    x = torch.randn(4, 2, 3, device=DEVICE)
-    with pytest.warns(FallbackWarning, match="stepwise kernels only"):
-        torch.manual_seed(0)
-        got, _ = module(x)
-    module.backend = "stepwise"
-    torch.manual_seed(0)
-    assert torch.equal(got, module(x)[0])
+
+def test_persistent_eval_zoneout_with_resets_matches_the_reference():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FallbackWarning)
+        check_against_oracle("lstm", ONE_LAYER, training=False, layers=1,
+                             backend="persistent")
 
 
 def test_persistent_runs_weight_drop_and_variational_dropout_itself():
@@ -572,12 +576,14 @@ def test_rl_rollouts_example_agrees_with_the_per_step_loop(capsys):
     assert "one call with resets" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("backend", ["stepwise", "persistent"])
 @pytest.mark.parametrize("cell, proj", [("lstm", 2), ("gru", 0)], ids=["lstm-proj", "gru"])
-def test_packed_sequences_with_every_option_match_the_reference(cell, proj):
+def test_packed_sequences_with_every_option_match_the_reference(cell, proj, backend):
     """Unsorted lengths (the reverse direction's short sequences join late), 2 layers,
     bidirectional, training: outputs, final states and every gradient."""
     kwargs = dict(proj_size=proj) if proj else {}
-    module = make(cell, 3, 4, num_layers=2, bidirectional=True, **ALL, **kwargs).train()
+    module = make(cell, 3, 4, num_layers=2, bidirectional=True, backend=backend, **ALL,
+                  **kwargs).train()
     oracle = oracle_of(module)
     x = torch.randn(5, 3, 3, device=DEVICE)
     lengths = [3, 5, 2]
@@ -590,19 +596,7 @@ def test_packed_sequences_with_every_option_match_the_reference(cell, proj):
                                                       for f in as_tuple(finals))
         return out.data, as_tuple(finals), torch.autograd.grad(loss, [xs, *m.parameters()])
 
-    assert_same_run(go(module), go(oracle), torch.float32)
-
-
-def test_auto_picks_stepwise_where_persistent_would_fall_back(monkeypatch):
-    """On CUDA "auto" may measure persistent fastest; with resets / zoneout / recurrent
-    dropout it runs stepwise instead, without a FallbackWarning."""
-    from lstm_triton import dispatch, rnn
-
-    monkeypatch.setattr(rnn, "choose_backend", lambda *args: "persistent")
-    monkeypatch.setattr(dispatch, "_warned", set())  # a fallback warns once per process
-    module = make("gru", 3, 4, backend="auto", zoneout=0.2)
     with warnings.catch_warnings():
         warnings.simplefilter("error", FallbackWarning)
-        module(torch.randn(3, 2, 3, device=DEVICE))
-        module.zoneout = 0.0
-        module(torch.randn(3, 2, 3, device=DEVICE), resets=random_resets(3, 2))
+        got = go(module)
+    assert_same_run(got, go(oracle), torch.float32)
