@@ -600,3 +600,15 @@ def test_packed_sequences_with_every_option_match_the_reference(cell, proj, back
         warnings.simplefilter("error", FallbackWarning)
         got = go(module)
     assert_same_run(got, go(oracle), torch.float32)
+
+
+@pytest.mark.slow
+def test_kernels_with_every_option_compile_for_sm90_without_a_gpu():
+    """tests/test_persistent.py's sm_90 build of every kernel and dtype, with every option's
+    flag on (the interpreter never compiles: catches scoping and type errors of the flags'
+    branches before a GPU is at hand)."""
+    from test_persistent import COMPILE_FOR_SM90, run_compiled_for_sm90
+
+    script = COMPILE_FOR_SM90.replace("VARIANT = False", "VARIANT = True")
+    assert script != COMPILE_FOR_SM90
+    run_compiled_for_sm90(script, expect="compiled")
