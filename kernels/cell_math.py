@@ -81,6 +81,12 @@ def zoneout(z, previous, new):
 
 
 @triton.jit
+def zoneout_backward(z, d):
+    """Gradient d of a zoneout output -> (its part to the previous value, to the new one)."""
+    return z * d, (1.0 - z) * d
+
+
+@triton.jit
 def row_keep(ptr, rows, n, COMPUTE: tl.constexpr):
     """(BLOCK_B, 1) 1 - reset of each row's entering state (rows >= n: 0)."""
     return tl.load(ptr + rows, mask=rows < n, other=0.0).to(COMPUTE)

@@ -17,7 +17,8 @@ import triton
 import triton.language as tl
 
 from .cell_math import (gru_cell_backward, gru_cell_forward, load_gates4, recurrent_scale,
-                        row_keep, store_gates3, store_gates4, zoneout)
+                        row_keep, store_gates3, store_gates4, zoneout,
+                        zoneout_backward)
 from .config import compute_dtype, pointwise_launch
 from .step_variant import kernel_args
 from .tiles import load_gate, store_gate, tile_index
@@ -86,8 +87,7 @@ def gru_step_bwd_kernel(
         dh += load_gate(carry_ptr, rows, units, stride_carry, 0, H, mask, COMPUTE)
     if ZONE_H:
         z_h = load_gate(zh_ptr, rows, units, stride_zh, 0, H, mask, COMPUTE)
-        dh_kept = z_h * dh
-        dh = (1.0 - z_h) * dh
+        dh_kept, dh = zoneout_backward(z_h, dh)
     r, z, n, rec_n = load_gates4(gates_ptr, rows, units, stride_gates, H, mask, COMPUTE)
     from_prev = rows < n_prev
     h_prev = tl.where(

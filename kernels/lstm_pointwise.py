@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from .cell_math import (load_gates4, lstm_cell_backward, lstm_cell_forward, recurrent_scale,
-                        row_keep, store_gates4, zoneout)
+                        row_keep, store_gates4, zoneout, zoneout_backward)
 from .config import compute_dtype, pointwise_launch
 from .step_variant import kernel_args
 from .tiles import load_gate, store_gate, tile_index
@@ -99,8 +99,7 @@ def lstm_step_bwd_kernel(
     direct = tl.zeros([BLOCK_B, BLOCK_H], COMPUTE)  # dL/dh_{t-1} not through the GEMM
     if ZONE_H:
         z_h = load_gate(zh_ptr, rows, units, stride_zh, 0, H, mask, COMPUTE)
-        direct = z_h * dm
-        dm = (1.0 - z_h) * dm
+        direct, dm = zoneout_backward(z_h, dm)
     i, f, g, o = load_gates4(gates_ptr, rows, units, stride_gates, H, mask, COMPUTE)
     c = load_gate(c_save_ptr, rows, units, stride_cs, 0, H, mask, COMPUTE)
     from_prev = rows < n_prev
@@ -117,8 +116,7 @@ def lstm_step_bwd_kernel(
     dc = load_gate(dc_ptr, rows, units, stride_dc, 0, H, mask, COMPUTE)
     if ZONE_C:  # c holds the zoned-out state: the cell's own c_t is recomputed
         z_c = load_gate(zc_ptr, rows, units, stride_zc, 0, H, mask, COMPUTE)
-        dc_kept = z_c * dc
-        dc = (1.0 - z_c) * dc
+        dc_kept, dc = zoneout_backward(z_c, dc)
         c = f * c_prev + i * g
     d_i, d_f, d_g, d_o, dc_prev = lstm_cell_backward(dm, dc, i, f, g, o, c, c_prev)
     if ZONE_C:

@@ -21,7 +21,8 @@ import triton
 import triton.language as tl
 
 from .cell_math import (gru_cell_backward, gru_cell_forward, load_gates4, recurrent_scale,
-                        row_keep, store_gates3, store_gates4, zoneout)
+                        row_keep, store_gates3, store_gates4, zoneout,
+                        zoneout_backward)
 from .config import compute_dtype
 from .grid_sync import grid_arrive, grid_start, grid_wait, launch_failed, new_sync_state
 from .persistent_config import PersistentPlan, launch_options, recurrent_dot, schedule_tensors
@@ -153,8 +154,7 @@ def gru_persistent_bwd_kernel(
         dh_t = dy + dh
         if ZONE_H:
             z_h = load_gate(zh_ptr, rows, units, stride_zh, 0, H, mask, COMPUTE)
-            dh_kept = z_h * dh_t
-            dh_t = (1.0 - z_h) * dh_t
+            dh_kept, dh_t = zoneout_backward(z_h, dh_t)
         if KEEP:
             keep = row_keep(keep_ptr + off, row, bs, COMPUTE)
             h_prev = h_prev * keep

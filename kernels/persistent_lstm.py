@@ -44,7 +44,7 @@ import triton
 import triton.language as tl
 
 from .cell_math import (load_gates4, lstm_cell_backward, lstm_cell_forward, recurrent_scale,
-                        row_keep, store_gates4, zoneout)
+                        row_keep, store_gates4, zoneout, zoneout_backward)
 from .config import compute_dtype, state_dtype
 from .grid_sync import grid_arrive, grid_start, grid_wait, launch_failed, new_sync_state
 from .persistent_config import (PersistentPlan, launch_options, pad_dot, recurrent_dot,
@@ -210,8 +210,7 @@ def lstm_persistent_bwd_kernel(
             direct_t = tl.zeros_like(dh_t)
             if ZONE_H:
                 z_h = load_gate(zh_ptr, rows, cols, stride_zh, 0, R, active & col_ok, COMPUTE)
-                direct_t = z_h * dh_t
-                dh_t = (1.0 - z_h) * dh_t
+                direct_t, dh_t = zoneout_backward(z_h, dh_t)
             if KEEP:
                 keep = row_keep(keep_ptr + off, row, bs, COMPUTE)
                 direct_t = direct_t * keep
@@ -232,11 +231,11 @@ def lstm_persistent_bwd_kernel(
         dc_cell = dc
         if ZONE_C:  # c_save holds the zoned-out state: the cell's own c_t is recomputed
             z_c = load_gate(zc_ptr, rows, units, stride_zc, 0, H, mask, COMPUTE)
-            dc_cell = (1.0 - z_c) * dc
+            dc_kept, dc_cell = zoneout_backward(z_c, dc)
             c = f * c_prev + i * g
         d_i, d_f, d_g, d_o, dc_prev = lstm_cell_backward(dm, dc_cell, i, f, g, o, c, c_prev)
         if ZONE_C:
-            dc_prev += z_c * dc
+            dc_prev += dc_kept
         if KEEP:
             dc_prev = dc_prev * keep
         store_gates4(dgates_ptr, rows, units, stride_dg, H, d_i, d_f, d_g, d_o, mask)

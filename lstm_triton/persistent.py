@@ -81,8 +81,12 @@ def _launch(launcher, plan, *args):
 
 
 # ------------------------------------------------- issue 18's options (variants.py)
-def _or_none(variant):
-    return variant if variant.active else None
+def _with_variant(launcher, variant, **more):
+    """The launcher, given the variant's tensors when an option is on (plain layers call
+    it exactly as before)."""
+    if not variant.active:
+        return launcher
+    return functools.partial(launcher, variant=variant, **more)
 
 
 def _masked_h0(h0, sched, variant):
@@ -106,8 +110,8 @@ def lstm_forward(x, sched, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, save, variant=N
     if plan is not None:
         bias = None if b_ih is None else b_ih + b_hh
         gx = stepwise.input_projection(x, w_ih, bias)  # (N, 4H)
-        launcher = functools.partial(lstm_persistent_fwd, variant=_or_none(variant),
-                                     h0in=_masked_h0(h0, sched, variant))
+        launcher = _with_variant(lstm_persistent_fwd, variant,
+                                 h0in=_masked_h0(h0, sched, variant))
         out = _launch(launcher, plan, gx, sched, h0, c0, w_hh, w_hr, save)
         if out is not None:
             y, h_n, c_n, gates, c_all, m_all = out
@@ -124,7 +128,7 @@ def lstm_backward(dy, dh_n, dc_n, x, sched, h0, c0, w_ih, w_hh, w_hr, y, gates, 
     """Gradients (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr); None where not applicable."""
     plan, reason = _plan("lstm", x, h0, c0.shape[1])
     if plan is not None:
-        launcher = functools.partial(lstm_persistent_bwd, variant=_or_none(variant))
+        launcher = _with_variant(lstm_persistent_bwd, variant)
         out = _launch(launcher, plan, dy, dh_n, dc_n, sched, c0, w_hh, w_hr, gates, c_all)
         if out is not None:
             dgates, dh0, dc0, dr = out  # (N, 4H), (B, P), (B, H), (N, P) | None
@@ -144,8 +148,8 @@ def gru_forward(x, sched, h0, w_ih, w_hh, b_ih, b_hh, save, variant=NONE):
     plan, reason = _plan("gru", x, h0, h0.shape[1])
     if plan is not None:
         gx = stepwise.input_projection(x, w_ih, b_ih)  # (N, 3H); b_hh stays in the kernel
-        launcher = functools.partial(gru_persistent_fwd, variant=_or_none(variant),
-                                     h0in=_masked_h0(h0, sched, variant))
+        launcher = _with_variant(gru_persistent_fwd, variant,
+                                 h0in=_masked_h0(h0, sched, variant))
         out = _launch(launcher, plan, gx, sched, h0, w_hh, b_hh, save)
         if out is not None:
             y, h_n, gates = out
@@ -160,7 +164,7 @@ def gru_backward(dy, dh_n, x, sched, h0, w_ih, w_hh, y, gates, has_bias, need_dx
     """Gradients (dx, dh0, dw_ih, dw_hh, db_ih, db_hh)."""
     plan, reason = _plan("gru", x, h0, h0.shape[1])
     if plan is not None:
-        launcher = functools.partial(gru_persistent_bwd, variant=_or_none(variant))
+        launcher = _with_variant(gru_persistent_bwd, variant)
         out = _launch(launcher, plan, dy, dh_n, sched, h0, w_hh, y, gates)
         if out is not None:
             dgx, drec, dh0 = out  # (N, 3H), (N, 3H), (B, H)
