@@ -612,3 +612,21 @@ def test_kernels_with_every_option_compile_for_sm90_without_a_gpu():
     script = COMPILE_FOR_SM90.replace("VARIANT = False", "VARIANT = True")
     assert script != COMPILE_FOR_SM90
     run_compiled_for_sm90(script, expect="compiled")
+
+
+@pytest.mark.slow  # ~30 s under the interpreter
+def test_awd_lm_example_trains_below_a_uniform_guess():
+    import importlib.util
+    import inspect
+    import math
+    import textwrap
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "awd_lm.py"
+    spec = importlib.util.spec_from_file_location("awd_lm", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    losses, valid = example.main(["--steps", "10", "--quiet"])
+    assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
+    vocab = len(set(inspect.getsource(textwrap)))
+    assert valid < math.log(vocab)  # better than a uniform guess
