@@ -88,3 +88,38 @@ def store_gates3(ptr, rows, units, stride, H, a, b, c, mask):
 def store_gates4(ptr, rows, units, stride, H, a, b, c, d, mask):
     store_gates3(ptr, rows, units, stride, H, a, b, c, mask)
     store_gate(ptr, rows, units, stride, 3, H, d, mask)
+
+
+# ------------------------------------------- issue 18's options (kernels/step_variant.py)
+@triton.jit
+def zoneout(z, previous, new):
+    """z * previous + (1 - z) * new: a training mask of 1 keeps the previous value exactly;
+    in eval z is the probability p."""
+    return z * previous + (1.0 - z) * new
+
+
+@triton.jit
+def zoneout_backward(z, d):
+    """Gradient d of a zoneout output -> (its part to the previous value, to the new one)."""
+    return z * d, (1.0 - z) * d
+
+
+@triton.jit
+def row_keep(ptr, rows, n, COMPUTE: tl.constexpr):
+    """(BLOCK_B, 1) 1 - reset of each row's entering state (rows >= n: 0)."""
+    return tl.load(ptr + rows, mask=rows < n, other=0.0).to(COMPUTE)
+
+
+@triton.jit
+def recurrent_scale(keep_next_ptr, n_next, drop_ptr, stride_drop, rows, units, H, mask,
+                    SCALE_KEEP: tl.constexpr, DROP: tl.constexpr, COMPUTE: tl.constexpr):
+    """What h_t is multiplied by on its way into the next step's recurrent GEMM: the next
+    step's keep (segment resets) times the recurrent-dropout mask. Forward writes h_t times
+    it as the next GEMM input; backward multiplies the GEMM's gradient by it."""
+    if DROP:
+        scale = load_gate(drop_ptr, rows, units, stride_drop, 0, H, mask, COMPUTE)
+        if SCALE_KEEP:
+            scale = scale * row_keep(keep_next_ptr, rows, n_next, COMPUTE)
+    else:
+        scale = row_keep(keep_next_ptr, rows, n_next, COMPUTE)
+    return scale

@@ -12,18 +12,25 @@ Backward carries dh in registers; per step undone
 then the pointwise GRU backward (kernels/gru_pointwise.py gives the formulas),
 writing dgx and drec (N, 3H): the outputs for the weight-gradient GEMMs after
 the loop, and drec is the recurrence's exchange buffer.
+
+Issue 18's options are constexpr flags as in persistent_lstm.py: KEEP (resets), DROP
+(recurrent dropout; with KEEP the exchange is `xin` = h_t * keep_next * drop and `h0in`),
+ZONE_H (zoneout; ZONE_C is always off, the GRU has no cell state).
 """
 import triton
 import triton.language as tl
 
-from .cell_math import gru_cell_backward, gru_cell_forward, load_gates4, store_gates3, store_gates4
+from .cell_math import (gru_cell_backward, gru_cell_forward, load_gates4, recurrent_scale,
+                        row_keep, store_gates3, store_gates4, zoneout,
+                        zoneout_backward)
 from .config import compute_dtype
 from .grid_sync import grid_arrive, grid_start, grid_wait, launch_failed, new_sync_state
 from .launch import prepared
 from .persistent_config import PersistentPlan, launch_options, recurrent_dot, schedule_tensors
 from .persistent_tiles import (backward_step_rows, forward_step_rows, gate_columns, load_rows,
                                program_tile, recurrent_matmul, recurrent_matmul_partials,
-                               resident_weights, split_gates, step_tile)
+                               resident_weights, split_gates, step_at, step_rows, step_tile)
+from .step_variant import variant_args
 from .tiles import load_gate, store_gate
 
 
@@ -36,8 +43,12 @@ def gru_persistent_fwd_kernel(
     h_n_ptr,  # (B, H) out
     gates_ptr,  # (N, 4H) r, z, n, rec_n: out when SAVE
     bs_ptr, off_ptr, sync_ptr,
+    xin_ptr, h0in_ptr,  # (N, H), (B, H) masked GEMM inputs (KEEP or DROP)
+    keep_ptr, drop_ptr, zc_ptr, zh_ptr,  # issue 18's options (step_variant.variant_args)
     T, B, H,
     stride_gx, stride_h0, stride_w, stride_y, stride_hn, stride_gates, spin_limit,
+    stride_xin, stride_h0in, stride_drop, stride_zc, stride_zh,
+    KEEP: tl.constexpr, DROP: tl.constexpr, ZONE_C: tl.constexpr, ZONE_H: tl.constexpr,
     REVERSE: tl.constexpr, SAVE: tl.constexpr, HAS_BHH: tl.constexpr, RESIDENT: tl.constexpr,
     DOT: tl.constexpr, COMPUTE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, KP: tl.constexpr,
@@ -52,6 +63,11 @@ def gru_persistent_fwd_kernel(
         b_hh = tl.load(b_hh_ptr + w_rows, mask=w_ok, other=0.0).to(COMPUTE)
     else:
         b_hh = tl.zeros(w_rows.shape, COMPUTE)
+    masked_in: tl.constexpr = KEEP or DROP  # the GEMM reads xin / h0in instead of y / h0
+    if masked_in:
+        src_ptr, stride_src, alt_ptr, stride_alt = xin_ptr, stride_xin, h0in_ptr, stride_h0in
+    else:
+        src_ptr, stride_src, alt_ptr, stride_alt = y_ptr, stride_y, h0_ptr, stride_h0
     n_prog, ok = grid_start(sync_ptr)  # meeting 0: the whole grid is running
     s = 0
     while (s < T) & ok:
@@ -61,20 +77,32 @@ def gru_persistent_fwd_kernel(
         x_r = load_gate(gx_ptr, rows, units, stride_gx, 0, H, mask, COMPUTE)
         x_z = load_gate(gx_ptr, rows, units, stride_gx, 1, H, mask, COMPUTE)
         x_n = load_gate(gx_ptr, rows, units, stride_gx, 2, H, mask, COMPUTE)
+        h_in = h
+        if KEEP:
+            h_in = h * row_keep(keep_ptr + off, row, bs, COMPUTE)
         ok = grid_wait(sync_ptr, (s + 1) * n_prog, spin_limit)
         if PARTIALS:  # a plan option (persistent_config.with_chain): one partial per W piece
             rec = recurrent_matmul_partials(tl.zeros((BLOCK_B, 4 * BLOCK_H), COMPUTE) + b_hh,
-                                            y_ptr, off_p, tl.minimum(bs_p, bs), stride_y, h0_ptr,
-                                            stride_h0, bs, row, w, w_hh_ptr, w_rows, w_ok, 1,
-                                            stride_w, H, RESIDENT, SPLIT, KP, NP, BLOCK_K, DOT)
+                                            src_ptr, off_p, tl.minimum(bs_p, bs), stride_src,
+                                            alt_ptr, stride_alt, bs, row, w, w_hh_ptr, w_rows,
+                                            w_ok, 1, stride_w, H, RESIDENT, SPLIT, KP, NP,
+                                            BLOCK_K, DOT)
         else:
-            rec = recurrent_matmul(tl.zeros((BLOCK_B, 4 * BLOCK_H), COMPUTE) + b_hh, y_ptr,
-                                   off_p, tl.minimum(bs_p, bs), stride_y, h0_ptr, stride_h0, bs,
-                                   row, w, w_hh_ptr, w_rows, w_ok, 1, stride_w, H, RESIDENT,
+            rec = recurrent_matmul(tl.zeros((BLOCK_B, 4 * BLOCK_H), COMPUTE) + b_hh, src_ptr,
+                                   off_p, tl.minimum(bs_p, bs), stride_src, alt_ptr, stride_alt,
+                                   bs, row, w, w_hh_ptr, w_rows, w_ok, 1, stride_w, H, RESIDENT,
                                    SPLIT, KP, NP, BLOCK_K, DOT)
         rec_r, rec_z, rec_n, _ = split_gates(rec, BLOCK_B, BLOCK_H)
-        r, z, n, h_new = gru_cell_forward(x_r, x_z, x_n, rec_r, rec_z, rec_n, h)
+        r, z, n, h_new = gru_cell_forward(x_r, x_z, x_n, rec_r, rec_z, rec_n, h_in)
+        if ZONE_H:
+            h_new = zoneout(load_gate(zh_ptr, rows, units, stride_zh, 0, H, mask, COMPUTE), h_in,
+                            h_new)
         store_gate(y_ptr, rows, units, stride_y, 0, H, h_new, mask)
+        if masked_in:  # the next step's GEMM input: h_t * keep of the next step * drop
+            bs_x, off_x = step_rows(bs_ptr, off_ptr, step_at(s + 1, T, REVERSE), T)
+            scale = recurrent_scale(keep_ptr + off_x, bs_x, drop_ptr, stride_drop, row, units,
+                                    H, mask, KEEP, DROP, COMPUTE)
+            store_gate(xin_ptr, rows, units, stride_xin, 0, H, h_new * scale, mask & (row < bs_x))
         grid_arrive(sync_ptr)
         if SAVE:  # read by backward only: stored after the arrive, off the step's critical path
             store_gates4(gates_ptr, rows, units, stride_gates, H, r, z, n, rec_n, mask)
@@ -92,9 +120,12 @@ def gru_persistent_bwd_kernel(
     dgx_ptr, drec_ptr,  # (N, 3H) out: gradients of the input and recurrent pre-activations
     dh0_ptr,  # (B, H) out
     bs_ptr, off_ptr, sync_ptr,
+    keep_ptr, drop_ptr, zc_ptr, zh_ptr,  # issue 18's options, as in forward
     T, B, H,
     stride_dy, stride_dhn, stride_gates, stride_y, stride_h0, stride_w, stride_dgx,
     stride_drec, stride_dh0, spin_limit,
+    stride_drop, stride_zc, stride_zh,
+    KEEP: tl.constexpr, DROP: tl.constexpr, ZONE_C: tl.constexpr, ZONE_H: tl.constexpr,
     REVERSE: tl.constexpr, RESIDENT: tl.constexpr, DOT: tl.constexpr, COMPUTE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr,
     KP: tl.constexpr, NP: tl.constexpr,
@@ -117,8 +148,22 @@ def gru_persistent_bwd_kernel(
         rec = recurrent_matmul(tl.zeros((BLOCK_B, BLOCK_H), COMPUTE), drec_ptr, off_n, bs_n,
                                stride_drec, drec_ptr, 0, bs_n, row, w, w_hh_ptr, units, unit_ok,
                                stride_w, 1, K, RESIDENT, SPLIT, KP, NP, BLOCK_K, DOT)
+        if KEEP or DROP:
+            rec = rec * recurrent_scale(keep_ptr + off_n, bs_n, drop_ptr, stride_drop, row,
+                                        units, H, (row < bs_n) & unit_ok, KEEP, DROP, COMPUTE)
         dh = tl.where(row < bs_n, dh + rec, dh)
-        d_r, d_z, d_n, dh_direct = gru_cell_backward(dy + dh, r, z, n, rec_n, h_prev)
+        dh_t = dy + dh
+        if ZONE_H:
+            z_h = load_gate(zh_ptr, rows, units, stride_zh, 0, H, mask, COMPUTE)
+            dh_kept, dh_t = zoneout_backward(z_h, dh_t)
+        if KEEP:
+            keep = row_keep(keep_ptr + off, row, bs, COMPUTE)
+            h_prev = h_prev * keep
+        d_r, d_z, d_n, dh_direct = gru_cell_backward(dh_t, r, z, n, rec_n, h_prev)
+        if ZONE_H:
+            dh_direct += dh_kept
+        if KEEP:
+            dh_direct = dh_direct * keep
         store_gates3(drec_ptr, rows, units, stride_drec, H, d_r, d_z, d_n * r, mask)
         grid_arrive(sync_ptr)
         store_gates3(dgx_ptr, rows, units, stride_dgx, H, d_r, d_z, d_n, mask)  # read after it
@@ -127,10 +172,12 @@ def gru_persistent_bwd_kernel(
     store_gate(dh0_ptr, row, units, stride_dh0, 0, H, dh, state_mask)
 
 
-def gru_persistent_fwd(gx, sched, h0, w_hh, b_hh, save, plan: PersistentPlan):
+def gru_persistent_fwd(gx, sched, h0, w_hh, b_hh, save, plan: PersistentPlan, variant=None,
+                       h0in=None):
     """Recurrence of one GRU layer-direction from its input projection gx (N, 3H, with b_ih).
 
     Returns (y (N, H), h_n (B, H), gates (N, 4H) | None), or None when the barrier failed.
+    variant, h0in: as for persistent_lstm.lstm_persistent_fwd.
     """
     n_rows, (batch, hidden) = gx.shape[0], h0.shape
     bs, off = schedule_tensors(sched, gx.device)
@@ -138,12 +185,16 @@ def gru_persistent_fwd(gx, sched, h0, w_hh, b_hh, save, plan: PersistentPlan):
     y = gx.new_empty(n_rows, hidden)
     h_n = h0.new_empty(batch, hidden)
     gates = gx.new_empty(n_rows, 4 * hidden) if save else None
+    xin = gx.new_empty(n_rows, hidden) if h0in is not None else None
+    ptrs, strides, flags = variant_args(variant, h0)
     prepared(gru_persistent_fwd_kernel)[(plan.grid,)](
         gx, h0, w_hh, b_hh if b_hh is not None else w_hh, y, h_n, gates if save else gx,
-        bs, off, sync,
+        bs, off, sync, xin if xin is not None else y, h0in if h0in is not None else h0, *ptrs,
         sched.steps, batch, hidden,
         gx.stride(0), h0.stride(0), w_hh.stride(0), y.stride(0), h_n.stride(0),
         gates.stride(0) if save else 0, plan.spin_limit,
+        xin.stride(0) if xin is not None else 0, h0in.stride(0) if h0in is not None else 0,
+        *strides, **flags,
         REVERSE=sched.reverse, SAVE=save, HAS_BHH=b_hh is not None, RESIDENT=plan.resident,
         DOT=plan.dot, COMPUTE=compute_dtype(gx.dtype), BLOCK_B=plan.block_b,
         BLOCK_H=plan.block_h, BLOCK_K=plan.block_k,
@@ -155,7 +206,8 @@ def gru_persistent_fwd(gx, sched, h0, w_hh, b_hh, save, plan: PersistentPlan):
     return y, h_n, gates
 
 
-def gru_persistent_bwd(dy, dh_n, sched, h0, w_hh, y, gates, plan: PersistentPlan):
+def gru_persistent_bwd(dy, dh_n, sched, h0, w_hh, y, gates, plan: PersistentPlan,
+                       variant=None):
     """Backward recurrence of one GRU layer-direction.
 
     Returns (dgx (N, 3H), drec (N, 3H), dh0 (B, H)), or None when the barrier failed.
@@ -165,12 +217,14 @@ def gru_persistent_bwd(dy, dh_n, sched, h0, w_hh, y, gates, plan: PersistentPlan
     sync = new_sync_state(dy.device)
     dgx, drec = dy.new_empty(n_rows, 3 * hidden), dy.new_empty(n_rows, 3 * hidden)
     dh0 = dh_n.new_empty(batch, hidden)
+    ptrs, strides, flags = variant_args(variant, h0)
     prepared(gru_persistent_bwd_kernel)[(plan.grid,)](
         dy, dh_n, gates, y, h0, w_hh, dgx, drec, dh0,
-        bs, off, sync,
+        bs, off, sync, *ptrs,
         sched.steps, batch, hidden,
         dy.stride(0), dh_n.stride(0), gates.stride(0), y.stride(0), h0.stride(0),
         w_hh.stride(0), dgx.stride(0), drec.stride(0), dh0.stride(0), plan.spin_limit,
+        *strides, **flags,
         REVERSE=sched.reverse, RESIDENT=plan.resident, DOT=plan.dot,
         COMPUTE=compute_dtype(dy.dtype), BLOCK_B=plan.block_b, BLOCK_H=plan.block_h,
         BLOCK_K=plan.block_k,

@@ -30,13 +30,21 @@ likewise: the program's P-columns of dr = dy + dh are written to an (N, P)
 buffer (the dW_hr GEMM's input), a second meeting, then dm = dr W_hr[:, units].
 Without a projection BLOCK_O = BLOCK_H and the columns of h are the units.
 
+Issue 18's options are constexpr flags, with stepwise's math (cell_math: zoneout,
+row_keep, recurrent_scale): KEEP zeroes c_{t-1} / h_{t-1} where a segment restarts,
+ZONE_C / ZONE_H are zoneout, and with KEEP or DROP (recurrent dropout) the exchange
+buffer is `xin` (N, R), h_t * keep_next * drop, written next to y (`h0in` = h0 * keep *
+drop for rows that start from h0). Backward carries the direct part of dL/dh_{t-1}
+(zoneout's, dh_n at first) in registers and scales the exchanged gradient by keep * drop.
+
 The launchers return None when the grid barrier failed (grid not co-resident);
 the caller then reruns the stepwise backend.
 """
 import triton
 import triton.language as tl
 
-from .cell_math import load_gates4, lstm_cell_backward, lstm_cell_forward, store_gates4
+from .cell_math import (load_gates4, lstm_cell_backward, lstm_cell_forward, recurrent_scale,
+                        row_keep, store_gates4, zoneout, zoneout_backward)
 from .config import compute_dtype, state_dtype
 from .grid_sync import grid_arrive, grid_start, grid_wait, launch_failed, new_sync_state
 from .launch import prepared
@@ -44,7 +52,8 @@ from .persistent_config import (PersistentPlan, launch_options, pad_dot, recurre
                                 schedule_tensors, split_k)
 from .persistent_tiles import (backward_step_rows, forward_step_rows, gate_columns, load_rows,
                                program_tile, recurrent_matmul, recurrent_matmul_partials,
-                               resident_weights, split_gates, step_tile)
+                               resident_weights, split_gates, step_at, step_rows, step_tile)
+from .step_variant import variant_args
 from .tiles import load_gate, store_gate
 
 
@@ -59,9 +68,13 @@ def lstm_persistent_fwd_kernel(
     h_n_ptr, c_n_ptr,  # (B, R), (B, H) out
     gates_ptr, c_save_ptr,  # (N, 4H) activated gates, (N, H) cell states: out when SAVE
     bs_ptr, off_ptr, sync_ptr,  # (T,) batch sizes, (T,) first rows, int64 barrier word
+    xin_ptr, h0in_ptr,  # (N, R), (B, R) masked GEMM inputs (KEEP or DROP)
+    keep_ptr, drop_ptr, zc_ptr, zh_ptr,  # (N,), (B, R), (N, H), (N, R): issue 18's options
     T, B, H, R,
     stride_gx, stride_h0, stride_c0, stride_w, stride_whr, stride_y, stride_m, stride_hn,
     stride_cn, stride_gates, stride_cs, spin_limit,
+    stride_xin, stride_h0in, stride_drop, stride_zc, stride_zh,
+    KEEP: tl.constexpr, DROP: tl.constexpr, ZONE_C: tl.constexpr, ZONE_H: tl.constexpr,
     REVERSE: tl.constexpr, SAVE: tl.constexpr, PROJ: tl.constexpr, RESIDENT: tl.constexpr,
     DOT: tl.constexpr, COMPUTE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_O: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, PROJ_SPLIT: tl.constexpr,
@@ -77,6 +90,11 @@ def lstm_persistent_fwd_kernel(
     w_rows, w_ok = gate_columns(BLOCK_H, H, 4)
     w = resident_weights(w_hh_ptr, R, w_rows, w_ok, 1, stride_w, RESIDENT, SPLIT, KP, NP)
     meetings: tl.constexpr = 2 if PROJ else 1  # per step: the projection needs all of m
+    masked_in: tl.constexpr = KEEP or DROP  # the GEMM reads xin / h0in instead of y / h0
+    if masked_in:
+        src_ptr, stride_src, alt_ptr, stride_alt = xin_ptr, stride_xin, h0in_ptr, stride_h0in
+    else:
+        src_ptr, stride_src, alt_ptr, stride_alt = y_ptr, stride_y, h0_ptr, stride_h0
     n_prog, ok = grid_start(sync_ptr)  # meeting 0: the whole grid is running
     s = 0
     while (s < T) & ok:
@@ -84,21 +102,30 @@ def lstm_persistent_fwd_kernel(
         active, mask, rows = step_tile(row, off, bs, unit_ok)
         # no other program writes the input projection: its load overlaps the wait
         x_i, x_f, x_g, x_o = load_gates4(gx_ptr, rows, units, stride_gx, H, mask, COMPUTE)
+        c_in = c
+        h_in = h
+        if KEEP:
+            keep = row_keep(keep_ptr + off, row, bs, COMPUTE)
+            c_in = c * keep
+            h_in = h * keep
         ok = grid_wait(sync_ptr, (meetings * s + 1) * n_prog, spin_limit)
         # h_{t-1}: rows continuing from the previous step from y, the others from h0
         if PARTIALS:  # a plan option (persistent_config.with_chain): one partial per W piece
-            pre = recurrent_matmul_partials(tl.zeros((BLOCK_B, 4 * BLOCK_H), COMPUTE), y_ptr,
-                                            off_p, tl.minimum(bs_p, bs), stride_y, h0_ptr,
-                                            stride_h0, bs, row, w, w_hh_ptr, w_rows, w_ok, 1,
+            pre = recurrent_matmul_partials(tl.zeros((BLOCK_B, 4 * BLOCK_H), COMPUTE), src_ptr,
+                                            off_p, tl.minimum(bs_p, bs), stride_src, alt_ptr,
+                                            stride_alt, bs, row, w, w_hh_ptr, w_rows, w_ok, 1,
                                             stride_w, R, RESIDENT, SPLIT, KP, NP, BLOCK_K, DOT)
         else:
-            pre = recurrent_matmul(tl.zeros((BLOCK_B, 4 * BLOCK_H), COMPUTE), y_ptr, off_p,
-                                   tl.minimum(bs_p, bs), stride_y, h0_ptr, stride_h0, bs, row,
-                                   w, w_hh_ptr, w_rows, w_ok, 1, stride_w, R, RESIDENT, SPLIT,
-                                   KP, NP, BLOCK_K, DOT)
+            pre = recurrent_matmul(tl.zeros((BLOCK_B, 4 * BLOCK_H), COMPUTE), src_ptr, off_p,
+                                   tl.minimum(bs_p, bs), stride_src, alt_ptr, stride_alt, bs,
+                                   row, w, w_hh_ptr, w_rows, w_ok, 1, stride_w, R, RESIDENT,
+                                   SPLIT, KP, NP, BLOCK_K, DOT)
         pre_i, pre_f, pre_g, pre_o = split_gates(pre, BLOCK_B, BLOCK_H)
         i, f, g, o, c_new, m = lstm_cell_forward(pre_i + x_i, pre_f + x_f, pre_g + x_g,
-                                                 pre_o + x_o, c)
+                                                 pre_o + x_o, c_in)
+        if ZONE_C:
+            c_new = zoneout(load_gate(zc_ptr, rows, units, stride_zc, 0, H, mask, COMPUTE),
+                            c_in, c_new)
         c = tl.where(active, c_new, c)
         if PROJ:  # h_t = m_t W_hr^T: every program needs all of m_t, hence a second meeting
             store_gate(m_ptr, rows, units, stride_m, 0, H, m, mask)
@@ -109,7 +136,16 @@ def lstm_persistent_fwd_kernel(
                                    stride_whr, H, False, PROJ_SPLIT, BLOCK_K, 1, BLOCK_K, DOT)
         else:
             h_t = m
+        if ZONE_H:
+            h_t = zoneout(load_gate(zh_ptr, rows, cols, stride_zh, 0, R, active & col_ok,
+                                    COMPUTE), h_in, h_t)
         store_gate(y_ptr, rows, cols, stride_y, 0, R, h_t, active & col_ok)
+        if masked_in:  # the next step's GEMM input: h_t * keep of the next step * drop
+            bs_x, off_x = step_rows(bs_ptr, off_ptr, step_at(s + 1, T, REVERSE), T)
+            scale = recurrent_scale(keep_ptr + off_x, bs_x, drop_ptr, stride_drop, row, cols,
+                                    R, active & col_ok, KEEP, DROP, COMPUTE)
+            store_gate(xin_ptr, rows, cols, stride_xin, 0, R, h_t * scale,
+                       active & col_ok & (row < bs_x))
         grid_arrive(sync_ptr)
         if SAVE:  # read by backward only: stored after the arrive, off the step's critical path
             store_gates4(gates_ptr, rows, units, stride_gates, H, i, f, g, o, mask)
@@ -131,9 +167,12 @@ def lstm_persistent_bwd_kernel(
     dgates_ptr,  # (N, 4H) out: pre-activation gate gradients, and the recurrence's exchange
     dh0_ptr, dc0_ptr,  # (B, R), (B, H) out
     bs_ptr, off_ptr, sync_ptr,
+    keep_ptr, drop_ptr, zc_ptr, zh_ptr,  # issue 18's options, as in forward
     T, B, H, R,
     stride_dy, stride_dhn, stride_dcn, stride_gates, stride_cs, stride_c0, stride_w, stride_whr,
     stride_dr, stride_dg, stride_dh0, stride_dc0, spin_limit,
+    stride_drop, stride_zc, stride_zh,
+    KEEP: tl.constexpr, DROP: tl.constexpr, ZONE_C: tl.constexpr, ZONE_H: tl.constexpr,
     REVERSE: tl.constexpr, PROJ: tl.constexpr, RESIDENT: tl.constexpr, DOT: tl.constexpr,
     COMPUTE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_O: tl.constexpr,
     BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, PROJ_SPLIT: tl.constexpr, KP: tl.constexpr,
@@ -143,6 +182,8 @@ def lstm_persistent_bwd_kernel(
     _, cols, col_ok, out_mask = program_tile(BLOCK_B, BLOCK_O, B, R)  # columns of h (forward)
     dh = load_gate(dh_n_ptr, row, cols, stride_dhn, 0, R, out_mask, COMPUTE)  # carried dh
     dc = load_gate(dc_n_ptr, row, units, stride_dcn, 0, H, state_mask, COMPUTE)  # carried dc
+    variant: tl.constexpr = KEEP or DROP or ZONE_C or ZONE_H
+    direct = dh  # variant: dL/dh_{t-1} not through the GEMM (zoneout's part; dh_n at first)
     K = 4 * H
     w = resident_weights(w_hh_ptr, K, cols, col_ok, stride_w, 1, RESIDENT, SPLIT, KP, NP)
     meetings: tl.constexpr = 2 if PROJ else 1
@@ -161,17 +202,43 @@ def lstm_persistent_bwd_kernel(
         rec = recurrent_matmul(tl.zeros((BLOCK_B, BLOCK_O), COMPUTE), dgates_ptr, off_n, bs_n,
                                stride_dg, dgates_ptr, 0, bs_n, row, w, w_hh_ptr, cols, col_ok,
                                stride_w, 1, K, RESIDENT, SPLIT, KP, NP, BLOCK_K, DOT)
-        dh = tl.where(row < bs_n, rec, dh)
+        if variant:
+            if KEEP or DROP:
+                rec = rec * recurrent_scale(keep_ptr + off_n, bs_n, drop_ptr, stride_drop, row,
+                                            cols, R, (row < bs_n) & col_ok, KEEP, DROP, COMPUTE)
+            dh = tl.where(row < bs_n, rec, 0.0) + direct
+            dh_t = dy + dh
+            direct_t = tl.zeros_like(dh_t)
+            if ZONE_H:
+                z_h = load_gate(zh_ptr, rows, cols, stride_zh, 0, R, active & col_ok, COMPUTE)
+                direct_t, dh_t = zoneout_backward(z_h, dh_t)
+            if KEEP:
+                keep = row_keep(keep_ptr + off, row, bs, COMPUTE)
+                direct_t = direct_t * keep
+                c_prev = c_prev * keep
+            direct = tl.where(active, direct_t, direct)
+        else:
+            dh = tl.where(row < bs_n, rec, dh)
+            dh_t = dy + dh
         if PROJ:  # dm = (dy + dh) W_hr needs every column of dy + dh: a second meeting
-            store_gate(dr_ptr, rows, cols, stride_dr, 0, R, dy + dh, active & col_ok)
+            store_gate(dr_ptr, rows, cols, stride_dr, 0, R, dh_t, active & col_ok)
             grid_arrive(sync_ptr)
             ok = ok & grid_wait(sync_ptr, (meetings * s + 2) * n_prog, spin_limit)
             dm = recurrent_matmul(tl.zeros((BLOCK_B, BLOCK_H), COMPUTE), dr_ptr, off, bs,
                                   stride_dr, dr_ptr, 0, bs, row, 0, w_hr_ptr, units, unit_ok,
                                   stride_whr, 1, R, False, PROJ_SPLIT, BLOCK_K, 1, BLOCK_K, DOT)
         else:
-            dm = dy + dh
-        d_i, d_f, d_g, d_o, dc_prev = lstm_cell_backward(dm, dc, i, f, g, o, c, c_prev)
+            dm = dh_t
+        dc_cell = dc
+        if ZONE_C:  # c_save holds the zoned-out state: the cell's own c_t is recomputed
+            z_c = load_gate(zc_ptr, rows, units, stride_zc, 0, H, mask, COMPUTE)
+            dc_kept, dc_cell = zoneout_backward(z_c, dc)
+            c = f * c_prev + i * g
+        d_i, d_f, d_g, d_o, dc_prev = lstm_cell_backward(dm, dc_cell, i, f, g, o, c, c_prev)
+        if ZONE_C:
+            dc_prev += dc_kept
+        if KEEP:
+            dc_prev = dc_prev * keep
         store_gates4(dgates_ptr, rows, units, stride_dg, H, d_i, d_f, d_g, d_o, mask)
         grid_arrive(sync_ptr)
         dc = tl.where(active, dc_prev, dc)
@@ -180,13 +247,16 @@ def lstm_persistent_bwd_kernel(
     store_gate(dc0_ptr, row, units, stride_dc0, 0, H, dc, state_mask)
 
 
-def lstm_persistent_fwd(gx, sched, h0, c0, w_hh, w_hr, save, plan: PersistentPlan):
+def lstm_persistent_fwd(gx, sched, h0, c0, w_hh, w_hr, save, plan: PersistentPlan,
+                        variant=None, h0in=None):
     """Recurrence of one LSTM layer-direction from its input projection.
 
     gx: (N, 4H) with both biases; h0: (B, R), c0: (B, H); w_hh: (4H, R); w_hr: (P, H) or
     None (then R = H). Returns (y (N, R), h_n (B, R), c_n (B, H), gates (N, 4H) | None,
     c_all (N, H) | None, m_all (N, H) | None: the unprojected outputs, with a projection
     and save) with stepwise.lstm_forward's dtypes, or None when the grid barrier failed.
+    variant: a variants.Variant or None; with its keep or rec, h0in (B, R) is
+    h0 * keep * drop of the rows' first step (persistent.py computes it).
     """
     n_rows, (batch, width), hidden = gx.shape[0], h0.shape, c0.shape[1]
     proj = w_hr is not None
@@ -198,13 +268,18 @@ def lstm_persistent_fwd(gx, sched, h0, c0, w_hh, w_hr, save, plan: PersistentPla
     h_n, c_n = h0.new_empty(batch, width), c0.new_empty(batch, hidden)
     gates = gx.new_empty(n_rows, 4 * hidden) if save else None
     c_all = gx.new_empty(n_rows, hidden, dtype=state_dtype(gx.dtype)) if save else None
+    xin = gx.new_empty(n_rows, width) if h0in is not None else None
+    ptrs, strides, flags = variant_args(variant, c0)
     prepared(lstm_persistent_fwd_kernel)[(plan.grid,)](
         gx, h0, c0, w_hh, w_hr if proj else w_hh, y, m_all, h_n, c_n,
         gates if save else gx, c_all if save else y, bs, off, sync,
+        xin if xin is not None else y, h0in if h0in is not None else h0, *ptrs,
         sched.steps, batch, hidden, width,
         gx.stride(0), h0.stride(0), c0.stride(0), w_hh.stride(0), w_hr.stride(0) if proj else 0,
         y.stride(0), m_all.stride(0), h_n.stride(0), c_n.stride(0),
         gates.stride(0) if save else 0, c_all.stride(0) if save else 0, plan.spin_limit,
+        xin.stride(0) if xin is not None else 0, h0in.stride(0) if h0in is not None else 0,
+        *strides, **flags,
         REVERSE=sched.reverse, SAVE=save, PROJ=proj, RESIDENT=plan.resident, DOT=plan.dot,
         COMPUTE=compute, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_O=plan.block_o,
         BLOCK_K=plan.block_k,
@@ -219,7 +294,7 @@ def lstm_persistent_fwd(gx, sched, h0, c0, w_hh, w_hr, save, plan: PersistentPla
 
 
 def lstm_persistent_bwd(dy, dh_n, dc_n, sched, c0, w_hh, w_hr, gates, c_all,
-                        plan: PersistentPlan):
+                        plan: PersistentPlan, variant=None):
     """Backward recurrence of one LSTM layer-direction.
 
     Returns (dgates (N, 4H), dh0 (B, R), dc0 (B, H), dr (N, P) | None) in dy's dtype, or
@@ -234,14 +309,15 @@ def lstm_persistent_bwd(dy, dh_n, dc_n, sched, c0, w_hh, w_hr, gates, c_all,
     dgates = dy.new_empty(n_rows, 4 * hidden)
     dr = dy.new_empty(n_rows, width) if proj else None
     dh0, dc0 = dh_n.new_empty(batch, width), dy.new_empty(batch, hidden)
+    ptrs, strides, flags = variant_args(variant, c0)
     prepared(lstm_persistent_bwd_kernel)[(plan.grid,)](
         dy, dh_n, dc_n, gates, c_all, c0, w_hh, w_hr if proj else w_hh,
-        dr if proj else dgates, dgates, dh0, dc0, bs, off, sync,
+        dr if proj else dgates, dgates, dh0, dc0, bs, off, sync, *ptrs,
         sched.steps, batch, hidden, width,
         dy.stride(0), dh_n.stride(0), dc_n.stride(0), gates.stride(0), c_all.stride(0),
         c0.stride(0), w_hh.stride(0), w_hr.stride(0) if proj else 0,
         dr.stride(0) if proj else 0, dgates.stride(0), dh0.stride(0), dc0.stride(0),
-        plan.spin_limit,
+        plan.spin_limit, *strides, **flags,
         REVERSE=sched.reverse, PROJ=proj, RESIDENT=plan.resident, DOT=plan.dot,
         COMPUTE=compute_dtype(dy.dtype), BLOCK_B=plan.block_b, BLOCK_H=plan.block_h,
         BLOCK_O=plan.block_o, BLOCK_K=plan.block_k,

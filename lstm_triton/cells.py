@@ -8,7 +8,9 @@ and it compiles as one op under torch.compile like the layers do.
 
 They subclass torch's cells, so parameters, initialisation, state_dict and
 the call contract are torch's: `h, c = cell(x, (h, c))`, `h = gru_cell(x, h)`,
-batched (B, I) or unbatched (I,) input, hx optional (zeros).
+batched (B, I) or unbatched (I,) input, hx optional (zeros). Beyond torch's contract,
+the keyword `reset=` (bool, (B,) or a scalar unbatched) zeroes the state of the rows that
+start afresh at this step (an episode start in a rollout), inside the step kernel.
 """
 from typing import Optional, Tuple
 
@@ -18,7 +20,9 @@ from torch import Tensor, nn
 from . import scripting
 from .dispatch import choose_backend
 from .export import export_backend
+from .kernels.config import state_dtype
 from .rnn import BackendOption, autocast_enabled, run_layer
+from .variants import Variant, check_cell_reset
 
 
 def cell_autocast_dtype(device_type, dtype):
@@ -38,11 +42,16 @@ def cell_autocast_dtype(device_type, dtype):
 class _TritonCellDriver(BackendOption):
     """Mixin holding the forward shared by TritonLSTMCell and TritonGRUCell."""
 
-    def forward(self, input, hx=None):
+    def forward(self, input, hx=None, *, reset=None):
         backend = export_backend(self) or choose_backend(self.backend, input.device)
+        reset = check_cell_reset(type(self).__name__, reset, input)
         if backend == "torch":
+            if reset is not None and hx is not None:  # torch's cell has no reset: zero hx here
+                keep = (~reset).to(input.dtype)
+                keep = keep[:, None] if input.dim() == 2 else keep
+                hx = tuple(s * keep for s in hx) if isinstance(hx, (tuple, list)) else hx * keep
             return super(BackendOption, self).forward(input, hx)  # torch's own cell
-        return self._cell_forward(input, hx, backend)
+        return self._cell_forward(input, hx, backend, reset)
 
     def _check(self, x, states):
         name = type(self).__name__
@@ -86,7 +95,7 @@ class _TritonCellDriver(BackendOption):
                     f"{name}: {what} is on {t.device} but the parameters are on "
                     f"{self.weight_ih.device}; move it with .to({self.weight_ih.device}).")
 
-    def _step(self, x, states, backend):
+    def _step(self, x, states, backend, reset=None):
         """Checks, layout and dtype; returns the new states (h,) or (h, c)."""
         lstm = self.cell == "lstm"
         self._check(x, states)
@@ -106,7 +115,10 @@ class _TritonCellDriver(BackendOption):
         x, states = cast(x).contiguous(), [cast(s).contiguous() for s in states]
         h0, c0 = states[0], (states[1] if lstm else None)
 
-        _, h, c = run_layer(self.cell, backend, x, None, h0, c0, (*weights, None), False)
+        # reset: zero the entering state of those rows, in the step kernel (variants.Variant)
+        variant = Variant() if reset is None else Variant(
+            keep=(~reset.reshape(-1)).to(state_dtype(dtype)))
+        _, h, c = run_layer(self.cell, backend, x, None, h0, c0, (*weights, None), False, variant)
         new = (h, c) if lstm else (h,)
         return new if batched else tuple(s.squeeze(0) for s in new)
 
@@ -121,19 +133,23 @@ class TritonLSTMCell(_TritonCellDriver, nn.LSTMCell):
 
     cell = "lstm"
 
-    def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None):
+    def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None,
+                reset: Optional[Tensor] = None):
         if torch.jit.is_scripting():  # TorchScript compiles this branch alone (scripting.py)
+            if reset is not None:
+                raise RuntimeError("lstm_triton: a scripted TritonLSTMCell runs torch's cell, "
+                                   "which has no reset; zero hx before the call instead.")
             return scripting.lstm_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih,
                                        self.bias_hh, self.hidden_size)
-        return super().forward(input, hx)
+        return super().forward(input, hx, reset=reset)
 
-    def _cell_forward(self, input, hx, backend):
+    def _cell_forward(self, input, hx, backend, reset=None):
         if hx is not None and not isinstance(hx, (tuple, list)):
             raise TypeError(f"TritonLSTMCell: hx must be a tuple (h_0, c_0) of Tensors, not "
                             f"{type(hx).__name__}; pass both states as a tuple.")
         if hx is not None and len(hx) != 2:
             raise RuntimeError("TritonLSTMCell expects hx as a tuple (h_0, c_0); pass both.")
-        return self._step(input, list(hx) if hx is not None else [], backend)
+        return self._step(input, list(hx) if hx is not None else [], backend, reset)
 
 
 class TritonGRUCell(_TritonCellDriver, nn.GRUCell):
@@ -141,11 +157,15 @@ class TritonGRUCell(_TritonCellDriver, nn.GRUCell):
 
     cell = "gru"
 
-    def forward(self, input: Tensor, hx: Optional[Tensor] = None):
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None,
+                reset: Optional[Tensor] = None):
         if torch.jit.is_scripting():  # TorchScript compiles this branch alone (scripting.py)
+            if reset is not None:
+                raise RuntimeError("lstm_triton: a scripted TritonGRUCell runs torch's cell, "
+                                   "which has no reset; zero hx before the call instead.")
             return scripting.gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih,
                                       self.bias_hh, self.hidden_size)
-        return super().forward(input, hx)
+        return super().forward(input, hx, reset=reset)
 
-    def _cell_forward(self, input, hx, backend):
-        return self._step(input, [hx] if hx is not None else [], backend)[0]
+    def _cell_forward(self, input, hx, backend, reset=None):
+        return self._step(input, [hx] if hx is not None else [], backend, reset)[0]

@@ -63,13 +63,13 @@ def export_mode(mode: str):
         _mode = previous
 
 
-def export_backend(module):
+def export_backend(module, resets=None):
     """The backend a call of `module` runs on while it is being exported or traced: "torch"
     (its torch twin's forward, recorded as aten ops) in "aten" mode, or None when nothing
     is being exported or the export keeps the custom op (the usual choice then applies).
 
     The one place that decides it: a module whose options torch's forward cannot run
-    (`torch_twin_runs()` False: layer_norm) exports through the "reference" backend (plain
+    (`torch_twin_runs()` False: layer_norm, zoneout, resets...) exports through the "reference" backend (plain
     torch ops, the time loop unrolled for the traced length), and refuses ONNX.
     """
     if not exporting():
@@ -82,11 +82,13 @@ def export_backend(module):
                 f"export outside lstm_triton.export_mode('custom_op'), i.e. in the default "
                 f"'aten' mode, which ONNX translates to its LSTM/GRU operators.")
         return None
-    if not getattr(module, "torch_twin_runs", lambda: True)():  # e.g. layer_norm=True
+    twin_runs = getattr(module, "torch_twin_runs", None)
+    if twin_runs is not None and not twin_runs(resets):  # layer_norm, zoneout, resets...
         if in_onnx_export():
             raise RuntimeError(
                 f"lstm_triton: {type(module).__name__} uses an option ONNX's LSTM/GRU "
-                f"operators cannot express (layer_norm); export it with torch.export, which "
+                f"operators cannot express (layer_norm, zoneout, resets, or in training "
+                f"weight_drop / recurrent_dropout / variational_dropout); export it with torch.export, which "
                 f"records the layers as plain torch ops.")
         return "reference"  # plain torch ops: loadable by torch alone
     if in_onnx_export() and getattr(module, "proj_size", 0) > 0:

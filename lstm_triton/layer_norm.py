@@ -288,7 +288,7 @@ def _differentiable_backward(ctx, dy, dh_n, dc_n):
     inputs = (None, x, None, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, ln_ih, ln_hh, ln_c_w, ln_c_b)
     sched = Schedule.build(batch_sizes, x.shape[0], h0.shape[0], ctx.reverse)
     outputs = reference.layer(ctx.cell, x, sched, h0, c0, (w_ih, w_hh, b_ih, b_hh, w_hr),
-                              _ln_tuple(ctx.cell, ln_ih, ln_hh, ln_c_w, ln_c_b))
+                              ln=_ln_tuple(ctx.cell, ln_ih, ln_hh, ln_c_w, ln_c_b))
     pairs = [(o, g) for o, g in zip(outputs, (dy, dh_n, dc_n)) if o is not None and g is not None]
     wanted = [k for k in _GRAD_INPUTS if ctx.needs_input_grad[k] and inputs[k] is not None]
     grads = torch.autograd.grad([o for o, _ in pairs], [inputs[k] for k in wanted],

@@ -11,6 +11,8 @@ Arguments shared by both ops:
   x: (N, I) time-major packed rows;  batch_sizes: (T,) int64 on the CPU, or None
   for a padded batch (then T = N // B);  h0: (B, P);  c0: (B, H) (LSTM) or None
   reverse: run the time loop backwards (second direction of a bidirectional layer)
+  keep, rec, zone_c, zone_h: issue 18's per-call tensors (variants.Variant), None when
+  the option is off; trailing, with defaults, so a plain layer is called as before.
 """
 from typing import Optional
 
@@ -20,6 +22,7 @@ from torch import Tensor
 from . import batching, graphs, reference, stepwise
 from .dispatch import triton_can_run, warn_fallback
 from .schedule import Schedule
+from .variants import NONE, Variant
 
 
 def _backend_module(backend: str):
@@ -33,20 +36,22 @@ def _backend_module(backend: str):
 
 
 def _rnn_layer_impl(cell, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-                    reverse, save):
+                    reverse, save, keep=None, rec=None, zone_c=None, zone_h=None):
     """rnn_layer's implementation: what the custom op and the eager path (rnn_layer_fast, below) run."""
     sched = Schedule.build(batch_sizes, x.shape[0], h0.shape[0], reverse)
+    variant = Variant(keep, rec, zone_c, zone_h)
     if not triton_can_run(x.device):
-        return _recorded_elsewhere(cell, backend, x, sched, h0, c0, (w_ih, w_hh, b_ih, b_hh, w_hr))
+        return _recorded_elsewhere(cell, backend, x, sched, h0, c0, (w_ih, w_hh, b_ih, b_hh, w_hr),
+                                   variant)
     impl = _backend_module(backend)
     if cell == "lstm":
-        return impl.lstm_forward(x, sched, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, save)
-    y, h_n, gates = impl.gru_forward(x, sched, h0, w_ih, w_hh, b_ih, b_hh, save)
+        return impl.lstm_forward(x, sched, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, save, variant)
+    y, h_n, gates = impl.gru_forward(x, sched, h0, w_ih, w_hh, b_ih, b_hh, save, variant)
     empty = x.new_empty(0)
     return y, h_n, empty.clone(), gates, empty.clone(), empty.clone()
 
 
-def _recorded_elsewhere(cell, backend, x, sched, h0, c0, weights):
+def _recorded_elsewhere(cell, backend, x, sched, h0, c0, weights, variant=NONE):
     """A call recorded with a Triton backend (an export or trace in the "custom_op" export
     mode, lstm_triton/export.py) and run where Triton cannot run, e.g. loaded on a CPU
     without the interpreter: the layer runs on torch's ops (the reference math) rather than
@@ -56,7 +61,7 @@ def _recorded_elsewhere(cell, backend, x, sched, h0, c0, weights):
                   f"cannot run: it runs on the pure-PyTorch reference math (inference only)",
                   key=("recorded", backend, x.device.type))
     with torch.no_grad():
-        y, h_n, c_n = reference.layer(cell, x, sched, h0, c0, weights)
+        y, h_n, c_n = reference.layer(cell, x, sched, h0, c0, weights, variant)
     empty = x.new_empty(0)
     return (y, h_n, c_n if c_n is not None else empty.clone(), empty.clone(), empty.clone(),
             empty.clone())
@@ -67,14 +72,17 @@ def rnn_layer(
     cell: str, backend: str, x: Tensor, batch_sizes: Optional[Tensor], h0: Tensor,
     c0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
     b_hh: Optional[Tensor], w_hr: Optional[Tensor], reverse: bool, save: bool,
+    keep: Optional[Tensor] = None, rec: Optional[Tensor] = None,
+    zone_c: Optional[Tensor] = None, zone_h: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Returns (y, h_n, c_n, saved_0, saved_1, saved_2); unused slots are empty tensors."""
     return _rnn_layer_impl(cell, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-                           reverse, save)
+                           reverse, save, keep, rec, zone_c, zone_h)
 
 
 @rnn_layer.register_fake
-def _(cell, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, save):
+def _(cell, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, save,
+      keep=None, rec=None, zone_c=None, zone_h=None):
     n_rows, hidden = x.shape[0], w_hh.shape[0] // (4 if cell == "lstm" else 3)
     y = x.new_empty(n_rows, h0.shape[1])
     empty = x.new_empty(0)
@@ -91,16 +99,18 @@ def _(cell, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, rever
 
 
 def _rnn_layer_backward_impl(cell, backend, dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh,
-                             w_hr, y, saved_0, saved_1, saved_2, reverse, has_bias, need_dx):
+                             w_hr, y, saved_0, saved_1, saved_2, reverse, has_bias, need_dx,
+                             keep=None, rec=None, zone_c=None, zone_h=None):
     """rnn_layer_backward's implementation (the eager path calls it directly)."""
     impl = _backend_module(backend)
     sched = Schedule.build(batch_sizes, x.shape[0], h0.shape[0], reverse)
+    variant = Variant(keep, rec, zone_c, zone_h)
     if cell == "lstm":
         grads = impl.lstm_backward(dy, dh_n, dc_n, x, sched, h0, c0, w_ih, w_hh, w_hr, y,
-                                   saved_0, saved_1, saved_2, has_bias, need_dx)
+                                   saved_0, saved_1, saved_2, has_bias, need_dx, variant)
     else:
         dx, dh0, dw_ih, dw_hh, db_ih, db_hh = impl.gru_backward(
-            dy, dh_n, x, sched, h0, w_ih, w_hh, y, saved_0, has_bias, need_dx)
+            dy, dh_n, x, sched, h0, w_ih, w_hh, y, saved_0, has_bias, need_dx, variant)
         grads = (dx, dh0, None, dw_ih, dw_hh, db_ih, db_hh, None)
     return tuple(g if g is not None else x.new_empty(0) for g in grads)
 
@@ -111,18 +121,21 @@ def rnn_layer_backward(
     batch_sizes: Optional[Tensor], h0: Tensor, c0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
     w_hr: Optional[Tensor], y: Tensor, saved_0: Tensor, saved_1: Tensor, saved_2: Tensor,
     reverse: bool, has_bias: bool, need_dx: bool,
+    keep: Optional[Tensor] = None, rec: Optional[Tensor] = None,
+    zone_c: Optional[Tensor] = None, zone_h: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Returns (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr); empty where not applicable.
     A tuple, not a list: torch's legacy vmap (which runs autograd's batched gradients)
     can loop an op over the batch by itself only when it returns plain Tensors."""
     return _rnn_layer_backward_impl(cell, backend, dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih,
                                     w_hh, w_hr, y, saved_0, saved_1, saved_2, reverse, has_bias,
-                                    need_dx)
+                                    need_dx, keep, rec, zone_c, zone_h)
 
 
 @rnn_layer_backward.register_fake
 def _(cell, backend, dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y,
-      saved_0, saved_1, saved_2, reverse, has_bias, need_dx):
+      saved_0, saved_1, saved_2, reverse, has_bias, need_dx, keep=None, rec=None, zone_c=None,
+      zone_h=None):
     empty = x.new_empty(0)
     lstm, proj = cell == "lstm", w_hr is not None
     return (
@@ -137,10 +150,11 @@ def _(cell, backend, dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y
 
 
 def _setup_context(ctx, inputs, output):
-    (cell, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, save) = inputs
+    (cell, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, save,
+     *variant) = inputs
     y, _, _, saved_0, saved_1, saved_2 = output
     ctx.save_for_backward(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y,
-                          saved_0, saved_1, saved_2)
+                          saved_0, saved_1, saved_2, *Variant(*variant))
     ctx.cell, ctx.backend, ctx.reverse, ctx.save = cell, backend, reverse, save
     ctx.has_bias = b_ih is not None
 
@@ -163,7 +177,7 @@ def _backward(ctx, dy, dh_n, dc_n, *_unused_saved_grads):
     if torch.is_grad_enabled() and not torch.compiler.is_compiling():
         return _differentiable_backward(ctx, dy, dh_n, dc_n)
     (x, batch_sizes, h0, c0, w_ih, w_hh, _, _, w_hr, y,
-     saved_0, saved_1, saved_2) = ctx.saved_tensors
+     saved_0, saved_1, saved_2, *variant) = ctx.saved_tensors
     dy = torch.zeros_like(y) if dy is None else dy.contiguous()
     dh_n = torch.zeros_like(h0) if dh_n is None else dh_n.contiguous()
     if ctx.cell == "lstm":
@@ -171,7 +185,8 @@ def _backward(ctx, dy, dh_n, dc_n, *_unused_saved_grads):
     else:
         dc_n = None
     args = (ctx.cell, ctx.backend, dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y,
-            saved_0, saved_1, saved_2, ctx.reverse, ctx.has_bias, ctx.needs_input_grad[2])
+            saved_0, saved_1, saved_2, ctx.reverse, ctx.has_bias, ctx.needs_input_grad[2],
+            *variant)
     # traced (torch.compile's backward graph) or batched gradients (vmap): the op, which
     # has the rules for both; plain eager: its implementation
     if plain_eager(x, y, dy, dh_n, dc_n) and not _batched(dy, dh_n, dc_n):
@@ -184,6 +199,7 @@ def _backward(ctx, dy, dh_n, dc_n, *_unused_saved_grads):
         None, None, dx if ctx.needs_input_grad[2] else None, None, dh0, dc0 if lstm else None,
         dw_ih, dw_hh, db_ih if has_bias else None, db_hh if has_bias else None,
         dw_hr if w_hr is not None else None, None, None,
+        *[None] * (len(ctx.needs_input_grad) - 13),  # the variant's masks: no gradient
     )
 
 
@@ -197,10 +213,11 @@ def _differentiable_backward(ctx, dy, dh_n, dc_n):
     backward op has no derivative of its own, so the gradients are taken through the
     pure-PyTorch reference layer recomputed from the saved inputs, and carry a graph for
     the next backward. Slower than the kernels; the same math."""
-    (x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, *_) = ctx.saved_tensors
+    (x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, *saved) = ctx.saved_tensors
     inputs = dict(x=x, h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, w_hr=w_hr)
     sched = Schedule.build(batch_sizes, x.shape[0], h0.shape[0], ctx.reverse)
-    outputs = reference.layer(ctx.cell, x, sched, h0, c0, (w_ih, w_hh, b_ih, b_hh, w_hr))
+    outputs = reference.layer(ctx.cell, x, sched, h0, c0, (w_ih, w_hh, b_ih, b_hh, w_hr),
+                              Variant(*saved[4:]))
     pairs = [(o, g) for o, g in zip(outputs, (dy, dh_n, dc_n)) if o is not None and g is not None]
     wanted = [k for k, name in _DIFFERENTIABLE.items()
               if ctx.needs_input_grad[k] and inputs[name] is not None]
@@ -263,18 +280,18 @@ class _EagerLayer(torch.autograd.Function):
 
 
 def rnn_layer_fast(cell, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-                   reverse, save):
+                   reverse, save, *variant):
     """rnn_layer's result, by the shortest road that gives the same bits: the custom op
     where anything traces or intercepts the call (plain_eager), else its implementation,
     under an autograd Function only when a backward will follow (`save`)."""
-    if not plain_eager(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr):
+    if not plain_eager(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, *variant):
         return rnn_layer(cell, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-                         reverse, save)
+                         reverse, save, *variant)
     if save:
         return _EagerLayer.apply(cell, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh,
-                                 w_hr, reverse, save)
+                                 w_hr, reverse, save, *variant)
     return _run_impl(_rnn_layer_impl, (cell, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih,
-                                       b_hh, w_hr, reverse, save), x, batch_sizes)
+                                       b_hh, w_hr, reverse, save, *variant), x, batch_sizes)
 
 
 def _run_impl(fn, args, x, batch_sizes):

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch.autograd import forward_ad
 from torch.nn.utils.rnn import PackedSequence
 
-from . import checks, layer_norm, reference, scripting
+from . import checks, layer_norm, reference, scripting, variants
 from .dispatch import Workload, choose_backend, triton_can_run, validate_backend, warn_fallback
 from .export import export_backend, onnx_layers
 from .ops import rnn_layer_fast
@@ -80,14 +80,20 @@ def _only_vmap_active() -> bool:
     return all(i.key() == TransformType.Vmap for i in retrieve_all_functorch_interpreters())
 
 
+LAYER_NORM_VARIANTS = ("layer_norm=True together with resets, zoneout or recurrent_dropout runs "
+                       "on the pure-PyTorch reference backend (the layer-norm kernels take "
+                       "none of their masks yet)")
+
 REFERENCE_FOR_AD = ("forward-mode AD and torch.func transforms run on the pure-PyTorch "
                     "reference backend (the Triton ops have no forward-mode formula)")
 
 
-def run_layer(cell, backend, x, batch_sizes, h0, c0, weights, reverse, ln=None):
+def run_layer(cell, backend, x, batch_sizes, h0, c0, weights, reverse, variant=variants.NONE,
+              ln=None):
     """One layer-direction on `backend`: y (N, P), h_n (B, P), c_n (B, H) or None for GRU.
 
-    weights: (w_ih, w_hh, b_ih, b_hh, w_hr), absent ones None. The layers of
+    weights: (w_ih, w_hh, b_ih, b_hh, w_hr), absent ones None. variant: the per-call
+    tensors of resets / recurrent dropout / zoneout (variants.Variant). The layers of
     TritonLSTM/TritonGRU and each call of the cells (a one-step layer) go through here.
     ln: the layer-norm parameters of a `layer_norm=True` layer (lstm_triton.layer_norm).
     """
@@ -101,17 +107,21 @@ def run_layer(cell, backend, x, batch_sizes, h0, c0, weights, reverse, ln=None):
         backend = "reference"
     if backend == "reference":
         sched = Schedule.build(batch_sizes, x.shape[0], h0.shape[0], reverse)
-        return reference.layer(cell, x, sched, h0, c0, weights, ln)
+        return reference.layer(cell, x, sched, h0, c0, weights, variant, ln)
     # A torch.jit.trace records `save` as a constant: record True, so the traced module
     # can also train (and the trace checker, which reruns without grad, sees one graph).
     save = torch.jit.is_tracing() or (
         torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
+    if ln is not None and variant.active:  # the LN kernels take no resets / zoneout masks yet
+        warn_fallback(LAYER_NORM_VARIANTS, key=LAYER_NORM_VARIANTS)
+        sched = Schedule.build(batch_sizes, x.shape[0], h0.shape[0], reverse)
+        return reference.layer(cell, x, sched, h0, c0, weights, variant, ln)
     if ln is not None:
         return layer_norm.run_layer(cell, backend, x, batch_sizes, h0, c0, weights, ln,
                                     reverse, save)
     y, h_n, c_n, *_ = rnn_layer_fast(
         cell, backend, x, batch_sizes, h0, c0, w_ih.contiguous(), w_hh.contiguous(),
-        b_ih, b_hh, w_hr.contiguous() if w_hr is not None else None, reverse, save)
+        b_ih, b_hh, w_hr.contiguous() if w_hr is not None else None, reverse, save, *variant)
     return y, h_n, (c_n if lstm else None)
 
 
@@ -141,13 +151,24 @@ LAYER_NORM_TORCH = ("backend='torch' runs torch's own nn.LSTM / nn.GRU, which ha
 
 
 class _TritonRNNDriver(BackendOption):
-    """Mixin holding the forward shared by TritonLSTM and TritonGRU, and the keyword-only
-    `layer_norm` (issue 18; lstm_triton/layer_norm.py): False is exactly torch's module."""
+    """Mixin holding the forward shared by TritonLSTM and TritonGRU, and the options beyond
+    torch's, keyword-only, whose defaults are exactly nn.LSTM / nn.GRU: `layer_norm`
+    (lstm_triton/layer_norm.py) and zoneout / weight_drop / recurrent_dropout /
+    variational_dropout (lstm_triton/variants.py)."""
 
     layer_norm = False  # also what lstm_triton.patch's modules (built without __init__) see
+    zoneout = variants.DEFAULTS["zoneout"]  # class-level defaults: see variants.DEFAULTS
+    weight_drop = variants.DEFAULTS["weight_drop"]
+    recurrent_dropout = variants.DEFAULTS["recurrent_dropout"]
+    variational_dropout = variants.DEFAULTS["variational_dropout"]
 
-    def __init__(self, *args, layer_norm=False, **kwargs):
+    def __init__(self, *args, layer_norm=False, zoneout=0.0, weight_drop=0.0,
+                 recurrent_dropout=0.0, variational_dropout=False, **kwargs):
+        options = variants.check_options(self.cell, zoneout, weight_drop, recurrent_dropout,
+                                         variational_dropout)
         super().__init__(*args, **kwargs)
+        for name, value in options.items():
+            setattr(self, name, value)
         if layer_norm:
             if self.backend == "torch":
                 raise ValueError(LAYER_NORM_TORCH)
@@ -182,7 +203,8 @@ class _TritonRNNDriver(BackendOption):
             self._reset_layer_norm()
 
     def extra_repr(self):
-        return super().extra_repr() + (", layer_norm=True" if self.layer_norm else "")
+        return (super().extra_repr() + (", layer_norm=True" if self.layer_norm else "")
+                + variants.options_repr(self))
 
     def _layer_norm_weights(self, layer, direction):
         if not self.layer_norm:
@@ -192,27 +214,29 @@ class _TritonRNNDriver(BackendOption):
             ("ln_c_weight", "ln_c_bias") if self.cell == "lstm" else ())
         return tuple(getattr(self, name + suffix) for name in names)
 
-    def torch_twin_runs(self) -> bool:
-        """Whether torch's own module computes what this one does: False when an option
-        torch has no cell for is on (layer_norm). Exports and TorchScript key on it."""
-        return not self.layer_norm
+    def torch_twin_runs(self, resets=None) -> bool:
+        """Whether torch's own module computes what this call does: False when an option
+        torch has no cell for is on (layer_norm, zoneout, resets, and in training
+        weight_drop / recurrent_dropout / variational_dropout). Exports and TorchScript key
+        on it."""
+        return not self.layer_norm and not variants.needs_kernels_of_this_project(self, resets)
 
     def __prepare_scriptable__(self):
         """torch.jit.script runs torch's kernels (scripting.py): refuse, at script time,
         a module whose options those kernels cannot compute, rather than script wrong math."""
         if not self.torch_twin_runs():
             raise RuntimeError(
-                f"lstm_triton: {type(self).__name__} with layer_norm=True cannot be scripted: "
-                f"TorchScript runs torch's own LSTM/GRU kernels, which have no layer-normalised "
-                f"cell; use torch.jit.trace or torch.export (they record plain torch ops).")
+                f"lstm_triton: {type(self).__name__} cannot be scripted with layer_norm=True or "
+                f"zoneout: TorchScript runs torch's own LSTM/GRU kernels, which have no such "
+                f"cells; use torch.jit.trace or torch.export (they record plain torch ops).")
         return self
 
-    def forward(self, input, hx=None):
-        backend = export_backend(self)  # exported or traced: aten ops (export.py)
+    def forward(self, input, hx=None, *, resets=None):
+        backend = export_backend(self, resets)  # exported or traced: aten ops (export.py)
         if backend == "torch":
             lowered = onnx_layers(self, input, hx)
             return lowered if lowered is not None else super(BackendOption, self).forward(input, hx)
-        return self._run(input, hx, backend)
+        return self._run(input, hx, resets, backend)
 
     def _layer_weights(self, layer, direction):
         suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
@@ -221,7 +245,7 @@ class _TritonRNNDriver(BackendOption):
                 get("bias_hh") if self.bias else None,
                 get("weight_hr") if getattr(self, "proj_size", 0) > 0 else None)
 
-    def _run(self, input, hx, backend=None):
+    def _run(self, input, hx, resets=None, backend=None):
         name = type(self).__name__
         lstm = self.cell == "lstm"
         packed = isinstance(input, PackedSequence)
@@ -237,6 +261,7 @@ class _TritonRNNDriver(BackendOption):
         autocasting = autocast_enabled(x.device.type)
         checks.check_input(name, x, self.input_size, x.dtype if autocasting else weight.dtype,
                            packed, RuntimeError if (packed and lstm) else ValueError)
+        resets = variants.check_resets(name, resets, x, batched, self.batch_first, packed)
         if not packed:
             if not batched:
                 x = x.unsqueeze(1)
@@ -260,9 +285,12 @@ class _TritonRNNDriver(BackendOption):
             workload = Workload(self.cell, dtype, batch, self.hidden_size, seq_len,
                                 self._needs_grad(x, hx))
         backend = backend or choose_backend(self.backend, x.device, workload)
-        if backend == "torch" and self.layer_norm:  # torch has no such cell
+        if backend == "torch" and not self.torch_twin_runs(resets):  # torch has no such cell
             if self.backend == "torch":
-                raise ValueError(LAYER_NORM_TORCH)
+                raise ValueError(
+                    f"{name}: backend='torch' runs torch's own forward, which has no layer norm, "
+                    f"resets, zoneout, weight_drop, recurrent_dropout or variational_dropout; "
+                    f"use backend='auto', 'stepwise', 'persistent' or 'reference'.")
             backend = "stepwise" if triton_can_run(x.device) else "reference"
         if backend == "torch":  # torch's own forward on the same parameters (cuDNN on CUDA)
             return super(BackendOption, self).forward(input, hx)
@@ -288,7 +316,7 @@ class _TritonRNNDriver(BackendOption):
             out = rows.new_zeros(rows.shape[0], n_dir * out_size) + anchor
             finals = [s + anchor for s in states]
         else:
-            out, finals = self._layers(rows, batch_sizes, states, backend, weight_cast)
+            out, finals = self._layers(rows, batch_sizes, states, backend, weight_cast, resets)
 
         if packed:
             output = PackedSequence(out, batch_sizes, sorted_indices, unsorted_indices)
@@ -344,11 +372,14 @@ class _TritonRNNDriver(BackendOption):
         checks.check_device(x, self.weight_ih_l0, *states)
         return states
 
-    def _layers(self, rows, batch_sizes, states, backend, cast):
+    def _layers(self, rows, batch_sizes, states, backend, cast, resets=None):
         lstm = self.cell == "lstm"
         n_dir = 2 if self.bidirectional else 1
         h_all, c_all = [], []
         layer_input = rows
+        batch = states[0].shape[1]
+        keeps = [None if resets is None else variants.keep_rows(resets, d == 1, rows.dtype)
+                 for d in range(n_dir)]  # the same reset positions in every layer
         for layer in range(self.num_layers):
             outs = []
             for direction in range(n_dir):
@@ -360,14 +391,18 @@ class _TritonRNNDriver(BackendOption):
                     ln = tuple(w.to(cast) for w in ln)
                 h0 = states[0][k]
                 c0 = states[1][k] if lstm else None
+                w_hh, variant = variants.layer_variant(
+                    self, keeps[direction], weights[1], rows.shape[0], batch, self.hidden_size,
+                    h0.shape[-1], rows)
+                weights[1] = w_hh
                 y, h_n, c_n = run_layer(self.cell, backend, layer_input, batch_sizes, h0, c0,
-                                        weights, direction == 1, ln)
+                                        weights, direction == 1, variant, ln)
                 outs.append(y)
                 h_all.append(h_n)
                 c_all.append(c_n)
             layer_input = torch.cat(outs, dim=1) if n_dir == 2 else outs[0]
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
-                layer_input = F.dropout(layer_input, self.dropout, training=True)
+                layer_input = variants.inter_layer_dropout(self, layer_input, batch_sizes, batch)
         finals = [torch.stack(h_all)] + ([torch.stack(c_all)] if lstm else [])
         return layer_input, finals
 
@@ -383,12 +418,18 @@ class TritonLSTM(_TritonRNNDriver, nn.LSTM):
 
     cell = "lstm"
 
-    def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None):
+    # resets is not keyword-only here, as the driver's is: TorchScript refuses keyword-only
+    # arguments with defaults, and compiles this signature.
+    def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None,
+                resets: Optional[Tensor] = None):
         if torch.jit.is_scripting():  # TorchScript compiles this branch alone (scripting.py)
+            if resets is not None:
+                raise RuntimeError("lstm_triton: a scripted TritonLSTM runs torch's LSTM, which "
+                                   "has no resets; use torch.jit.trace or torch.export.")
             return scripting.lstm(input, hx, self._flat_weights, self.bias, self.num_layers,
                                   float(self.dropout), self.training, self.bidirectional,
                                   self.batch_first, self.hidden_size, self.proj_size)
-        return super().forward(input, hx)
+        return super().forward(input, hx, resets=resets)
 
 
 class TritonGRU(_TritonRNNDriver, nn.GRU):
@@ -396,9 +437,13 @@ class TritonGRU(_TritonRNNDriver, nn.GRU):
 
     cell = "gru"
 
-    def forward(self, input: Tensor, hx: Optional[Tensor] = None):
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None,
+                resets: Optional[Tensor] = None):
         if torch.jit.is_scripting():  # TorchScript compiles this branch alone (scripting.py)
+            if resets is not None:
+                raise RuntimeError("lstm_triton: a scripted TritonGRU runs torch's GRU, which "
+                                   "has no resets; use torch.jit.trace or torch.export.")
             return scripting.gru(input, hx, self._flat_weights, self.bias, self.num_layers,
                                  float(self.dropout), self.training, self.bidirectional,
                                  self.batch_first, self.hidden_size)
-        return super().forward(input, hx)
+        return super().forward(input, hx, resets=resets)

@@ -11,6 +11,9 @@ What forward saves for backward (`save=True`):
         compute dtype, and the unprojected outputs m (N, H) when proj_size > 0.
   GRU:  r, z, n and the recurrent part of n (N, 4H) in the input dtype.
 Backward recomputes nothing else; h_{t-1} is read from the outputs y and h0.
+
+A layer with issue 18's per-call options (a variants.Variant: resets, recurrent dropout,
+zoneout) runs the loops of stepwise_variants.py, on the same kernels with their flags on.
 """
 import torch
 
@@ -18,6 +21,7 @@ from .kernels.config import state_dtype
 from .kernels.gru_pointwise import gru_step_bwd, gru_step_fwd
 from .kernels.lstm_pointwise import lstm_step_bwd, lstm_step_fwd
 from .schedule import Schedule
+from .variants import NONE
 
 
 def input_projection(x, w_ih, bias):
@@ -42,22 +46,26 @@ def column_sum(dg):
     return dg.sum(0, dtype=state_dtype(dg.dtype)).to(dg.dtype)
 
 
-def lstm_weight_grads(dgates, x, y, h0, sched, w_ih, has_bias, need_dx, dr=None, m_all=None):
+def lstm_weight_grads(dgates, x, y, h0, sched, w_ih, has_bias, need_dx, dr=None, m_all=None,
+                      prev=None):
     """(dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr) from the gate gradients of all steps (N, 4H)
     and, with a projection, the gradients dr (N, P) of the projected outputs and the
     unprojected outputs m_all (N, H): big GEMMs after the loop, shared by every backend.
-    db_ih == db_hh (both biases enter the same pre-activation), returned as two tensors."""
+    db_ih == db_hh (both biases enter the same pre-activation), returned as two tensors.
+    prev: (N, P) the recurrent GEMM's inputs, when they are not the previous states."""
     db = column_sum(dgates) if has_bias else None
+    prev = previous_states(y, h0, sched) if prev is None else prev
     return (dgates @ w_ih if need_dx else None, dgates.t() @ x,
-            dgates.t() @ previous_states(y, h0, sched), db, None if db is None else db.clone(),
+            dgates.t() @ prev, db, None if db is None else db.clone(),
             dr.t() @ m_all if dr is not None else None)
 
 
-def gru_weight_grads(dgx, drec, x, y, h0, sched, w_ih, has_bias, need_dx):
+def gru_weight_grads(dgx, drec, x, y, h0, sched, w_ih, has_bias, need_dx, prev=None):
     """(dx, dw_ih, dw_hh, db_ih, db_hh) from the input and recurrent pre-activation
-    gradients of all steps (N, 3H each), shared by every backend."""
+    gradients of all steps (N, 3H each), shared by every backend (prev: as for the LSTM)."""
+    prev = previous_states(y, h0, sched) if prev is None else prev
     return (dgx @ w_ih if need_dx else None, dgx.t() @ x,
-            drec.t() @ previous_states(y, h0, sched),
+            drec.t() @ prev,
             column_sum(dgx) if has_bias else None, column_sum(drec) if has_bias else None)
 
 
@@ -94,8 +102,13 @@ def _head(tensor, rows):
 
 
 # ---------------------------------------------------------------------------- LSTM
-def lstm_forward(x, sched, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, save):
+def lstm_forward(x, sched, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, save, variant=NONE):
     """Returns y (N, P), h_n (B, P), c_n (B, H), gates, c_all, m_all (empty when unused)."""
+    if variant.active:
+        from . import stepwise_variants
+
+        return stepwise_variants.lstm_forward(x, sched, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+                                              save, variant)
     n_rows, batch, hidden = x.shape[0], h0.shape[0], w_hh.shape[0] // 4
     proj = w_hr is not None
     bias = None if b_ih is None else b_ih + b_hh
@@ -125,8 +138,14 @@ def lstm_forward(x, sched, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, save):
 
 
 def lstm_backward(dy, dh_n, dc_n, x, sched, h0, c0, w_ih, w_hh, w_hr, y, gates, c_all, m_all,
-                  has_bias, need_dx):
+                  has_bias, need_dx, variant=NONE):
     """Gradients (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr); None where not applicable."""
+    if variant.active:
+        from . import stepwise_variants
+
+        return stepwise_variants.lstm_backward(dy, dh_n, dc_n, x, sched, h0, c0, w_ih, w_hh,
+                                               w_hr, y, gates, c_all, m_all, has_bias, need_dx,
+                                               variant)
     n_rows, hidden = x.shape[0], c0.shape[1]
     proj = w_hr is not None
     dh_rec = dh_n.clone()  # (B, P) gradient flowing into the state of the step being undone
@@ -151,8 +170,13 @@ def lstm_backward(dy, dh_n, dc_n, x, sched, h0, c0, w_ih, w_hh, w_hr, y, gates, 
 
 
 # ----------------------------------------------------------------------------- GRU
-def gru_forward(x, sched, h0, w_ih, w_hh, b_ih, b_hh, save):
+def gru_forward(x, sched, h0, w_ih, w_hh, b_ih, b_hh, save, variant=NONE):
     """Returns y (N, H), h_n (B, H), gates (N, 4H: r, z, n, rec_n; empty when unused)."""
+    if variant.active:
+        from . import stepwise_variants
+
+        return stepwise_variants.gru_forward(x, sched, h0, w_ih, w_hh, b_ih, b_hh, save,
+                                             variant)
     n_rows, batch, hidden = x.shape[0], h0.shape[0], h0.shape[1]
     gx = input_projection(x, w_ih, b_ih)  # (N, 3H); b_hh stays with the recurrent part
     h_state = h0.clone()
@@ -172,8 +196,14 @@ def gru_forward(x, sched, h0, w_ih, w_hh, b_ih, b_hh, save):
     return y, h_state, gates if save else x.new_empty(0)
 
 
-def gru_backward(dy, dh_n, x, sched, h0, w_ih, w_hh, y, gates, has_bias, need_dx):
+def gru_backward(dy, dh_n, x, sched, h0, w_ih, w_hh, y, gates, has_bias, need_dx,
+                 variant=NONE):
     """Gradients (dx, dh0, dw_ih, dw_hh, db_ih, db_hh)."""
+    if variant.active:
+        from . import stepwise_variants
+
+        return stepwise_variants.gru_backward(dy, dh_n, x, sched, h0, w_ih, w_hh, y, gates,
+                                              has_bias, need_dx, variant)
     n_rows, hidden = x.shape[0], h0.shape[1]
     dh_rec = dh_n.clone()
     dgx = x.new_empty(n_rows, 3 * hidden)

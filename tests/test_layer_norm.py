@@ -331,7 +331,7 @@ def test_script_and_onnx_refuse_layer_norm_loudly(cell, monkeypatch):
     from lstm_triton import export
 
     module, _ = ln_twins(cell, torch.float32)
-    with pytest.raises(RuntimeError, match="layer_norm=True cannot be scripted"):
+    with pytest.raises(RuntimeError, match="cannot be scripted with layer_norm=True"):
         torch.jit.script(module)
     monkeypatch.setattr(export, "in_onnx_export", lambda: True)  # what an ONNX export sees
     with pytest.raises(RuntimeError, match="export it with torch.export"):

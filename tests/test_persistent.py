@@ -458,6 +458,10 @@ from lstm_triton.kernels import persistent_config, persistent_gru, persistent_ls
 FP32_RESIDENT = persistent_config.fp32_resident_compiles()  # else the GPU plans stream fp32
 DTYPES = {"fp16": (0, tl.float32), "bf16": (0, tl.float32), "fp32": (1, tl.float32),
           "fp64": (2, tl.float64)}
+# issue 18's options (kernels/step_variant.py): all off, as plain layers compile (set to
+# True by tests/test_variants.py, which compiles the kernels with every option on)
+VARIANT_FLAGS = ("KEEP", "SCALE_KEEP", "DROP", "ZONE_C", "ZONE_H", "CARRY")
+VARIANT = False
 for kernel in (persistent_lstm.lstm_persistent_fwd_kernel,
                persistent_lstm.lstm_persistent_bwd_kernel,
                persistent_gru.gru_persistent_fwd_kernel, persistent_gru.gru_persistent_bwd_kernel):
@@ -469,6 +473,7 @@ for kernel in (persistent_lstm.lstm_persistent_fwd_kernel,
                       BLOCK_H=16, BLOCK_K=4 if dot == 2 else 64, SPLIT=2, KP=64, NP=3)
             cx.update({k: True for k in ("SAVE", "HAS_BHH") if k in kernel.arg_names})
             cx.update({k: False for k in ("PARTIALS",) if k in kernel.arg_names})
+            cx.update({k: VARIANT for k in VARIANT_FLAGS if k in kernel.arg_names})
             if proj is not None:  # the LSTM, with and without a projection (two meetings a step)
                 cx.update(PROJ=proj, BLOCK_O=32 if proj else 16)
                 if "PROJ_SPLIT" in kernel.arg_names:
@@ -487,6 +492,7 @@ for kernel in (lstm_pointwise.lstm_step_fwd_kernel, lstm_pointwise.lstm_step_bwd
         state = "*fp64" if dt == "fp64" else "*fp32"
         flags = ("WRITE_H_STATE", "SAVE", "ADD_DH_REC")
         cx = {k: True for k in flags if k in kernel.arg_names}
+        cx.update({k: VARIANT for k in VARIANT_FLAGS if k in kernel.arg_names})
         cx.update(COMPUTE=compute, BLOCK_B=16, BLOCK_H=128)
         ptrs = {n: state for n in ("c_ptr", "dc_ptr", "c_save_ptr", "c_prev_ptr", "c0_ptr")}
         sig = {n: "constexpr" if n in cx else (ptrs.get(n, "*" + dt) if n.endswith("_ptr")

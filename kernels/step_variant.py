@@ -1,0 +1,53 @@
+"""The per-step arguments of issue 18's options, as the step kernels take them (and, at
+the end, the per-call block of the persistent kernels).
+
+Every step kernel (lstm_pointwise.py, gru_pointwise.py) takes the same block of six
+pointers, five integers and six constexpr flags; `kernel_args` builds it from a
+StepVariant, or the all-off block (the plain cell, compiled without any of it) from None.
+The math is in cell_math.py (zoneout, row_keep, recurrent_scale).
+"""
+from typing import NamedTuple, Optional
+
+from torch import Tensor
+
+
+class StepVariant(NamedTuple):
+    keep: Optional[Tensor] = None  # (n,) 1 - reset of the state entering this step's rows
+    keep_next: Optional[Tensor] = None  # keep of the step that follows in forward order
+    n_next: int = 0  # its row count
+    drop: Optional[Tensor] = None  # (B, P) recurrent-dropout mask (scaled)
+    zone_c: Optional[Tensor] = None  # (n, H) zoneout of c (row stride 0 in eval)
+    zone_h: Optional[Tensor] = None  # (n, P) zoneout of h
+    carry: Optional[Tensor] = None  # (B, P) forward: the next GEMM input h_t * scale (out);
+    #                                 backward: the direct part of dL/dh_{t-1} (in/out)
+
+
+def kernel_args(step: Optional[StepVariant], dummy: Tensor):
+    """(pointers, integers, flags) for a step kernel: see StepVariant."""
+    step = step or StepVariant()
+
+    def ptr(t):
+        return t if t is not None else dummy
+
+    def stride(t):
+        return t.stride(0) if t is not None else 0
+
+    pointers = [ptr(step.keep), ptr(step.keep_next), ptr(step.drop), ptr(step.zone_c),
+                ptr(step.zone_h), ptr(step.carry)]
+    integers = [step.n_next, stride(step.drop), stride(step.zone_c), stride(step.zone_h),
+                stride(step.carry)]
+    flags = dict(KEEP=step.keep is not None, SCALE_KEEP=step.keep_next is not None,
+                 DROP=step.drop is not None, ZONE_C=step.zone_c is not None,
+                 ZONE_H=step.zone_h is not None, CARRY=step.carry is not None)
+    return pointers, integers, flags
+
+
+def variant_args(variant, dummy: Tensor):
+    """The persistent kernels' block: (pointers keep, drop, zone_c, zone_h; the row strides
+    of the last three; flags) of a variants.Variant, or the all-off block for None."""
+    keep, drop, zone_c, zone_h = variant if variant is not None else (None,) * 4
+    pointers = [t if t is not None else dummy for t in (keep, drop, zone_c, zone_h)]
+    strides = [t.stride(0) if t is not None else 0 for t in (drop, zone_c, zone_h)]
+    flags = dict(KEEP=keep is not None, DROP=drop is not None, ZONE_C=zone_c is not None,
+                 ZONE_H=zone_h is not None)
+    return pointers, strides, flags
