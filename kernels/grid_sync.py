@@ -45,15 +45,18 @@ FAILED = tl.constexpr(1 << FAILED_BIT)
 COUNT_MASK = tl.constexpr((1 << FAILED_BIT) - 1)
 
 
-def new_sync_state(device) -> torch.Tensor:
-    """A fresh zeroed barrier word for one launch."""
-    return torch.zeros(1, dtype=torch.int64, device=device)
+def new_sync_state(device, tags: int = 0) -> torch.Tensor:
+    """A fresh zeroed barrier word for one launch, followed by `tags` zeroed tag words when
+    the launch exchanges by step tags (kernels/step_tags.py)."""
+    return torch.zeros(1 + tags, dtype=torch.int64, device=device)
 
 
-def failed_sync_state(device) -> torch.Tensor:
+def failed_sync_state(device, tags: int = 0) -> torch.Tensor:
     """A barrier word whose failure flag is already set (tests: every wait fails at once)."""
     # filled on the device, not copied from the host: usable inside a CUDA graph capture
-    return torch.full((1,), FAILED.value, dtype=torch.int64, device=device)
+    state = torch.zeros(1 + tags, dtype=torch.int64, device=device)
+    state[:1] = FAILED.value
+    return state
 
 
 def barrier_failed(sync_state: torch.Tensor) -> bool:
@@ -69,7 +72,7 @@ def launch_failed(sync_state: torch.Tensor, outputs) -> bool:
     with NaN there when it is set, and False is returned (graph_capture.py says why)."""
     if not graph_capture.capturing(sync_state.device):
         return barrier_failed(sync_state)
-    failed = (sync_state & FAILED.value) != 0  # (1,) bool, broadcast over each output
+    failed = (sync_state[:1] & FAILED.value) != 0  # (1,) bool, broadcast over each output
     for out in outputs:
         if out is not None:
             out.masked_fill_(failed, float("nan"))

@@ -182,6 +182,9 @@ class PersistentPlan:
     # forward split K (issue 16, with_chain): at most `chain` dependent mma per partial sum;
     # 0 = one accumulator for the whole K, the default until a GPU times both
     chain: int = 0
+    # the step-tagged exchange (issue 16, with_step_tags, kernels/step_tags.py) instead of
+    # grid_sync's shared arrival counter; off until a GPU times both
+    step_tags: bool = False
 
 
 def dot_mode(dtype, device) -> int:
@@ -297,12 +300,25 @@ def with_chain(p: PersistentPlan, chain: int = 16) -> PersistentPlan:
     return replace(p, chain=chain)
 
 
+def with_step_tags(p: PersistentPlan) -> PersistentPlan:
+    """The same plan meeting through the step-tagged exchange (kernels/step_tags.py): each
+    program publishes its arrivals in its own tag word, each consumer polls the tags."""
+    return replace(p, step_tags=True)
+
+
+def tag_lanes(p: PersistentPlan) -> int:
+    """The kernels' TAGS under `p`: 0 for grid_sync's counter, else one tag word per program,
+    rounded up to a power of two (the poll's vector width; lanes past the grid are masked)."""
+    return triton.next_power_of_2(p.grid) if p.step_tags else 0
+
+
 # Issue 16's options by name, for the lab's A/B comparisons (bench/first_contact.py's
 # decomposition runs the same sweep once per option, each in its own process). The
 # environment variable LSTM_TRITON_PLAN applies one to every persistent plan the process
 # makes; it is read once, at import, so the host path pays nothing. Unset, the defaults
 # run: an option becomes a default only when a GPU has timed it (reports/NOTES.md).
-PLAN_OPTIONS = {"default": None, "chain16": lambda p: with_chain(p, 16), "tf32x3": tf32x3}
+PLAN_OPTIONS = {"default": None, "chain16": lambda p: with_chain(p, 16), "tf32x3": tf32x3,
+                "tags": with_step_tags}
 PLAN_OPTION_NAME = os.environ.get("LSTM_TRITON_PLAN", "default")
 if PLAN_OPTION_NAME not in PLAN_OPTIONS:
     raise ValueError(f"LSTM_TRITON_PLAN={PLAN_OPTION_NAME!r} is not a plan option: use one of "

@@ -18,11 +18,13 @@ import triton.language as tl
 
 from .cell_math import gru_cell_backward, gru_cell_forward, load_gates4, store_gates3, store_gates4
 from .config import compute_dtype
-from .grid_sync import grid_arrive, grid_start, grid_wait, launch_failed, new_sync_state
-from .persistent_config import PersistentPlan, launch_options, recurrent_dot, schedule_tensors
+from .grid_sync import launch_failed, new_sync_state
+from .persistent_config import (PersistentPlan, launch_options, recurrent_dot, schedule_tensors,
+                                tag_lanes)
 from .persistent_tiles import (backward_step_rows, forward_step_rows, gate_columns, load_rows,
                                program_tile, recurrent_matmul, recurrent_matmul_partials,
                                resident_weights, split_gates, step_tile)
+from .step_tags import exchange_arrive, exchange_start, exchange_wait
 from .tiles import load_gate, store_gate
 
 
@@ -40,7 +42,7 @@ def gru_persistent_fwd_kernel(
     REVERSE: tl.constexpr, SAVE: tl.constexpr, HAS_BHH: tl.constexpr, RESIDENT: tl.constexpr,
     DOT: tl.constexpr, COMPUTE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, KP: tl.constexpr,
-    NP: tl.constexpr, PARTIALS: tl.constexpr,
+    NP: tl.constexpr, PARTIALS: tl.constexpr, TAGS: tl.constexpr,
 ):
     row, units, unit_ok, state_mask = program_tile(BLOCK_B, BLOCK_H, B, H)
     h = load_gate(h0_ptr, row, units, stride_h0, 0, H, state_mask, COMPUTE)  # (BLOCK_B, BLOCK_H)
@@ -51,7 +53,8 @@ def gru_persistent_fwd_kernel(
         b_hh = tl.load(b_hh_ptr + w_rows, mask=w_ok, other=0.0).to(COMPUTE)
     else:
         b_hh = tl.zeros(w_rows.shape, COMPUTE)
-    n_prog, ok = grid_start(sync_ptr)  # meeting 0: the whole grid is running
+    # meeting 1: the whole grid is running (TAGS: step-tagged exchange, kernels/step_tags.py)
+    n_prog, ok = exchange_start(sync_ptr, TAGS)
     s = 0
     while (s < T) & ok:
         bs, off, bs_p, off_p = forward_step_rows(s, T, bs_ptr, off_ptr, REVERSE)
@@ -60,7 +63,7 @@ def gru_persistent_fwd_kernel(
         x_r = load_gate(gx_ptr, rows, units, stride_gx, 0, H, mask, COMPUTE)
         x_z = load_gate(gx_ptr, rows, units, stride_gx, 1, H, mask, COMPUTE)
         x_n = load_gate(gx_ptr, rows, units, stride_gx, 2, H, mask, COMPUTE)
-        ok = grid_wait(sync_ptr, (s + 1) * n_prog, spin_limit)
+        ok = exchange_wait(sync_ptr, s + 1, n_prog, spin_limit, TAGS)
         if PARTIALS:  # a plan option (persistent_config.with_chain): one partial per W piece
             rec = recurrent_matmul_partials(tl.zeros((BLOCK_B, 4 * BLOCK_H), COMPUTE) + b_hh,
                                             y_ptr, off_p, tl.minimum(bs_p, bs), stride_y, h0_ptr,
@@ -74,7 +77,7 @@ def gru_persistent_fwd_kernel(
         rec_r, rec_z, rec_n, _ = split_gates(rec, BLOCK_B, BLOCK_H)
         r, z, n, h_new = gru_cell_forward(x_r, x_z, x_n, rec_r, rec_z, rec_n, h)
         store_gate(y_ptr, rows, units, stride_y, 0, H, h_new, mask)
-        grid_arrive(sync_ptr)
+        exchange_arrive(sync_ptr, s + 2, TAGS)
         if SAVE:  # read by backward only: stored after the arrive, off the step's critical path
             store_gates4(gates_ptr, rows, units, stride_gates, H, r, z, n, rec_n, mask)
         h = tl.where(active, h_new, h)
@@ -96,13 +99,13 @@ def gru_persistent_bwd_kernel(
     stride_drec, stride_dh0, spin_limit,
     REVERSE: tl.constexpr, RESIDENT: tl.constexpr, DOT: tl.constexpr, COMPUTE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr,
-    KP: tl.constexpr, NP: tl.constexpr,
+    KP: tl.constexpr, NP: tl.constexpr, TAGS: tl.constexpr,
 ):
     row, units, unit_ok, state_mask = program_tile(BLOCK_B, BLOCK_H, B, H)
     dh = load_gate(dh_n_ptr, row, units, stride_dhn, 0, H, state_mask, COMPUTE)  # carried dh
     K = 3 * H
     w = resident_weights(w_hh_ptr, K, units, unit_ok, stride_w, 1, RESIDENT, SPLIT, KP, NP)
-    n_prog, ok = grid_start(sync_ptr)
+    n_prog, ok = exchange_start(sync_ptr, TAGS)
     s = 0
     while (s < T + 1) & ok:  # iteration T only finishes dh0
         bs, off, bs_p, off_p, bs_n, off_n = backward_step_rows(s, T, bs_ptr, off_ptr, REVERSE)
@@ -112,14 +115,14 @@ def gru_persistent_bwd_kernel(
         r, z, n, rec_n = load_gates4(gates_ptr, rows, units, stride_gates, H, mask, COMPUTE)
         h_prev = load_rows(y_ptr, off_p, tl.minimum(bs_p, bs), stride_y, h0_ptr, stride_h0,
                            bs, row, units, H).to(COMPUTE)
-        ok = grid_wait(sync_ptr, (s + 1) * n_prog, spin_limit)
+        ok = exchange_wait(sync_ptr, s + 1, n_prog, spin_limit, TAGS)
         rec = recurrent_matmul(tl.zeros((BLOCK_B, BLOCK_H), COMPUTE), drec_ptr, off_n, bs_n,
                                stride_drec, drec_ptr, 0, bs_n, row, w, w_hh_ptr, units, unit_ok,
                                stride_w, 1, K, RESIDENT, SPLIT, KP, NP, BLOCK_K, DOT)
         dh = tl.where(row < bs_n, dh + rec, dh)
         d_r, d_z, d_n, dh_direct = gru_cell_backward(dy + dh, r, z, n, rec_n, h_prev)
         store_gates3(drec_ptr, rows, units, stride_drec, H, d_r, d_z, d_n * r, mask)
-        grid_arrive(sync_ptr)
+        exchange_arrive(sync_ptr, s + 2, TAGS)
         store_gates3(dgx_ptr, rows, units, stride_dgx, H, d_r, d_z, d_n, mask)  # read after it
         dh = tl.where(active, dh_direct, dh)
         s += 1
@@ -133,7 +136,7 @@ def gru_persistent_fwd(gx, sched, h0, w_hh, b_hh, save, plan: PersistentPlan):
     """
     n_rows, (batch, hidden) = gx.shape[0], h0.shape
     bs, off = schedule_tensors(sched, gx.device)
-    sync = new_sync_state(gx.device)
+    sync = new_sync_state(gx.device, tag_lanes(plan))
     y = gx.new_empty(n_rows, hidden)
     h_n = h0.new_empty(batch, hidden)
     gates = gx.new_empty(n_rows, 4 * hidden) if save else None
@@ -146,7 +149,7 @@ def gru_persistent_fwd(gx, sched, h0, w_hh, b_hh, save, plan: PersistentPlan):
         REVERSE=sched.reverse, SAVE=save, HAS_BHH=b_hh is not None, RESIDENT=plan.resident,
         DOT=plan.dot, COMPUTE=compute_dtype(gx.dtype), BLOCK_B=plan.block_b,
         BLOCK_H=plan.block_h, BLOCK_K=plan.block_k,
-        **recurrent_dot(plan, 3, hidden, hidden, backward=False),
+        **recurrent_dot(plan, 3, hidden, hidden, backward=False), TAGS=tag_lanes(plan),
         **launch_options(plan),
     )
     if launch_failed(sync, (y, h_n, gates)):
@@ -161,7 +164,7 @@ def gru_persistent_bwd(dy, dh_n, sched, h0, w_hh, y, gates, plan: PersistentPlan
     """
     n_rows, (batch, hidden) = dy.shape[0], h0.shape
     bs, off = schedule_tensors(sched, dy.device)
-    sync = new_sync_state(dy.device)
+    sync = new_sync_state(dy.device, tag_lanes(plan))
     dgx, drec = dy.new_empty(n_rows, 3 * hidden), dy.new_empty(n_rows, 3 * hidden)
     dh0 = dh_n.new_empty(batch, hidden)
     gru_persistent_bwd_kernel[(plan.grid,)](
@@ -173,7 +176,7 @@ def gru_persistent_bwd(dy, dh_n, sched, h0, w_hh, y, gates, plan: PersistentPlan
         REVERSE=sched.reverse, RESIDENT=plan.resident, DOT=plan.dot,
         COMPUTE=compute_dtype(dy.dtype), BLOCK_B=plan.block_b, BLOCK_H=plan.block_h,
         BLOCK_K=plan.block_k,
-        **recurrent_dot(plan, 3, hidden, hidden, backward=True),
+        **recurrent_dot(plan, 3, hidden, hidden, backward=True), TAGS=tag_lanes(plan),
         **launch_options(plan),
     )
     if launch_failed(sync, (dgx, drec, dh0)):

@@ -38,12 +38,13 @@ import triton.language as tl
 
 from .cell_math import load_gates4, lstm_cell_backward, lstm_cell_forward, store_gates4
 from .config import compute_dtype, state_dtype
-from .grid_sync import grid_arrive, grid_start, grid_wait, launch_failed, new_sync_state
+from .grid_sync import launch_failed, new_sync_state
 from .persistent_config import (PersistentPlan, launch_options, pad_dot, recurrent_dot,
-                                schedule_tensors, split_k)
+                                schedule_tensors, split_k, tag_lanes)
 from .persistent_tiles import (backward_step_rows, forward_step_rows, gate_columns, load_rows,
                                program_tile, recurrent_matmul, recurrent_matmul_partials,
                                resident_weights, split_gates, step_tile)
+from .step_tags import exchange_arrive, exchange_start, exchange_wait
 from .tiles import load_gate, store_gate
 
 
@@ -64,7 +65,7 @@ def lstm_persistent_fwd_kernel(
     REVERSE: tl.constexpr, SAVE: tl.constexpr, PROJ: tl.constexpr, RESIDENT: tl.constexpr,
     DOT: tl.constexpr, COMPUTE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_O: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, PROJ_SPLIT: tl.constexpr,
-    KP: tl.constexpr, NP: tl.constexpr, PARTIALS: tl.constexpr,
+    KP: tl.constexpr, NP: tl.constexpr, PARTIALS: tl.constexpr, TAGS: tl.constexpr,
 ):
     row, units, unit_ok, state_mask = program_tile(BLOCK_B, BLOCK_H, B, H)
     # this program's columns of the recurrent state h (R wide): its units, or with a
@@ -76,14 +77,15 @@ def lstm_persistent_fwd_kernel(
     w_rows, w_ok = gate_columns(BLOCK_H, H, 4)
     w = resident_weights(w_hh_ptr, R, w_rows, w_ok, 1, stride_w, RESIDENT, SPLIT, KP, NP)
     meetings: tl.constexpr = 2 if PROJ else 1  # per step: the projection needs all of m
-    n_prog, ok = grid_start(sync_ptr)  # meeting 0: the whole grid is running
+    # meeting 1: the whole grid is running (TAGS: step-tagged exchange, kernels/step_tags.py)
+    n_prog, ok = exchange_start(sync_ptr, TAGS)
     s = 0
     while (s < T) & ok:
         bs, off, bs_p, off_p = forward_step_rows(s, T, bs_ptr, off_ptr, REVERSE)
         active, mask, rows = step_tile(row, off, bs, unit_ok)
         # no other program writes the input projection: its load overlaps the wait
         x_i, x_f, x_g, x_o = load_gates4(gx_ptr, rows, units, stride_gx, H, mask, COMPUTE)
-        ok = grid_wait(sync_ptr, (meetings * s + 1) * n_prog, spin_limit)
+        ok = exchange_wait(sync_ptr, meetings * s + 1, n_prog, spin_limit, TAGS)
         # h_{t-1}: rows continuing from the previous step from y, the others from h0
         if PARTIALS:  # a plan option (persistent_config.with_chain): one partial per W piece
             pre = recurrent_matmul_partials(tl.zeros((BLOCK_B, 4 * BLOCK_H), COMPUTE), y_ptr,
@@ -101,15 +103,15 @@ def lstm_persistent_fwd_kernel(
         c = tl.where(active, c_new, c)
         if PROJ:  # h_t = m_t W_hr^T: every program needs all of m_t, hence a second meeting
             store_gate(m_ptr, rows, units, stride_m, 0, H, m, mask)
-            grid_arrive(sync_ptr)
-            ok = ok & grid_wait(sync_ptr, (meetings * s + 2) * n_prog, spin_limit)
+            exchange_arrive(sync_ptr, meetings * s + 2, TAGS)
+            ok = ok & exchange_wait(sync_ptr, meetings * s + 2, n_prog, spin_limit, TAGS)
             h_t = recurrent_matmul(tl.zeros((BLOCK_B, BLOCK_O), COMPUTE), m_ptr, off, bs,
                                    stride_m, m_ptr, 0, bs, row, 0, w_hr_ptr, cols, col_ok, 1,
                                    stride_whr, H, False, PROJ_SPLIT, BLOCK_K, 1, BLOCK_K, DOT)
         else:
             h_t = m
         store_gate(y_ptr, rows, cols, stride_y, 0, R, h_t, active & col_ok)
-        grid_arrive(sync_ptr)
+        exchange_arrive(sync_ptr, meetings * (s + 1) + 1, TAGS)
         if SAVE:  # read by backward only: stored after the arrive, off the step's critical path
             store_gates4(gates_ptr, rows, units, stride_gates, H, i, f, g, o, mask)
             store_gate(c_save_ptr, rows, units, stride_cs, 0, H, c_new, mask)
@@ -136,7 +138,7 @@ def lstm_persistent_bwd_kernel(
     REVERSE: tl.constexpr, PROJ: tl.constexpr, RESIDENT: tl.constexpr, DOT: tl.constexpr,
     COMPUTE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_O: tl.constexpr,
     BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, PROJ_SPLIT: tl.constexpr, KP: tl.constexpr,
-    NP: tl.constexpr,
+    NP: tl.constexpr, TAGS: tl.constexpr,
 ):
     row, units, unit_ok, state_mask = program_tile(BLOCK_B, BLOCK_H, B, H)
     _, cols, col_ok, out_mask = program_tile(BLOCK_B, BLOCK_O, B, R)  # columns of h (forward)
@@ -145,7 +147,7 @@ def lstm_persistent_bwd_kernel(
     K = 4 * H
     w = resident_weights(w_hh_ptr, K, cols, col_ok, stride_w, 1, RESIDENT, SPLIT, KP, NP)
     meetings: tl.constexpr = 2 if PROJ else 1
-    n_prog, ok = grid_start(sync_ptr)
+    n_prog, ok = exchange_start(sync_ptr, TAGS)
     s = 0
     while (s < T + 1) & ok:  # iteration T only finishes dh0
         bs, off, bs_p, off_p, bs_n, off_n = backward_step_rows(s, T, bs_ptr, off_ptr, REVERSE)
@@ -156,15 +158,15 @@ def lstm_persistent_bwd_kernel(
         c_prev = load_rows(c_save_ptr, off_p, tl.minimum(bs_p, bs), stride_cs, c0_ptr, stride_c0,
                            bs, row, units, H).to(COMPUTE)
         dy = load_gate(dy_ptr, rows, cols, stride_dy, 0, R, active & col_ok, COMPUTE)
-        ok = grid_wait(sync_ptr, (meetings * s + 1) * n_prog, spin_limit)
+        ok = exchange_wait(sync_ptr, meetings * s + 1, n_prog, spin_limit, TAGS)
         rec = recurrent_matmul(tl.zeros((BLOCK_B, BLOCK_O), COMPUTE), dgates_ptr, off_n, bs_n,
                                stride_dg, dgates_ptr, 0, bs_n, row, w, w_hh_ptr, cols, col_ok,
                                stride_w, 1, K, RESIDENT, SPLIT, KP, NP, BLOCK_K, DOT)
         dh = tl.where(row < bs_n, rec, dh)
         if PROJ:  # dm = (dy + dh) W_hr needs every column of dy + dh: a second meeting
             store_gate(dr_ptr, rows, cols, stride_dr, 0, R, dy + dh, active & col_ok)
-            grid_arrive(sync_ptr)
-            ok = ok & grid_wait(sync_ptr, (meetings * s + 2) * n_prog, spin_limit)
+            exchange_arrive(sync_ptr, meetings * s + 2, TAGS)
+            ok = ok & exchange_wait(sync_ptr, meetings * s + 2, n_prog, spin_limit, TAGS)
             dm = recurrent_matmul(tl.zeros((BLOCK_B, BLOCK_H), COMPUTE), dr_ptr, off, bs,
                                   stride_dr, dr_ptr, 0, bs, row, 0, w_hr_ptr, units, unit_ok,
                                   stride_whr, 1, R, False, PROJ_SPLIT, BLOCK_K, 1, BLOCK_K, DOT)
@@ -172,7 +174,7 @@ def lstm_persistent_bwd_kernel(
             dm = dy + dh
         d_i, d_f, d_g, d_o, dc_prev = lstm_cell_backward(dm, dc, i, f, g, o, c, c_prev)
         store_gates4(dgates_ptr, rows, units, stride_dg, H, d_i, d_f, d_g, d_o, mask)
-        grid_arrive(sync_ptr)
+        exchange_arrive(sync_ptr, meetings * (s + 1) + 1, TAGS)
         dc = tl.where(active, dc_prev, dc)
         s += 1
     store_gate(dh0_ptr, row, cols, stride_dh0, 0, R, dh, out_mask)
@@ -190,7 +192,7 @@ def lstm_persistent_fwd(gx, sched, h0, c0, w_hh, w_hr, save, plan: PersistentPla
     n_rows, (batch, width), hidden = gx.shape[0], h0.shape, c0.shape[1]
     proj = w_hr is not None
     bs, off = schedule_tensors(sched, gx.device)
-    sync = new_sync_state(gx.device)
+    sync = new_sync_state(gx.device, tag_lanes(plan))
     compute = compute_dtype(gx.dtype)
     y = gx.new_empty(n_rows, width)
     m_all = gx.new_empty(n_rows, hidden) if proj else y
@@ -209,7 +211,7 @@ def lstm_persistent_fwd(gx, sched, h0, c0, w_hh, w_hr, save, plan: PersistentPla
         BLOCK_K=plan.block_k,
         **recurrent_dot(plan, 4, hidden, width, backward=False),
         # the projection's dot is BLOCK_O (often 16) wide, with K = H
-        PROJ_SPLIT=split_k(pad_dot(hidden), plan.block_o, plan.num_warps),
+        PROJ_SPLIT=split_k(pad_dot(hidden), plan.block_o, plan.num_warps), TAGS=tag_lanes(plan),
         **launch_options(plan),
     )
     if launch_failed(sync, (y, m_all, h_n, c_n, gates, c_all)):
@@ -229,7 +231,7 @@ def lstm_persistent_bwd(dy, dh_n, dc_n, sched, c0, w_hh, w_hr, gates, c_all,
     n_rows, (batch, hidden), width = dy.shape[0], dc_n.shape, dh_n.shape[1]
     proj = w_hr is not None
     bs, off = schedule_tensors(sched, dy.device)
-    sync = new_sync_state(dy.device)
+    sync = new_sync_state(dy.device, tag_lanes(plan))
     dgates = dy.new_empty(n_rows, 4 * hidden)
     dr = dy.new_empty(n_rows, width) if proj else None
     dh0, dc0 = dh_n.new_empty(batch, width), dy.new_empty(batch, hidden)
@@ -246,7 +248,7 @@ def lstm_persistent_bwd(dy, dh_n, dc_n, sched, c0, w_hh, w_hr, gates, c_all,
         BLOCK_O=plan.block_o, BLOCK_K=plan.block_k,
         **recurrent_dot(plan, 4, hidden, width, backward=True),
         # dm = dr W_hr: BLOCK_H wide, with K = P
-        PROJ_SPLIT=split_k(pad_dot(width), plan.block_h, plan.num_warps),
+        PROJ_SPLIT=split_k(pad_dot(width), plan.block_h, plan.num_warps), TAGS=tag_lanes(plan),
         **launch_options(plan),
     )
     if launch_failed(sync, (dgates, dh0, dc0, dr)):
