@@ -80,20 +80,20 @@ STEPS = 2  # T is not specialised on (do_not_specialize): any length compiles th
 class _Captured(Exception):
     """Raised by the stand-in kernel: the launcher's arguments, exactly as it passes them."""
 
-    def __init__(self, args, kwargs):
+    def __init__(self, args, kwargs, grid):
         super().__init__("captured")
-        self.args, self.kwargs = args, kwargs
+        self.args, self.kwargs, self.grid = args, kwargs, grid
 
 
 class _CapturingKernel:
     def __getitem__(self, grid):
         def launch(*args, **kwargs):
-            raise _Captured(args, kwargs)
+            raise _Captured(args, kwargs, grid)
         return launch
 
 
 def launch_arguments(cell, direction, dtype, batch, hidden, plan):
-    """(args, kwargs) the real launcher passes its kernel for one layer-direction of
+    """(args, kwargs, programs) the real launcher passes its kernel for one layer-direction of
     (batch, hidden), without a GPU: the launcher runs on CPU tensors of the same shapes,
     strides and dtypes and its kernel is replaced by a stand-in that records the call."""
     module, name = LAUNCHERS[cell, direction]
@@ -120,7 +120,7 @@ def launch_arguments(cell, direction, dtype, batch, hidden, plan):
     try:
         getattr(module, name)(*args, plan)
     except _Captured as call:
-        return call.args, call.kwargs
+        return call.args, call.kwargs, call.grid[0]
     finally:
         setattr(module, kernel_name, real)
     raise RuntimeError(f"{name} did not launch its kernel")
@@ -153,7 +153,8 @@ def compile_case(cell, direction, dtype, batch, hidden, plan=None):
     n_gates = 4 if cell == "lstm" else 3
     k, _ = persistent_config.recurrent_shape(n_gates, hidden, hidden, plan.block_h,
                                              plan.block_o, direction == "bwd")
-    args, kwargs = launch_arguments(cell, direction, dtype, batch, hidden, plan)
+    # the launch's own grid: a narrow forward's differs from the plan's (forward_plan)
+    args, kwargs, grid = launch_arguments(cell, direction, dtype, batch, hidden, plan)
     src, options = runtime_source(kernel, args, kwargs)
     with tempfile.TemporaryDirectory() as cache, _triton_cache(cache):
         start = time.perf_counter()
@@ -167,7 +168,7 @@ def compile_case(cell, direction, dtype, batch, hidden, plan=None):
     chain = mma_chain_depth(ptx) * chunks  # a streamed W's loop body runs `chunks` times
     return dict(cell=cell, **{"pass": direction}, dtype=DTYPES[dtype], batch=batch,
                 hidden=hidden, mode="resident" if plan.resident else f"streamed x{chunks}",
-                split=split, grid=plan.grid, warps=plan.num_warps,
+                split=split, grid=grid, warps=plan.num_warps,
                 mma_per_smsp=mma * chunks * plan.num_warps // 4, mma_chain=chain,
                 regs=regs, spill_bytes=spill, smem_kib=compiled.metadata.shared / 1024,
                 v4_loads=len(re.findall(r"ld\.global(\.\w+)*\.v4", ptx)), sync_ops=sync_ops(ptx),
@@ -246,7 +247,8 @@ def mma_chain_depth(ptx):
 # (dtype, passes, plan -> plan). Their defaults stay off until a GPU times them.
 OPTIONS = {"chain16": (torch.bfloat16, ("fwd",), lambda p: persistent_config.with_chain(p, 16)),
            "tf32x3": (torch.float32, ("fwd", "bwd"), persistent_config.tf32x3),
-           "tags": (torch.bfloat16, ("fwd", "bwd"), persistent_config.with_step_tags)}
+           "tags": (torch.bfloat16, ("fwd", "bwd"), persistent_config.with_step_tags),
+           "narrow": (torch.bfloat16, ("fwd",), persistent_config.with_narrow_forward)}
 
 
 def option_rows(hiddens):

@@ -19,8 +19,8 @@ import triton.language as tl
 from .cell_math import gru_cell_backward, gru_cell_forward, load_gates4, store_gates3, store_gates4
 from .config import compute_dtype
 from .grid_sync import launch_failed, new_sync_state
-from .persistent_config import (PersistentPlan, launch_options, recurrent_dot, schedule_tensors,
-                                tag_lanes)
+from .persistent_config import (PersistentPlan, forward_plan, launch_options, recurrent_dot,
+                                schedule_tensors, tag_lanes)
 from .persistent_tiles import (backward_step_rows, forward_step_rows, gate_columns, load_rows,
                                program_tile, recurrent_matmul, recurrent_matmul_partials,
                                resident_weights, split_gates, step_tile)
@@ -42,13 +42,14 @@ def gru_persistent_fwd_kernel(
     REVERSE: tl.constexpr, SAVE: tl.constexpr, HAS_BHH: tl.constexpr, RESIDENT: tl.constexpr,
     DOT: tl.constexpr, COMPUTE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, KP: tl.constexpr,
-    NP: tl.constexpr, PARTIALS: tl.constexpr, TAGS: tl.constexpr,
+    NP: tl.constexpr, PARTIALS: tl.constexpr, TAGS: tl.constexpr, TRANS: tl.constexpr,
 ):
     row, units, unit_ok, state_mask = program_tile(BLOCK_B, BLOCK_H, B, H)
     h = load_gate(h0_ptr, row, units, stride_h0, 0, H, state_mask, COMPUTE)  # (BLOCK_B, BLOCK_H)
     # W_hh^T restricted to the three gates of this program's units: one (H, 4*BLOCK_H) tile
     w_rows, w_ok = gate_columns(BLOCK_H, H, 3)
-    w = resident_weights(w_hh_ptr, H, w_rows, w_ok, 1, stride_w, RESIDENT, SPLIT, KP, NP)
+    # TRANS (persistent_config.forward_plan's narrow option): held transposed, the dot's M
+    w = resident_weights(w_hh_ptr, H, w_rows, w_ok, 1, stride_w, RESIDENT, SPLIT, KP, NP, TRANS)
     if HAS_BHH:  # b_hh in the same fused layout: the recurrent matmul starts from it
         b_hh = tl.load(b_hh_ptr + w_rows, mask=w_ok, other=0.0).to(COMPUTE)
     else:
@@ -68,12 +69,13 @@ def gru_persistent_fwd_kernel(
             rec = recurrent_matmul_partials(tl.zeros((BLOCK_B, 4 * BLOCK_H), COMPUTE) + b_hh,
                                             y_ptr, off_p, tl.minimum(bs_p, bs), stride_y, h0_ptr,
                                             stride_h0, bs, row, w, w_hh_ptr, w_rows, w_ok, 1,
-                                            stride_w, H, RESIDENT, SPLIT, KP, NP, BLOCK_K, DOT)
+                                            stride_w, H, RESIDENT, SPLIT, KP, NP, BLOCK_K, DOT,
+                                            TRANS)
         else:
             rec = recurrent_matmul(tl.zeros((BLOCK_B, 4 * BLOCK_H), COMPUTE) + b_hh, y_ptr,
                                    off_p, tl.minimum(bs_p, bs), stride_y, h0_ptr, stride_h0, bs,
                                    row, w, w_hh_ptr, w_rows, w_ok, 1, stride_w, H, RESIDENT,
-                                   SPLIT, KP, NP, BLOCK_K, DOT)
+                                   SPLIT, KP, NP, BLOCK_K, DOT, TRANS)
         rec_r, rec_z, rec_n, _ = split_gates(rec, BLOCK_B, BLOCK_H)
         r, z, n, h_new = gru_cell_forward(x_r, x_z, x_n, rec_r, rec_z, rec_n, h)
         store_gate(y_ptr, rows, units, stride_y, 0, H, h_new, mask)
@@ -135,6 +137,7 @@ def gru_persistent_fwd(gx, sched, h0, w_hh, b_hh, save, plan: PersistentPlan):
     Returns (y (N, H), h_n (B, H), gates (N, 4H) | None), or None when the barrier failed.
     """
     n_rows, (batch, hidden) = gx.shape[0], h0.shape
+    plan = forward_plan(plan, hidden, hidden)  # the narrow option's own grid (issue 16)
     bs, off = schedule_tensors(sched, gx.device)
     sync = new_sync_state(gx.device, tag_lanes(plan))
     y = gx.new_empty(n_rows, hidden)

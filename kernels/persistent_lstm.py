@@ -40,7 +40,7 @@ from .cell_math import load_gates4, lstm_cell_backward, lstm_cell_forward, store
 from .config import compute_dtype, state_dtype
 from .grid_sync import launch_failed, new_sync_state
 from .persistent_config import (PersistentPlan, launch_options, pad_dot, recurrent_dot,
-                                schedule_tensors, split_k, tag_lanes)
+                                forward_plan, schedule_tensors, split_k, tag_lanes)
 from .persistent_tiles import (backward_step_rows, forward_step_rows, gate_columns, load_rows,
                                program_tile, recurrent_matmul, recurrent_matmul_partials,
                                resident_weights, split_gates, step_tile)
@@ -66,6 +66,7 @@ def lstm_persistent_fwd_kernel(
     DOT: tl.constexpr, COMPUTE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_O: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, PROJ_SPLIT: tl.constexpr,
     KP: tl.constexpr, NP: tl.constexpr, PARTIALS: tl.constexpr, TAGS: tl.constexpr,
+    TRANS: tl.constexpr,
 ):
     row, units, unit_ok, state_mask = program_tile(BLOCK_B, BLOCK_H, B, H)
     # this program's columns of the recurrent state h (R wide): its units, or with a
@@ -75,7 +76,8 @@ def lstm_persistent_fwd_kernel(
     h = load_gate(h0_ptr, row, cols, stride_h0, 0, R, out_mask, COMPUTE)  # (BLOCK_B, BLOCK_O)
     # W_hh^T restricted to the four gates of this program's units: one (R, 4*BLOCK_H) tile
     w_rows, w_ok = gate_columns(BLOCK_H, H, 4)
-    w = resident_weights(w_hh_ptr, R, w_rows, w_ok, 1, stride_w, RESIDENT, SPLIT, KP, NP)
+    # TRANS (persistent_config.forward_plan's narrow option): held transposed, the dot's M
+    w = resident_weights(w_hh_ptr, R, w_rows, w_ok, 1, stride_w, RESIDENT, SPLIT, KP, NP, TRANS)
     meetings: tl.constexpr = 2 if PROJ else 1  # per step: the projection needs all of m
     # meeting 1: the whole grid is running (TAGS: step-tagged exchange, kernels/step_tags.py)
     n_prog, ok = exchange_start(sync_ptr, TAGS)
@@ -91,12 +93,13 @@ def lstm_persistent_fwd_kernel(
             pre = recurrent_matmul_partials(tl.zeros((BLOCK_B, 4 * BLOCK_H), COMPUTE), y_ptr,
                                             off_p, tl.minimum(bs_p, bs), stride_y, h0_ptr,
                                             stride_h0, bs, row, w, w_hh_ptr, w_rows, w_ok, 1,
-                                            stride_w, R, RESIDENT, SPLIT, KP, NP, BLOCK_K, DOT)
+                                            stride_w, R, RESIDENT, SPLIT, KP, NP, BLOCK_K, DOT,
+                                            TRANS)
         else:
             pre = recurrent_matmul(tl.zeros((BLOCK_B, 4 * BLOCK_H), COMPUTE), y_ptr, off_p,
                                    tl.minimum(bs_p, bs), stride_y, h0_ptr, stride_h0, bs, row,
                                    w, w_hh_ptr, w_rows, w_ok, 1, stride_w, R, RESIDENT, SPLIT,
-                                   KP, NP, BLOCK_K, DOT)
+                                   KP, NP, BLOCK_K, DOT, TRANS)
         pre_i, pre_f, pre_g, pre_o = split_gates(pre, BLOCK_B, BLOCK_H)
         i, f, g, o, c_new, m = lstm_cell_forward(pre_i + x_i, pre_f + x_f, pre_g + x_g,
                                                  pre_o + x_o, c)
@@ -191,6 +194,7 @@ def lstm_persistent_fwd(gx, sched, h0, c0, w_hh, w_hr, save, plan: PersistentPla
     """
     n_rows, (batch, width), hidden = gx.shape[0], h0.shape, c0.shape[1]
     proj = w_hr is not None
+    plan = forward_plan(plan, hidden, width)  # the narrow option's own grid (issue 16)
     bs, off = schedule_tensors(sched, gx.device)
     sync = new_sync_state(gx.device, tag_lanes(plan))
     compute = compute_dtype(gx.dtype)

@@ -585,6 +585,8 @@ for kernel in (persistent_lstm.lstm_persistent_fwd_kernel,
             cx.update({k: False for k in ("PARTIALS",) if k in kernel.arg_names})
             # the step-tagged exchange (issue 16) in the bf16 resident build, the counter else
             cx.update(TAGS=64 if (dt, resident) == ("bf16", True) else 0)
+            if "TRANS" in kernel.arg_names:  # the narrow forward's transposed dot (issue 16)
+                cx.update(TRANS=(dt, resident) in (("fp16", True), ("bf16", False)))
             if proj is not None:  # the LSTM, with and without a projection (two meetings a step)
                 cx.update(PROJ=proj, BLOCK_O=32 if proj else 16)
                 if "PROJ_SPLIT" in kernel.arg_names:
@@ -760,6 +762,41 @@ def test_step_tags_compile_for_sm90_with_the_same_dot():
     run_compiled_for_sm90(STEP_TAGS_COMPILE, expect="tagged")
 
 
+NARROW_COMPILE = r'''
+import torch
+from bench.compiled import compile_case, h100_plan
+from lstm_triton.kernels import persistent_config
+for cell in ("lstm", "gru"):
+    for hidden in (768, 1024):
+        plan = h100_plan(cell, torch.bfloat16, 16, hidden)
+        default = compile_case(cell, "fwd", torch.bfloat16, 16, hidden, plan=plan)
+        got = compile_case(cell, "fwd", torch.bfloat16, 16, hidden,
+                           plan=persistent_config.with_narrow_forward(plan))
+        # twice the programs, 8 units each, half the mma per sub-partition, none repeated
+        assert (got["grid"], default["grid"]) == (hidden // 8, hidden // 16), (got, default)
+        assert got["mma_per_smsp"] * 2 == default["mma_per_smsp"], (got, default)
+        # the batch (16) is the transposed dot's N: its warps split K in 8 chunks, so no
+        # warp runs more than a chunk's K/16 mma in a row
+        kp = persistent_config.k_pieces(hidden, 16)[0]
+        assert got["split"] == 8 and got["mma_chain"] == kp // 8 // 16, got
+        # shared memory: at most W's slice, 4 x 8 rows of H (Triton 3.6 holds it there; 3.9
+        # keeps it in registers, the mma's A operand), not the default's 4 x 16 and an A piece
+        assert got["spill_bytes"] == 0 and got["smem_kib"] * 1024 <= 32 * hidden * 2, got
+        assert default["smem_kib"] * 1024 > 64 * hidden * 2, default
+print("narrow")
+'''
+
+
+@pytest.mark.slow
+def test_narrow_forward_compiles_for_sm90_on_twice_the_programs():
+    """The narrow option compiled for an H100 (bf16, B=16, H=768 and 1024, LSTM and GRU
+    forward): 96 / 128 programs where the default runs 48 / 64, half the mma per
+    sub-partition, chains of one K-chunk (2 at H=768, 4 at H=1024), no spill, and shared
+    memory at most the program's W slice (Triton 3.6: 48 / 64 KiB, W there; 3.9: 16 / 32
+    KiB, W in registers as the transposed dot's M operand; the default: 104 / 144 KiB)."""
+    run_compiled_for_sm90(NARROW_COMPILE, expect="narrow")
+
+
 # issue 16's plan options, each applied to every persistent plan of a test
 PLAN_OPTIONS = {"tf32x3": persistent_config.tf32x3,
                 "chain4": lambda p: persistent_config.with_chain(p, 4),
@@ -818,6 +855,67 @@ def test_forward_partial_sums_in_bfloat16_match_torch(cell, plan_option):
     64-row pieces, the second padded), packed and bidirectional, against float64."""
     check_packed_bidirectional(cell, 100, torch.bfloat16)
     assert plan_option and all(p.chain == 4 for p in plan_option)
+
+
+NARROW = {"resident": persistent_config.with_narrow_forward,
+          "streamed": lambda p: persistent_config.with_narrow_forward(
+              persistent_config.streamed(p)),
+          "chain4": lambda p: persistent_config.with_narrow_forward(
+              persistent_config.with_chain(p, 4)),
+          "tags": lambda p: persistent_config.with_step_tags(
+              persistent_config.with_narrow_forward(p))}
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("hidden, variant", [
+    pytest.param(5, "resident", id="H5-8-units"),
+    pytest.param(160, "resident", id="H160-three-pieces"),
+    pytest.param(20, "streamed", id="H20-streamed"),
+    pytest.param(160, "chain4", id="H160-partial-sums"),
+    pytest.param(20, "tags", id="H20-step-tags")])
+def test_narrow_forward_packed_bidirectional_matches_torch(cell, hidden, variant, monkeypatch):
+    """The narrow option (issue 16): the forward's recurrent dot transposed (W's fused gate tile
+    as M, the batch as N), backward as it is. Under the interpreter one program covers every
+    unit: H=5 runs BLOCK_H = 8 (32 rows of M, the GPU's shape at H=768); H=160 three
+    resident pieces; H=20 W streamed in chunks; H=160 with the forward's partial sums; H=20
+    with the step-tagged exchange too (the GPU's comparison pairs them). Packed,
+    bidirectional, float32, every gradient against float64."""
+    default_plan, used = persistent_config.plan, []
+
+    def plan(*args):
+        p, reason = default_plan(*args)
+        used.append(NARROW[variant](p))
+        return used[-1], reason
+    monkeypatch.setattr(persistent_config, "plan", plan)
+    check_packed_bidirectional(cell, hidden, torch.float32)
+    assert used and all(p.narrow for p in used)
+    fwd = persistent_config.forward_plan(used[0], hidden, hidden)
+    assert fwd.narrow and fwd.grid == 1 and fwd.block_h == (8 if hidden == 5 else used[0].block_h)
+    n_gates = 4 if cell == "lstm" else 3
+    assert persistent_config.recurrent_dot(fwd, n_gates, hidden, hidden, False)["TRANS"]
+
+
+def test_narrow_forward_plans_more_programs_on_a_gpu(monkeypatch):
+    """On 132 SMs the narrow forward runs 8 units a program (96 programs at H=768, 128 at
+    H=1024) where the default runs 16 (48 / 64); backward keeps the default's layout; an LSTM
+    with a projection keeps it too; off by default."""
+    monkeypatch.setattr(persistent_config, "_gpu_budget",
+                        lambda device: (132, 256 * 1024, 227 * 1024))
+    cuda = torch.device("cuda")
+    for hidden, default_grid, narrow_grid in ((768, 48, 96), (1024, 64, 128), (256, 16, 32)):
+        p = persistent_config.plan(4, cuda, torch.bfloat16, 16, hidden)[0]
+        assert not p.narrow and persistent_config.forward_plan(p, hidden, hidden) == p
+        on = persistent_config.with_narrow_forward(p)
+        fwd = persistent_config.forward_plan(on, hidden, hidden)
+        assert (p.grid, fwd.grid, fwd.block_h, fwd.block_o) == (default_grid, narrow_grid, 8, 8)
+        assert persistent_config.recurrent_dot(fwd, 4, hidden, hidden, False)["TRANS"]
+        assert "TRANS" not in persistent_config.recurrent_dot(on, 4, hidden, hidden, True)
+        assert not persistent_config.forward_plan(on, hidden, hidden // 2).narrow  # proj_size
+    # 4096 units on 132 SMs: 32 units a program either way, the dot still transposed
+    p = persistent_config.with_narrow_forward(persistent_config.plan(3, cuda, torch.bfloat16,
+                                                                     16, 4096)[0])
+    fwd = persistent_config.forward_plan(p, 4096, 4096)
+    assert (fwd.grid, fwd.block_h, fwd.narrow) == (p.grid, p.block_h, True)
 
 
 def test_chain_option_is_off_by_default_and_a_power_of_two():
