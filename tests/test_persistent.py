@@ -939,7 +939,10 @@ def test_lab_switches_a_plan_option_for_a_whole_process_by_name(monkeypatch):
     default = persistent_config.plan(4, cpu, torch.float32, 3, 160)[0]
     assert persistent_config.PLAN_OPTION_NAME == "default" and default.chain == 0
     for name, expect in (("chain16", lambda p: p.chain == 16),
-                         ("tf32x3", lambda p: p.dot == persistent_config.DOT_TF32X3)):
+                         ("tf32x3", lambda p: p.dot == persistent_config.DOT_TF32X3),
+                         ("tags", lambda p: p.step_tags and not p.narrow),
+                         ("narrow", lambda p: p.narrow and not p.step_tags),
+                         ("narrow+tags", lambda p: p.narrow and p.step_tags)):
         monkeypatch.setattr(persistent_config, "PLAN_OPTION", persistent_config.PLAN_OPTIONS[name])
         assert expect(persistent_config.plan(4, cpu, torch.float32, 3, 160)[0]), name
     env = dict(os.environ, LSTM_TRITON_PLAN="chain17")
