@@ -33,6 +33,10 @@ where the host cannot read it, the outputs become NaN instead (launch_failed). T
 persistent kernels are launched cooperatively (persistent_config.COOPERATIVE), so the
 driver starts a grid only once all of it is resident; the bounded wait is the guard
 behind that.
+
+kernels/step_tags.py meets without the shared counter (a tag word per program, a plan
+option of issue 16); it keeps this word for its failure flag, so the launcher's side
+(launch_failed) is the same for both.
 """
 import torch
 import triton
