@@ -227,7 +227,7 @@ def phase_race(run, seconds):
 
 def phase_barrier(run, seconds):
     cmd = [sys.executable, "-m", "bench.barrier", "--out", run.out / BARRIER,
-           "--grids", "1,16,32,48,64,SMS", "--modes", "cooperative,plain"]
+           "--grids", "1,16,32,48,64,SMS", "--modes", "cooperative,plain,tags"]
     return run.command(cmd + (["--smoke"] if run.smoke else ["--steps", "2048"]), seconds)
 
 

@@ -115,5 +115,6 @@ def test_the_rehearsal_runs_every_phase_in_order_and_leaves_its_files_flat(tmp_p
     assert len(compiled) == len(first_contact.variants(smoke=True))
     assert all(r["status"] == "ok" and float(r["first_train_s"]) > 0 for r in compiled)
     barrier = read_csv(out / first_contact.BARRIER)
-    assert {(r["mode"], r["grid"]) for r in barrier} == {("cooperative", "1"), ("plain", "1")}
+    assert {(r["mode"], r["grid"]) for r in barrier} == {("cooperative", "1"), ("plain", "1"),
+                                                         ("tags", "1")}
     assert [r["outcome"] for r in read_csv(out / first_contact.TESTS)] == ["skipped"]
