@@ -61,9 +61,10 @@ def tags_publish(sync_ptr, count):
 def tags_lowest(sync_ptr, TAGS: tl.constexpr):
     """One poll: the lowest tag of the grid's programs (acquire), -1 if one has failed.
 
-    Unmasked (every lane is allocated; lanes past the grid stay 0 and are skipped below):
-    Triton then lowers the add of 0 to `ld.global.gpu.acquire`, a load, where a masked
-    one stays an `atom` read-modify-write at L2 (compiled for sm_90, Triton 3.9)."""
+    Every lane is allocated (lanes past the grid stay 0 and are skipped below), so the read
+    needs no mask. Compiled for sm_90 (Triton 3.6 and 3.9) this vector add of 0 stays an
+    `atom.acquire.add` per lane, masked or not, where grid_sync's scalar one becomes an
+    `ld.acquire`: a cost the GPU must weigh (reports/NOTES.md, issue 16)."""
     lane = tl.arange(0, TAGS)
     mine = lane < tl.num_programs(0)
     tags = tl.atomic_add(sync_ptr + 1 + lane, 0, sem="acquire")
