@@ -24,9 +24,9 @@ Memory ordering (the argument the GPU relies on; the interpreter runs one progra
             those stores before what the program's one publishing thread does next; that
             thread's max on the tag (`red`/`atom.global.gpu.release.max`) is a release at
             GPU scope, and a release is cumulative: the stores the bar.sync ordered before it
-            are visible to
-            any thread that acquires the value it wrote (or a later one: each later value
-            of a tag is another release of the same program, issued after more stores).
+            are visible to any thread that acquires the value it wrote (or a later one: each
+            later value of a tag is another release of the same program, issued after more
+            stores).
   consumer  the poll is `atom.global.gpu.acquire.add` of 0 on each tag (Triton's loads take no
             memory semantics), so once every tag is >= m, each of the producers' releases
             synchronises with the poll; the trailing bar.sync extends that to every thread
