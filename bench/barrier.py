@@ -7,7 +7,8 @@ kernels/grid_sync.grid_barrier, for grids from 1 program to one per SM, and
 reports GPU time per meeting (CUDA events, median of several launches after a
 warm-up). Mode `tags` meets through the step-tagged exchange instead (kernels/step_tags.py,
 issue 16's plan option; launched cooperatively): the same meeting without the shared
-counter, A against `cooperative`. NOTES.md predicts ~1-2 us per meeting on an H100; the persistent
+counter, A against `cooperative`; `tags-load` polls the tags by acquire loads (step_tags.
+TAG_POLL). NOTES.md predicts ~1-2 us per meeting on an H100; the persistent
 step can be no faster than this. GPU only: under the interpreter a grid of more
 than one program cannot meet.
 """
@@ -33,7 +34,7 @@ from .rows import REPORTS, slug
 
 
 @triton.jit
-def _meet_kernel(sync_ptr, steps, spin_limit, TAGS: tl.constexpr):
+def _meet_kernel(sync_ptr, steps, spin_limit, TAGS: tl.constexpr, LOAD: tl.constexpr):
     if TAGS == 0:
         n_prog = tl.num_programs(0).to(tl.int64)
         ok = grid_not_failed(sync_ptr)
@@ -45,23 +46,24 @@ def _meet_kernel(sync_ptr, steps, spin_limit, TAGS: tl.constexpr):
         n_prog, ok = exchange_start(sync_ptr, TAGS)
         s = 0
         while (s < steps) & ok:
-            ok = exchange_wait(sync_ptr, s + 1, n_prog, spin_limit, TAGS)
+            ok = exchange_wait(sync_ptr, s + 1, n_prog, spin_limit, TAGS, LOAD)
             exchange_arrive(sync_ptr, s + 2, TAGS)
             s += 1
 
 
 def time_meetings(grid: int, steps: int, repeats: int = 7, cooperative: bool = False,
-                  device="cuda", tags: bool = False) -> tuple:
+                  device="cuda", tags: bool = False, load: bool = False) -> tuple:
     """(median us per meeting over the launches that met, NaN if none did; failed
     launches) for `grid` programs meeting `steps` times; `cooperative`: launched as a CUDA
     cooperative grid (as the persistent kernels are). On the CPU (the interpreter, one
     program: --smoke) the time is host wall time, not a GPU figure. tags: through the
-    step-tagged exchange, one tag lane per program."""
+    step-tagged exchange, one tag lane per program; load: its tags polled by acquire loads
+    (step_tags.TAG_POLL; GPU only, the interpreter polls by atom whatever is asked)."""
     per_meeting, failures = [], 0
     lanes = triton.next_power_of_2(grid) if tags else 0
     for k in range(repeats + 1):  # the first launch compiles and warms up
         sync = new_sync_state(device, lanes)
-        kwargs = dict(num_warps=4, TAGS=lanes)
+        kwargs = dict(num_warps=4, TAGS=lanes, LOAD=load and device == "cuda")
         if cooperative:
             kwargs["launch_cooperative_grid"] = True
         if device == "cuda":
@@ -95,7 +97,8 @@ def main(argv=None):
                         help="comma-separated grid sizes; SMS is the device's SM count")
     parser.add_argument("--modes", default="plain",
                         help="comma-separated: plain, cooperative (a CUDA cooperative launch), "
-                             "tags (cooperative, through the step-tagged exchange)")
+                             "tags (cooperative, through the step-tagged exchange), tags-load "
+                             "(its tags polled by acquire loads instead of atomics)")
     parser.add_argument("--smoke", action="store_true",
                         help="no GPU: one program through the interpreter (SMOKE, not a "
                              "timing; the first-contact command's CPU rehearsal)")
@@ -117,7 +120,8 @@ def main(argv=None):
             if grid > n_sm:
                 continue
             us, failed = time_meetings(grid, steps, cooperative=mode != "plain",
-                                       device=device, tags=mode == "tags")
+                                       device=device, tags=mode.startswith("tags"),
+                                       load=mode == "tags-load")
             # appended and flushed at once: a launch that hangs later loses no earlier row
             rows.append(out, dict(date=date, device=name, torch=torch.__version__,
                                   triton=metadata.version("triton"), smoke=args.smoke,

@@ -44,10 +44,24 @@ word 0 (read by the launcher, which falls back to stepwise) and in its own tag, 
 every program waiting on it sees it at its next poll and gives up too; a preset flag in
 word 0 stops the loop before it starts (grid_sync.grid_not_failed).
 """
+import os
+
 import triton
 import triton.language as tl
 
+from .config import interpreting
 from .grid_sync import COUNT_MASK, FAILED, grid_arrive, grid_not_failed, grid_start, grid_wait
+
+# How a consumer polls the tags. "atom" (the default): an acquire add of 0 per tag lane, which
+# Triton keeps an L2 read-modify-write. "load": an acquire load per lane through inline PTX
+# (`ld.global.gpu.acquire`, what Triton makes of grid_sync's scalar poll), for a GPU to time
+# against "atom" (bench.barrier's tags-load mode; LSTM_TRITON_TAG_POLL=load for whole
+# processes). The interpreter cannot run inline PTX: there the poll is always "atom", so the
+# CPU tests never run "load"; it is compiled for sm_90 (tests/test_persistent.py).
+TAG_POLL = os.environ.get("LSTM_TRITON_TAG_POLL", "atom")
+if TAG_POLL not in ("atom", "load"):
+    raise ValueError(f"LSTM_TRITON_TAG_POLL={TAG_POLL!r}: use atom or load")
+POLL_BY_LOAD = tl.constexpr(TAG_POLL == "load" and not interpreting())
 
 
 @triton.jit
@@ -59,7 +73,7 @@ def tags_publish(sync_ptr, count):
 
 
 @triton.jit
-def tags_lowest(sync_ptr, TAGS: tl.constexpr):
+def tags_lowest(sync_ptr, TAGS: tl.constexpr, LOAD: tl.constexpr = POLL_BY_LOAD):
     """One poll: the lowest tag of the grid's programs (acquire), -1 if one has failed.
 
     Every lane is allocated (lanes past the grid stay 0 and are skipped below), so the read
@@ -68,19 +82,25 @@ def tags_lowest(sync_ptr, TAGS: tl.constexpr):
     `ld.acquire`: a cost the GPU must weigh (reports/NOTES.md, issue 16)."""
     lane = tl.arange(0, TAGS)
     mine = lane < tl.num_programs(0)
-    tags = tl.atomic_add(sync_ptr + 1 + lane, 0, sem="acquire")
+    if LOAD:  # see TAG_POLL
+        tags = tl.inline_asm_elementwise("ld.global.gpu.acquire.b64 $0, [$1];", "=l,l",
+                                         [sync_ptr + 1 + lane], dtype=tl.int64, is_pure=False,
+                                         pack=1)
+    else:
+        tags = tl.atomic_add(sync_ptr + 1 + lane, 0, sem="acquire")
     key = tl.where((tags & FAILED) != 0, -1, tags & COUNT_MASK)
     return tl.min(tl.where(mine, key, COUNT_MASK), axis=0)
 
 
 @triton.jit
-def tags_wait(sync_ptr, meeting, spin_limit, TAGS: tl.constexpr):
+def tags_wait(sync_ptr, meeting, spin_limit, TAGS: tl.constexpr,
+              LOAD: tl.constexpr = POLL_BY_LOAD):
     """Wait until every program's tag is >= meeting; 1 when met, 0 when the spin budget ran
     out or a program reported failure (the caller must then stop)."""
-    low = tags_lowest(sync_ptr, TAGS)
+    low = tags_lowest(sync_ptr, TAGS, LOAD)
     spins = 0
     while (low < meeting) & (low >= 0) & (spins < spin_limit):
-        low = tags_lowest(sync_ptr, TAGS)
+        low = tags_lowest(sync_ptr, TAGS, LOAD)
         spins += 1
     met = low >= meeting
     failed = met == 0
@@ -113,10 +133,12 @@ def exchange_arrive(sync_ptr, meeting, TAGS: tl.constexpr):
 
 
 @triton.jit
-def exchange_wait(sync_ptr, meeting, n_prog, spin_limit, TAGS: tl.constexpr):
-    """Wait until every program has arrived at `meeting`; 1 when met, 0 on failure."""
+def exchange_wait(sync_ptr, meeting, n_prog, spin_limit, TAGS: tl.constexpr,
+                  LOAD: tl.constexpr = POLL_BY_LOAD):
+    """Wait until every program has arrived at `meeting`; 1 when met, 0 on failure. LOAD: how
+    the tags are polled (TAG_POLL; bench.barrier passes it, the kernels take the default)."""
     if TAGS == 0:
         met = grid_wait(sync_ptr, meeting * n_prog, spin_limit)
     else:
-        met = tags_wait(sync_ptr, meeting, spin_limit, TAGS)
+        met = tags_wait(sync_ptr, meeting, spin_limit, TAGS, LOAD)
     return met

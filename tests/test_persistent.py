@@ -220,6 +220,19 @@ def test_a_meeting_that_cannot_complete_falls_back_to_stepwise(cell, tags, monke
         assert_close(got, want, torch.float64, "final state / gradient")
 
 
+def test_tag_poll_by_load_is_gpu_only_and_named():
+    """LSTM_TRITON_TAG_POLL=load asks for inline-PTX acquire loads, which the interpreter
+    cannot run: under it the poll stays an atomic (the CPU tests' path); a wrong name fails
+    at import with the names to use."""
+    probe = "from lstm_triton.kernels import step_tags; print(step_tags.POLL_BY_LOAD.value)"
+    env = dict(os.environ, LSTM_TRITON_TAG_POLL="load", TRITON_INTERPRET="1")
+    run = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.strip() == "False", run.stderr
+    env["LSTM_TRITON_TAG_POLL"] = "ld"
+    run = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert run.returncode != 0 and "LSTM_TRITON_TAG_POLL='ld': use atom or load" in run.stderr
+
+
 def test_step_tags_are_an_option_with_fresh_state_per_launch():
     """Off by default; on, one tag word per program (a power of two of lanes), in a state that
     each launch allocates zeroed beside the barrier word (never shared by two launches)."""
@@ -751,6 +764,28 @@ for cell in ("lstm", "gru"):
         assert "atom.acquire.add" in got["sync_ops"], got
 print("tagged")
 '''
+
+
+TAG_POLL_BY_LOAD = r'''
+import os
+os.environ["LSTM_TRITON_TAG_POLL"] = "load"
+import torch
+from bench.compiled import compile_case, h100_plan
+from lstm_triton.kernels import persistent_config
+for cell, direction in (("lstm", "fwd"), ("gru", "bwd")):
+    plan = persistent_config.with_step_tags(h100_plan(cell, torch.bfloat16, 16, 768))
+    got = compile_case(cell, direction, torch.bfloat16, 16, 768, plan=plan)
+    assert "ld.acquire.b64" in got["sync_ops"] and "atom.acquire" not in got["sync_ops"], got
+    assert got["spill_bytes"] == 0, got
+print("loaded")
+'''
+
+
+@pytest.mark.slow
+def test_step_tags_polled_by_acquire_loads_compile_for_sm90():
+    """LSTM_TRITON_TAG_POLL=load (a GPU-only variant: inline PTX, which the interpreter
+    cannot run) compiles the tag poll to `ld.global.gpu.acquire` loads, no atom left."""
+    run_compiled_for_sm90(TAG_POLL_BY_LOAD, expect="loaded")
 
 
 @pytest.mark.slow
