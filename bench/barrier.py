@@ -5,7 +5,10 @@
 Launches a kernel whose programs do nothing but meet `steps` times through
 kernels/grid_sync.grid_barrier, for grids from 1 program to one per SM, and
 reports GPU time per meeting (CUDA events, median of several launches after a
-warm-up). NOTES.md predicts ~1-2 us per meeting on an H100; the persistent
+warm-up). Mode `tags` meets through the step-tagged exchange instead (kernels/step_tags.py,
+issue 16's plan option; launched cooperatively): the same meeting without the shared
+counter, A against `cooperative`; `tags-load` polls the tags by acquire loads (step_tags.
+TAG_POLL). NOTES.md predicts ~1-2 us per meeting on an H100; the persistent
 step can be no faster than this. GPU only: under the interpreter a grid of more
 than one program cannot meet.
 """
@@ -24,31 +27,43 @@ import triton.language as tl
 from lstm_triton.kernels.grid_sync import (barrier_failed, grid_barrier, grid_not_failed,
                                            new_sync_state)
 from lstm_triton.kernels.persistent_config import SPIN_LIMIT
+from lstm_triton.kernels.step_tags import exchange_arrive, exchange_start, exchange_wait
 
 from . import rows
 from .rows import REPORTS, slug
 
 
 @triton.jit
-def _meet_kernel(sync_ptr, steps, spin_limit):
-    n_prog = tl.num_programs(0).to(tl.int64)
-    ok = grid_not_failed(sync_ptr)
-    s = 0
-    while (s < steps) & ok:
-        ok = grid_barrier(sync_ptr, (s + 1) * n_prog, spin_limit)
-        s += 1
+def _meet_kernel(sync_ptr, steps, spin_limit, TAGS: tl.constexpr, LOAD: tl.constexpr):
+    if TAGS == 0:
+        n_prog = tl.num_programs(0).to(tl.int64)
+        ok = grid_not_failed(sync_ptr)
+        s = 0
+        while (s < steps) & ok:
+            ok = grid_barrier(sync_ptr, (s + 1) * n_prog, spin_limit)
+            s += 1
+    else:  # as the persistent kernels meet with the option on: start, then wait / arrive
+        n_prog, ok = exchange_start(sync_ptr, TAGS)
+        s = 0
+        while (s < steps) & ok:
+            ok = exchange_wait(sync_ptr, s + 1, n_prog, spin_limit, TAGS, LOAD)
+            exchange_arrive(sync_ptr, s + 2, TAGS)
+            s += 1
 
 
 def time_meetings(grid: int, steps: int, repeats: int = 7, cooperative: bool = False,
-                  device="cuda") -> tuple:
+                  device="cuda", tags: bool = False, load: bool = False) -> tuple:
     """(median us per meeting over the launches that met, NaN if none did; failed
     launches) for `grid` programs meeting `steps` times; `cooperative`: launched as a CUDA
     cooperative grid (as the persistent kernels are). On the CPU (the interpreter, one
-    program: --smoke) the time is host wall time, not a GPU figure."""
+    program: --smoke) the time is host wall time, not a GPU figure. tags: through the
+    step-tagged exchange, one tag lane per program; load: its tags polled by acquire loads
+    (step_tags.TAG_POLL; GPU only, the interpreter polls by atom whatever is asked)."""
     per_meeting, failures = [], 0
+    lanes = triton.next_power_of_2(grid) if tags else 0
     for k in range(repeats + 1):  # the first launch compiles and warms up
-        sync = new_sync_state(device)
-        kwargs = dict(num_warps=4)
+        sync = new_sync_state(device, lanes)
+        kwargs = dict(num_warps=4, TAGS=lanes, LOAD=load and device == "cuda")
         if cooperative:
             kwargs["launch_cooperative_grid"] = True
         if device == "cuda":
@@ -81,7 +96,9 @@ def main(argv=None):
     parser.add_argument("--grids", default="1,8,16,32,48,64,96,SMS",
                         help="comma-separated grid sizes; SMS is the device's SM count")
     parser.add_argument("--modes", default="plain",
-                        help="comma-separated: plain, cooperative (a CUDA cooperative launch)")
+                        help="comma-separated: plain, cooperative (a CUDA cooperative launch), "
+                             "tags (cooperative, through the step-tagged exchange), tags-load "
+                             "(its tags polled by acquire loads instead of atomics)")
     parser.add_argument("--smoke", action="store_true",
                         help="no GPU: one program through the interpreter (SMOKE, not a "
                              "timing; the first-contact command's CPU rehearsal)")
@@ -102,8 +119,9 @@ def main(argv=None):
         for grid in grids:
             if grid > n_sm:
                 continue
-            us, failed = time_meetings(grid, steps, cooperative=mode == "cooperative",
-                                       device=device)
+            us, failed = time_meetings(grid, steps, cooperative=mode != "plain",
+                                       device=device, tags=mode.startswith("tags"),
+                                       load=mode == "tags-load")
             # appended and flushed at once: a launch that hangs later loses no earlier row
             rows.append(out, dict(date=date, device=name, torch=torch.__version__,
                                   triton=metadata.version("triton"), smoke=args.smoke,

@@ -16,6 +16,9 @@ memory per program) at the plan `persistent_config.plan` gives the bar's cases
              cycles each on sm_90, so a deep chain is latency the count cannot see.
   regs       registers per thread and bytes spilled (ptxas -v).
   smem       shared memory of the program (a resident W lives there).
+  sync ops   the distinct global memory-ordering instructions of the grid's meetings
+             (`sync_ops`: e.g. `red.release.add` + `ld.acquire` for grid_sync's counter,
+             `red.release.max` + `atom.acquire.add` for the step-tagged exchange).
   compile s  wall time of one cold compile here (sweeps.py reads it for its estimate).
 
 Each kernel is compiled as its launch would compile it: the real launcher runs on CPU
@@ -77,20 +80,20 @@ STEPS = 2  # T is not specialised on (do_not_specialize): any length compiles th
 class _Captured(Exception):
     """Raised by the stand-in kernel: the launcher's arguments, exactly as it passes them."""
 
-    def __init__(self, args, kwargs):
+    def __init__(self, args, kwargs, grid):
         super().__init__("captured")
-        self.args, self.kwargs = args, kwargs
+        self.args, self.kwargs, self.grid = args, kwargs, grid
 
 
 class _CapturingKernel:
     def __getitem__(self, grid):
         def launch(*args, **kwargs):
-            raise _Captured(args, kwargs)
+            raise _Captured(args, kwargs, grid)
         return launch
 
 
 def launch_arguments(cell, direction, dtype, batch, hidden, plan):
-    """(args, kwargs) the real launcher passes its kernel for one layer-direction of
+    """(args, kwargs, programs) the real launcher passes its kernel for one layer-direction of
     (batch, hidden), without a GPU: the launcher runs on CPU tensors of the same shapes,
     strides and dtypes and its kernel is replaced by a stand-in that records the call."""
     module, name = LAUNCHERS[cell, direction]
@@ -117,7 +120,7 @@ def launch_arguments(cell, direction, dtype, batch, hidden, plan):
     try:
         getattr(module, name)(*args, plan)
     except _Captured as call:
-        return call.args, call.kwargs
+        return call.args, call.kwargs, call.grid[0]
     finally:
         setattr(module, kernel_name, real)
     raise RuntimeError(f"{name} did not launch its kernel")
@@ -150,7 +153,8 @@ def compile_case(cell, direction, dtype, batch, hidden, plan=None):
     n_gates = 4 if cell == "lstm" else 3
     k, _ = persistent_config.recurrent_shape(n_gates, hidden, hidden, plan.block_h,
                                              plan.block_o, direction == "bwd")
-    args, kwargs = launch_arguments(cell, direction, dtype, batch, hidden, plan)
+    # the launch's own grid: a narrow forward's differs from the plan's (forward_plan)
+    args, kwargs, grid = launch_arguments(cell, direction, dtype, batch, hidden, plan)
     src, options = runtime_source(kernel, args, kwargs)
     with tempfile.TemporaryDirectory() as cache, _triton_cache(cache):
         start = time.perf_counter()
@@ -164,10 +168,10 @@ def compile_case(cell, direction, dtype, batch, hidden, plan=None):
     chain = mma_chain_depth(ptx) * chunks  # a streamed W's loop body runs `chunks` times
     return dict(cell=cell, **{"pass": direction}, dtype=DTYPES[dtype], batch=batch,
                 hidden=hidden, mode="resident" if plan.resident else f"streamed x{chunks}",
-                split=split, grid=plan.grid, warps=plan.num_warps,
+                split=split, grid=grid, warps=plan.num_warps,
                 mma_per_smsp=mma * chunks * plan.num_warps // 4, mma_chain=chain,
                 regs=regs, spill_bytes=spill, smem_kib=compiled.metadata.shared / 1024,
-                v4_loads=len(re.findall(r"ld\.global(\.\w+)*\.v4", ptx)),
+                v4_loads=len(re.findall(r"ld\.global(\.\w+)*\.v4", ptx)), sync_ops=sync_ops(ptx),
                 compile_s=round(compile_s, 2))
 
 
@@ -242,7 +246,9 @@ def mma_chain_depth(ptx):
 # Issue 16's plan options (persistent_config), compiled beside the defaults: name ->
 # (dtype, passes, plan -> plan). Their defaults stay off until a GPU times them.
 OPTIONS = {"chain16": (torch.bfloat16, ("fwd",), lambda p: persistent_config.with_chain(p, 16)),
-           "tf32x3": (torch.float32, ("fwd", "bwd"), persistent_config.tf32x3)}
+           "tf32x3": (torch.float32, ("fwd", "bwd"), persistent_config.tf32x3),
+           "tags": (torch.bfloat16, ("fwd", "bwd"), persistent_config.with_step_tags),
+           "narrow": (torch.bfloat16, ("fwd",), persistent_config.with_narrow_forward)}
 
 
 def option_rows(hiddens):
@@ -256,6 +262,15 @@ def option_rows(hiddens):
                                        plan=option(h100_plan(cell, dtype, 16, h)))
                     rows.append(dict(got, option=name))
     return rows
+
+
+_SYNC_OP = re.compile(r"\b(atom|red|ld|st)\.global\.gpu\.(acquire|release)\.(\w+)")
+
+
+def sync_ops(ptx):
+    """The distinct acquire/release global instructions in `ptx` ("red.release.add ..."):
+    how the grid's meetings compile (an `atom` returns its old value, a `red` does not)."""
+    return " ".join(sorted({f"{m[0]}.{m[1]}.{m[2]}" for m in _SYNC_OP.findall(ptx)}))
 
 
 def ptxas_usage(ptx):
@@ -292,14 +307,15 @@ def main(argv=None):
              "16-byte `ld.global...v4` in the PTX. compile s: one cold compile on this "
              "machine's CPU (the compile-for-sm_90 path, not a GPU machine's).", "",
              "| cell | pass | dtype | option | B | H | W_hh | split | grid | warps | "
-             "mma/SMSP/step | mma chain | regs | spill B | smem KiB | v4 loads | compile s |",
-             "|" + "---|" * 17]
+             "mma/SMSP/step | mma chain | regs | spill B | smem KiB | v4 loads | sync ops | "
+             "compile s |",
+             "|" + "---|" * 18]
     for r in rows:
         lines.append(f"| {r['cell']} | {r['pass']} | {r['dtype']} | {r['option']} | "
                      f"{r['batch']} | {r['hidden']} | {r['mode']} | {r['split']} | {r['grid']} | "
                      f"{r['warps']} | {r['mma_per_smsp']} | {r['mma_chain']} | {r['regs']} | "
                      f"{r['spill_bytes']} | {r['smem_kib']:.0f} | {r['v4_loads']} | "
-                     f"{r['compile_s']:.1f} |")
+                     f"{r['sync_ops']} | {r['compile_s']:.1f} |")
     text = "\n".join(lines) + "\n"
     print(text)
     out = Path(args.out or REPORTS / "compiled" / f"{date}-triton{triton.__version__}.md")

@@ -60,8 +60,9 @@ FILES = (LOG, PHASES, ENV, COMPILE, LAB, BARRIER, TESTS)
 
 # Seconds per phase on a GPU (about 8 minutes in all; the sweep takes what is left), and
 # in the CPU rehearsal. FIRST_<PHASE>_SECONDS overrides one.
-BUDGET_GPU = dict(env=15, compile=60, race=110, barrier=40, decomp=100, tests=90, sweep=480)
-BUDGET_SMOKE = dict(env=20, compile=40, race=60, barrier=20, decomp=80, tests=30, sweep=60)
+# decomp: ~25 s a variant on a GPU (DECOMP_VARIANTS), ~20 s in the rehearsal
+BUDGET_GPU = dict(env=15, compile=60, race=110, barrier=40, decomp=200, tests=90, sweep=480)
+BUDGET_SMOKE = dict(env=20, compile=40, race=60, barrier=20, decomp=160, tests=30, sweep=60)
 PHASE_ORDER = tuple(BUDGET_GPU)
 MIN_PHASE_S = 5  # a phase with less than this left before the deadline is skipped
 
@@ -69,9 +70,18 @@ MIN_PHASE_S = 5  # a phase with less than this left before the deadline is skipp
 # the same sweep: (variant, sweep, environment of the lab process). Issue 16's options are
 # switched by LSTM_TRITON_PLAN (kernels/persistent_config.PLAN_OPTIONS); chain16 splits the
 # bf16 forward's mma chain (48 -> 16 at H=768, 64 -> 16 at H=1024), tf32x3 only changes a
-# float32 plan, hence its own float32 sweep.
+# float32 plan, hence its own float32 sweep; tags meets through the step-tagged exchange
+# (kernels/step_tags.py) instead of the shared arrival counter (tags-load: its poll by acquire
+# loads, step_tags.TAG_POLL); narrow runs the forward on twice the programs, 8 units each
+# (persistent_config.forward_plan), alone and with tags (its extra programs make the
+# exchange dearer, which the tags may pay back).
 DECOMP_VARIANTS = (("default", "decomp", {}),
                    ("chain16", "decomp", {"LSTM_TRITON_PLAN": "chain16"}),
+                   ("tags", "decomp", {"LSTM_TRITON_PLAN": "tags"}),
+                   ("tags-load", "decomp", {"LSTM_TRITON_PLAN": "tags",
+                                            "LSTM_TRITON_TAG_POLL": "load"}),
+                   ("narrow", "decomp", {"LSTM_TRITON_PLAN": "narrow"}),
+                   ("narrow+tags", "decomp", {"LSTM_TRITON_PLAN": "narrow+tags"}),
                    ("default", "decomp-fp32", {}),
                    ("tf32x3", "decomp-fp32", {"LSTM_TRITON_PLAN": "tf32x3"}))
 
@@ -222,7 +232,7 @@ def phase_race(run, seconds):
 
 def phase_barrier(run, seconds):
     cmd = [sys.executable, "-m", "bench.barrier", "--out", run.out / BARRIER,
-           "--grids", "1,16,32,48,64,SMS", "--modes", "cooperative,plain"]
+           "--grids", "1,16,32,48,64,SMS", "--modes", "cooperative,plain,tags,tags-load"]
     return run.command(cmd + (["--smoke"] if run.smoke else ["--steps", "2048"]), seconds)
 
 

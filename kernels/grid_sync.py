@@ -33,6 +33,10 @@ where the host cannot read it, the outputs become NaN instead (launch_failed). T
 persistent kernels are launched cooperatively (persistent_config.COOPERATIVE), so the
 driver starts a grid only once all of it is resident; the bounded wait is the guard
 behind that.
+
+kernels/step_tags.py meets without the shared counter (a tag word per program, a plan
+option of issue 16); it keeps this word for its failure flag, so the launcher's side
+(launch_failed) is the same for both.
 """
 import torch
 import triton
@@ -45,15 +49,18 @@ FAILED = tl.constexpr(1 << FAILED_BIT)
 COUNT_MASK = tl.constexpr((1 << FAILED_BIT) - 1)
 
 
-def new_sync_state(device) -> torch.Tensor:
-    """A fresh zeroed barrier word for one launch."""
-    return torch.zeros(1, dtype=torch.int64, device=device)
+def new_sync_state(device, tags: int = 0) -> torch.Tensor:
+    """A fresh zeroed barrier word for one launch, followed by `tags` zeroed tag words when
+    the launch exchanges by step tags (kernels/step_tags.py)."""
+    return torch.zeros(1 + tags, dtype=torch.int64, device=device)
 
 
-def failed_sync_state(device) -> torch.Tensor:
+def failed_sync_state(device, tags: int = 0) -> torch.Tensor:
     """A barrier word whose failure flag is already set (tests: every wait fails at once)."""
     # filled on the device, not copied from the host: usable inside a CUDA graph capture
-    return torch.full((1,), FAILED.value, dtype=torch.int64, device=device)
+    state = torch.zeros(1 + tags, dtype=torch.int64, device=device)
+    state[:1] = FAILED.value
+    return state
 
 
 def barrier_failed(sync_state: torch.Tensor) -> bool:
@@ -69,7 +76,7 @@ def launch_failed(sync_state: torch.Tensor, outputs) -> bool:
     with NaN there when it is set, and False is returned (graph_capture.py says why)."""
     if not graph_capture.capturing(sync_state.device):
         return barrier_failed(sync_state)
-    failed = (sync_state & FAILED.value) != 0  # (1,) bool, broadcast over each output
+    failed = (sync_state[:1] & FAILED.value) != 0  # (1,) bool, broadcast over each output
     for out in outputs:
         if out is not None:
             out.masked_fill_(failed, float("nan"))

@@ -149,7 +149,10 @@ def recurrent_dot(plan, n_gates: int, hidden: int, width: int, backward: bool) -
     if partials:  # pieces of at most `chain` mma of K = 16 each (with_chain), unrolled
         kp = max(min(pad_dot(k), MIN_DOT * plan.chain), pad_dot(triton.cdiv(k, MAX_PIECES)))
         n_pieces = triton.cdiv(k, kp)
-    return dict(KP=kp, NP=n_pieces, SPLIT=split_k(kp, n_cols, plan.num_warps), PARTIALS=partials)
+    # narrow (forward_plan): the transposed dot's N is the batch, which its warps split by K
+    n_dot = plan.block_b if plan.narrow else n_cols
+    return dict(KP=kp, NP=n_pieces, SPLIT=split_k(kp, n_dot, plan.num_warps), PARTIALS=partials,
+                TRANS=plan.narrow)
 
 
 def launch_options(plan) -> dict:
@@ -183,6 +186,14 @@ class PersistentPlan:
     # forward split K (issue 16, with_chain): at most `chain` dependent mma per partial sum;
     # 0 = one accumulator for the whole K, the default until a GPU times both
     chain: int = 0
+    # the step-tagged exchange (issue 16, with_step_tags, kernels/step_tags.py) instead of
+    # grid_sync's shared arrival counter; off until a GPU times both
+    step_tags: bool = False
+    # the forward with the fewest units per program the SMs allow (down to 8) and its dot
+    # transposed (issue 16, with_narrow_forward; forward_plan); backward keeps this plan's
+    # layout. sms: the SM count the plan was made for (1 under the interpreter).
+    narrow: bool = False
+    sms: int = 0
 
 
 def dot_mode(dtype, device) -> int:
@@ -236,7 +247,8 @@ def plan(n_gates: int, device, dtype, batch: int, hidden: int, width: int = 0, b
         # its broadcast product over a whole piece would pass Triton's tensor-size limit)
         return _with_option(PersistentPlan(grid=1, block_b=block_b, block_h=pad_dot(hidden),
                                            block_o=pad_dot(width), block_k=MIN_DOT,
-                                           resident=dot != DOT_FMA, dot=dot, num_warps=4)), None
+                                           resident=dot != DOT_FMA, dot=dot, num_warps=4,
+                                           sms=1)), None
     if device.type != "cuda":
         return None, f"no persistent kernel for device type {device.type!r}"
     n_sm, reg_bytes, smem_bytes = budget or _gpu_budget(device)
@@ -268,7 +280,7 @@ def plan(n_gates: int, device, dtype, batch: int, hidden: int, width: int = 0, b
         grid=grid, block_b=block_b, block_h=block_h, block_o=block_o, block_k=block_k,
         resident=resident, dot=dot, num_warps=NUM_WARPS,
         max_regs=min(MAX_REGS, reg_bytes // 4 // (32 * NUM_WARPS)),
-        cooperative=COOPERATIVE)), None
+        cooperative=COOPERATIVE, sms=n_sm)), None
 
 
 def not_cooperative(p: PersistentPlan) -> PersistentPlan:
@@ -300,12 +312,52 @@ def with_chain(p: PersistentPlan, chain: int = 16) -> PersistentPlan:
     return replace(p, chain=chain)
 
 
+def with_step_tags(p: PersistentPlan) -> PersistentPlan:
+    """The same plan meeting through the step-tagged exchange (kernels/step_tags.py): each
+    program publishes its arrivals in its own tag word, each consumer polls the tags."""
+    return replace(p, step_tags=True)
+
+
+NARROW_UNITS = 8  # 4 gates x 8 units: 32 rows, two mma tiles of M (tl.dot's minimum is 16)
+
+
+def with_narrow_forward(p: PersistentPlan) -> PersistentPlan:
+    """The same plan with the forward split into more, narrower programs (forward_plan)."""
+    return replace(p, narrow=True)
+
+
+def forward_plan(p: PersistentPlan, hidden: int, width: int) -> PersistentPlan:
+    """The plan a forward launch runs. With the narrow option (issue 16) each program owns the
+    fewest units that keep the grid within the SMs, down to NARROW_UNITS (96 programs at
+    H=768, 128 at H=1024 on 132 SMs: half the W bytes and mma of each), and the recurrent dot
+    runs transposed, W's fused gate tile as M (persistent_tiles.chunk_dot), so 8 units still
+    give tl.dot 32 rows. Backward keeps `p` (its dot is BLOCK_H wide: 8 would be under
+    tl.dot's 16). A projection (width != hidden) keeps `p` too: its BLOCK_O columns of h
+    follow the grid. Under the interpreter (sms = 1) one program covers every unit, as
+    always, and only H <= 8 runs 8 units; the transposed dot runs at every H."""
+    if not p.narrow:
+        return p
+    if width != hidden or p.sms < 1:
+        return replace(p, narrow=False)
+    block_h = max(NARROW_UNITS, triton.next_power_of_2(triton.cdiv(hidden, p.sms)))
+    block_h = min(block_h, p.block_h)
+    return replace(p, grid=triton.cdiv(hidden, block_h), block_h=block_h, block_o=block_h)
+
+
+def tag_lanes(p: PersistentPlan) -> int:
+    """The kernels' TAGS under `p`: 0 for grid_sync's counter, else one tag word per program,
+    rounded up to a power of two (the poll's vector width; lanes past the grid are masked)."""
+    return triton.next_power_of_2(p.grid) if p.step_tags else 0
+
+
 # Issue 16's options by name, for the lab's A/B comparisons (bench/first_contact.py's
 # decomposition runs the same sweep once per option, each in its own process). The
 # environment variable LSTM_TRITON_PLAN applies one to every persistent plan the process
 # makes; it is read once, at import, so the host path pays nothing. Unset, the defaults
 # run: an option becomes a default only when a GPU has timed it (reports/NOTES.md).
-PLAN_OPTIONS = {"default": None, "chain16": lambda p: with_chain(p, 16), "tf32x3": tf32x3}
+PLAN_OPTIONS = {"default": None, "chain16": lambda p: with_chain(p, 16), "tf32x3": tf32x3,
+                "tags": with_step_tags, "narrow": with_narrow_forward,
+                "narrow+tags": lambda p: with_step_tags(with_narrow_forward(p))}
 PLAN_OPTION_NAME = os.environ.get("LSTM_TRITON_PLAN", "default")
 if PLAN_OPTION_NAME not in PLAN_OPTIONS:
     raise ValueError(f"LSTM_TRITON_PLAN={PLAN_OPTION_NAME!r} is not a plan option: use one of "

@@ -24,12 +24,14 @@ from .cell_math import (gru_cell_backward, gru_cell_forward, load_gates4, recurr
                         row_keep, store_gates3, store_gates4, zoneout,
                         zoneout_backward)
 from .config import compute_dtype
-from .grid_sync import grid_arrive, grid_start, grid_wait, launch_failed, new_sync_state
+from .grid_sync import launch_failed, new_sync_state
 from .launch import prepared
-from .persistent_config import PersistentPlan, launch_options, recurrent_dot, schedule_tensors
+from .persistent_config import (PersistentPlan, forward_plan, launch_options, recurrent_dot,
+                                schedule_tensors, tag_lanes)
 from .persistent_tiles import (backward_step_rows, forward_step_rows, gate_columns, load_rows,
                                program_tile, recurrent_matmul, recurrent_matmul_partials,
                                resident_weights, split_gates, step_at, step_rows, step_tile)
+from .step_tags import exchange_arrive, exchange_start, exchange_wait
 from .step_variant import variant_args
 from .tiles import load_gate, store_gate
 
@@ -52,13 +54,14 @@ def gru_persistent_fwd_kernel(
     REVERSE: tl.constexpr, SAVE: tl.constexpr, HAS_BHH: tl.constexpr, RESIDENT: tl.constexpr,
     DOT: tl.constexpr, COMPUTE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, KP: tl.constexpr,
-    NP: tl.constexpr, PARTIALS: tl.constexpr,
+    NP: tl.constexpr, PARTIALS: tl.constexpr, TAGS: tl.constexpr, TRANS: tl.constexpr,
 ):
     row, units, unit_ok, state_mask = program_tile(BLOCK_B, BLOCK_H, B, H)
     h = load_gate(h0_ptr, row, units, stride_h0, 0, H, state_mask, COMPUTE)  # (BLOCK_B, BLOCK_H)
     # W_hh^T restricted to the three gates of this program's units: one (H, 4*BLOCK_H) tile
     w_rows, w_ok = gate_columns(BLOCK_H, H, 3)
-    w = resident_weights(w_hh_ptr, H, w_rows, w_ok, 1, stride_w, RESIDENT, SPLIT, KP, NP)
+    # TRANS (persistent_config.forward_plan's narrow option): held transposed, the dot's M
+    w = resident_weights(w_hh_ptr, H, w_rows, w_ok, 1, stride_w, RESIDENT, SPLIT, KP, NP, TRANS)
     if HAS_BHH:  # b_hh in the same fused layout: the recurrent matmul starts from it
         b_hh = tl.load(b_hh_ptr + w_rows, mask=w_ok, other=0.0).to(COMPUTE)
     else:
@@ -68,7 +71,8 @@ def gru_persistent_fwd_kernel(
         src_ptr, stride_src, alt_ptr, stride_alt = xin_ptr, stride_xin, h0in_ptr, stride_h0in
     else:
         src_ptr, stride_src, alt_ptr, stride_alt = y_ptr, stride_y, h0_ptr, stride_h0
-    n_prog, ok = grid_start(sync_ptr)  # meeting 0: the whole grid is running
+    # meeting 1: the whole grid is running (TAGS: step-tagged exchange, kernels/step_tags.py)
+    n_prog, ok = exchange_start(sync_ptr, TAGS)
     s = 0
     while (s < T) & ok:
         bs, off, bs_p, off_p = forward_step_rows(s, T, bs_ptr, off_ptr, REVERSE)
@@ -80,18 +84,18 @@ def gru_persistent_fwd_kernel(
         h_in = h
         if KEEP:
             h_in = h * row_keep(keep_ptr + off, row, bs, COMPUTE)
-        ok = grid_wait(sync_ptr, (s + 1) * n_prog, spin_limit)
+        ok = exchange_wait(sync_ptr, s + 1, n_prog, spin_limit, TAGS)
         if PARTIALS:  # a plan option (persistent_config.with_chain): one partial per W piece
             rec = recurrent_matmul_partials(tl.zeros((BLOCK_B, 4 * BLOCK_H), COMPUTE) + b_hh,
                                             src_ptr, off_p, tl.minimum(bs_p, bs), stride_src,
                                             alt_ptr, stride_alt, bs, row, w, w_hh_ptr, w_rows,
                                             w_ok, 1, stride_w, H, RESIDENT, SPLIT, KP, NP,
-                                            BLOCK_K, DOT)
+                                            BLOCK_K, DOT, TRANS)
         else:
             rec = recurrent_matmul(tl.zeros((BLOCK_B, 4 * BLOCK_H), COMPUTE) + b_hh, src_ptr,
                                    off_p, tl.minimum(bs_p, bs), stride_src, alt_ptr, stride_alt,
                                    bs, row, w, w_hh_ptr, w_rows, w_ok, 1, stride_w, H, RESIDENT,
-                                   SPLIT, KP, NP, BLOCK_K, DOT)
+                                   SPLIT, KP, NP, BLOCK_K, DOT, TRANS)
         rec_r, rec_z, rec_n, _ = split_gates(rec, BLOCK_B, BLOCK_H)
         r, z, n, h_new = gru_cell_forward(x_r, x_z, x_n, rec_r, rec_z, rec_n, h_in)
         if ZONE_H:
@@ -103,7 +107,7 @@ def gru_persistent_fwd_kernel(
             scale = recurrent_scale(keep_ptr + off_x, bs_x, drop_ptr, stride_drop, row, units,
                                     H, mask, KEEP, DROP, COMPUTE)
             store_gate(xin_ptr, rows, units, stride_xin, 0, H, h_new * scale, mask & (row < bs_x))
-        grid_arrive(sync_ptr)
+        exchange_arrive(sync_ptr, s + 2, TAGS)
         if SAVE:  # read by backward only: stored after the arrive, off the step's critical path
             store_gates4(gates_ptr, rows, units, stride_gates, H, r, z, n, rec_n, mask)
         h = tl.where(active, h_new, h)
@@ -128,13 +132,13 @@ def gru_persistent_bwd_kernel(
     KEEP: tl.constexpr, DROP: tl.constexpr, ZONE_C: tl.constexpr, ZONE_H: tl.constexpr,
     REVERSE: tl.constexpr, RESIDENT: tl.constexpr, DOT: tl.constexpr, COMPUTE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr,
-    KP: tl.constexpr, NP: tl.constexpr,
+    KP: tl.constexpr, NP: tl.constexpr, TAGS: tl.constexpr,
 ):
     row, units, unit_ok, state_mask = program_tile(BLOCK_B, BLOCK_H, B, H)
     dh = load_gate(dh_n_ptr, row, units, stride_dhn, 0, H, state_mask, COMPUTE)  # carried dh
     K = 3 * H
     w = resident_weights(w_hh_ptr, K, units, unit_ok, stride_w, 1, RESIDENT, SPLIT, KP, NP)
-    n_prog, ok = grid_start(sync_ptr)
+    n_prog, ok = exchange_start(sync_ptr, TAGS)
     s = 0
     while (s < T + 1) & ok:  # iteration T only finishes dh0
         bs, off, bs_p, off_p, bs_n, off_n = backward_step_rows(s, T, bs_ptr, off_ptr, REVERSE)
@@ -144,7 +148,7 @@ def gru_persistent_bwd_kernel(
         r, z, n, rec_n = load_gates4(gates_ptr, rows, units, stride_gates, H, mask, COMPUTE)
         h_prev = load_rows(y_ptr, off_p, tl.minimum(bs_p, bs), stride_y, h0_ptr, stride_h0,
                            bs, row, units, H).to(COMPUTE)
-        ok = grid_wait(sync_ptr, (s + 1) * n_prog, spin_limit)
+        ok = exchange_wait(sync_ptr, s + 1, n_prog, spin_limit, TAGS)
         rec = recurrent_matmul(tl.zeros((BLOCK_B, BLOCK_H), COMPUTE), drec_ptr, off_n, bs_n,
                                stride_drec, drec_ptr, 0, bs_n, row, w, w_hh_ptr, units, unit_ok,
                                stride_w, 1, K, RESIDENT, SPLIT, KP, NP, BLOCK_K, DOT)
@@ -165,7 +169,7 @@ def gru_persistent_bwd_kernel(
         if KEEP:
             dh_direct = dh_direct * keep
         store_gates3(drec_ptr, rows, units, stride_drec, H, d_r, d_z, d_n * r, mask)
-        grid_arrive(sync_ptr)
+        exchange_arrive(sync_ptr, s + 2, TAGS)
         store_gates3(dgx_ptr, rows, units, stride_dgx, H, d_r, d_z, d_n, mask)  # read after it
         dh = tl.where(active, dh_direct, dh)
         s += 1
@@ -180,8 +184,9 @@ def gru_persistent_fwd(gx, sched, h0, w_hh, b_hh, save, plan: PersistentPlan, va
     variant, h0in: as for persistent_lstm.lstm_persistent_fwd.
     """
     n_rows, (batch, hidden) = gx.shape[0], h0.shape
+    plan = forward_plan(plan, hidden, hidden)  # the narrow option's own grid (issue 16)
     bs, off = schedule_tensors(sched, gx.device)
-    sync = new_sync_state(gx.device)
+    sync = new_sync_state(gx.device, tag_lanes(plan))
     y = gx.new_empty(n_rows, hidden)
     h_n = h0.new_empty(batch, hidden)
     gates = gx.new_empty(n_rows, 4 * hidden) if save else None
@@ -198,7 +203,7 @@ def gru_persistent_fwd(gx, sched, h0, w_hh, b_hh, save, plan: PersistentPlan, va
         REVERSE=sched.reverse, SAVE=save, HAS_BHH=b_hh is not None, RESIDENT=plan.resident,
         DOT=plan.dot, COMPUTE=compute_dtype(gx.dtype), BLOCK_B=plan.block_b,
         BLOCK_H=plan.block_h, BLOCK_K=plan.block_k,
-        **recurrent_dot(plan, 3, hidden, hidden, backward=False),
+        **recurrent_dot(plan, 3, hidden, hidden, backward=False), TAGS=tag_lanes(plan),
         **launch_options(plan),
     )
     if launch_failed(sync, (y, h_n, gates)):
@@ -214,7 +219,7 @@ def gru_persistent_bwd(dy, dh_n, sched, h0, w_hh, y, gates, plan: PersistentPlan
     """
     n_rows, (batch, hidden) = dy.shape[0], h0.shape
     bs, off = schedule_tensors(sched, dy.device)
-    sync = new_sync_state(dy.device)
+    sync = new_sync_state(dy.device, tag_lanes(plan))
     dgx, drec = dy.new_empty(n_rows, 3 * hidden), dy.new_empty(n_rows, 3 * hidden)
     dh0 = dh_n.new_empty(batch, hidden)
     ptrs, strides, flags = variant_args(variant, h0)
@@ -228,7 +233,7 @@ def gru_persistent_bwd(dy, dh_n, sched, h0, w_hh, y, gates, plan: PersistentPlan
         REVERSE=sched.reverse, RESIDENT=plan.resident, DOT=plan.dot,
         COMPUTE=compute_dtype(dy.dtype), BLOCK_B=plan.block_b, BLOCK_H=plan.block_h,
         BLOCK_K=plan.block_k,
-        **recurrent_dot(plan, 3, hidden, hidden, backward=True),
+        **recurrent_dot(plan, 3, hidden, hidden, backward=True), TAGS=tag_lanes(plan),
         **launch_options(plan),
     )
     if launch_failed(sync, (dgx, drec, dh0)):

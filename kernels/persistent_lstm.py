@@ -46,13 +46,14 @@ import triton.language as tl
 from .cell_math import (load_gates4, lstm_cell_backward, lstm_cell_forward, recurrent_scale,
                         row_keep, store_gates4, zoneout, zoneout_backward)
 from .config import compute_dtype, state_dtype
-from .grid_sync import grid_arrive, grid_start, grid_wait, launch_failed, new_sync_state
+from .grid_sync import launch_failed, new_sync_state
 from .launch import prepared
 from .persistent_config import (PersistentPlan, launch_options, pad_dot, recurrent_dot,
-                                schedule_tensors, split_k)
+                                forward_plan, schedule_tensors, split_k, tag_lanes)
 from .persistent_tiles import (backward_step_rows, forward_step_rows, gate_columns, load_rows,
                                program_tile, recurrent_matmul, recurrent_matmul_partials,
                                resident_weights, split_gates, step_at, step_rows, step_tile)
+from .step_tags import exchange_arrive, exchange_start, exchange_wait
 from .step_variant import variant_args
 from .tiles import load_gate, store_gate
 
@@ -78,7 +79,8 @@ def lstm_persistent_fwd_kernel(
     REVERSE: tl.constexpr, SAVE: tl.constexpr, PROJ: tl.constexpr, RESIDENT: tl.constexpr,
     DOT: tl.constexpr, COMPUTE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_O: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, PROJ_SPLIT: tl.constexpr,
-    KP: tl.constexpr, NP: tl.constexpr, PARTIALS: tl.constexpr,
+    KP: tl.constexpr, NP: tl.constexpr, PARTIALS: tl.constexpr, TAGS: tl.constexpr,
+    TRANS: tl.constexpr,
 ):
     row, units, unit_ok, state_mask = program_tile(BLOCK_B, BLOCK_H, B, H)
     # this program's columns of the recurrent state h (R wide): its units, or with a
@@ -88,14 +90,16 @@ def lstm_persistent_fwd_kernel(
     h = load_gate(h0_ptr, row, cols, stride_h0, 0, R, out_mask, COMPUTE)  # (BLOCK_B, BLOCK_O)
     # W_hh^T restricted to the four gates of this program's units: one (R, 4*BLOCK_H) tile
     w_rows, w_ok = gate_columns(BLOCK_H, H, 4)
-    w = resident_weights(w_hh_ptr, R, w_rows, w_ok, 1, stride_w, RESIDENT, SPLIT, KP, NP)
+    # TRANS (persistent_config.forward_plan's narrow option): held transposed, the dot's M
+    w = resident_weights(w_hh_ptr, R, w_rows, w_ok, 1, stride_w, RESIDENT, SPLIT, KP, NP, TRANS)
     meetings: tl.constexpr = 2 if PROJ else 1  # per step: the projection needs all of m
     masked_in: tl.constexpr = KEEP or DROP  # the GEMM reads xin / h0in instead of y / h0
     if masked_in:
         src_ptr, stride_src, alt_ptr, stride_alt = xin_ptr, stride_xin, h0in_ptr, stride_h0in
     else:
         src_ptr, stride_src, alt_ptr, stride_alt = y_ptr, stride_y, h0_ptr, stride_h0
-    n_prog, ok = grid_start(sync_ptr)  # meeting 0: the whole grid is running
+    # meeting 1: the whole grid is running (TAGS: step-tagged exchange, kernels/step_tags.py)
+    n_prog, ok = exchange_start(sync_ptr, TAGS)
     s = 0
     while (s < T) & ok:
         bs, off, bs_p, off_p = forward_step_rows(s, T, bs_ptr, off_ptr, REVERSE)
@@ -108,18 +112,19 @@ def lstm_persistent_fwd_kernel(
             keep = row_keep(keep_ptr + off, row, bs, COMPUTE)
             c_in = c * keep
             h_in = h * keep
-        ok = grid_wait(sync_ptr, (meetings * s + 1) * n_prog, spin_limit)
+        ok = exchange_wait(sync_ptr, meetings * s + 1, n_prog, spin_limit, TAGS)
         # h_{t-1}: rows continuing from the previous step from y, the others from h0
         if PARTIALS:  # a plan option (persistent_config.with_chain): one partial per W piece
             pre = recurrent_matmul_partials(tl.zeros((BLOCK_B, 4 * BLOCK_H), COMPUTE), src_ptr,
                                             off_p, tl.minimum(bs_p, bs), stride_src, alt_ptr,
                                             stride_alt, bs, row, w, w_hh_ptr, w_rows, w_ok, 1,
-                                            stride_w, R, RESIDENT, SPLIT, KP, NP, BLOCK_K, DOT)
+                                            stride_w, R, RESIDENT, SPLIT, KP, NP, BLOCK_K, DOT,
+                                            TRANS)
         else:
             pre = recurrent_matmul(tl.zeros((BLOCK_B, 4 * BLOCK_H), COMPUTE), src_ptr, off_p,
                                    tl.minimum(bs_p, bs), stride_src, alt_ptr, stride_alt, bs,
                                    row, w, w_hh_ptr, w_rows, w_ok, 1, stride_w, R, RESIDENT,
-                                   SPLIT, KP, NP, BLOCK_K, DOT)
+                                   SPLIT, KP, NP, BLOCK_K, DOT, TRANS)
         pre_i, pre_f, pre_g, pre_o = split_gates(pre, BLOCK_B, BLOCK_H)
         i, f, g, o, c_new, m = lstm_cell_forward(pre_i + x_i, pre_f + x_f, pre_g + x_g,
                                                  pre_o + x_o, c_in)
@@ -129,8 +134,8 @@ def lstm_persistent_fwd_kernel(
         c = tl.where(active, c_new, c)
         if PROJ:  # h_t = m_t W_hr^T: every program needs all of m_t, hence a second meeting
             store_gate(m_ptr, rows, units, stride_m, 0, H, m, mask)
-            grid_arrive(sync_ptr)
-            ok = ok & grid_wait(sync_ptr, (meetings * s + 2) * n_prog, spin_limit)
+            exchange_arrive(sync_ptr, meetings * s + 2, TAGS)
+            ok = ok & exchange_wait(sync_ptr, meetings * s + 2, n_prog, spin_limit, TAGS)
             h_t = recurrent_matmul(tl.zeros((BLOCK_B, BLOCK_O), COMPUTE), m_ptr, off, bs,
                                    stride_m, m_ptr, 0, bs, row, 0, w_hr_ptr, cols, col_ok, 1,
                                    stride_whr, H, False, PROJ_SPLIT, BLOCK_K, 1, BLOCK_K, DOT)
@@ -146,7 +151,7 @@ def lstm_persistent_fwd_kernel(
                                     R, active & col_ok, KEEP, DROP, COMPUTE)
             store_gate(xin_ptr, rows, cols, stride_xin, 0, R, h_t * scale,
                        active & col_ok & (row < bs_x))
-        grid_arrive(sync_ptr)
+        exchange_arrive(sync_ptr, meetings * (s + 1) + 1, TAGS)
         if SAVE:  # read by backward only: stored after the arrive, off the step's critical path
             store_gates4(gates_ptr, rows, units, stride_gates, H, i, f, g, o, mask)
             store_gate(c_save_ptr, rows, units, stride_cs, 0, H, c_new, mask)
@@ -176,7 +181,7 @@ def lstm_persistent_bwd_kernel(
     REVERSE: tl.constexpr, PROJ: tl.constexpr, RESIDENT: tl.constexpr, DOT: tl.constexpr,
     COMPUTE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_O: tl.constexpr,
     BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, PROJ_SPLIT: tl.constexpr, KP: tl.constexpr,
-    NP: tl.constexpr,
+    NP: tl.constexpr, TAGS: tl.constexpr,
 ):
     row, units, unit_ok, state_mask = program_tile(BLOCK_B, BLOCK_H, B, H)
     _, cols, col_ok, out_mask = program_tile(BLOCK_B, BLOCK_O, B, R)  # columns of h (forward)
@@ -187,7 +192,7 @@ def lstm_persistent_bwd_kernel(
     K = 4 * H
     w = resident_weights(w_hh_ptr, K, cols, col_ok, stride_w, 1, RESIDENT, SPLIT, KP, NP)
     meetings: tl.constexpr = 2 if PROJ else 1
-    n_prog, ok = grid_start(sync_ptr)
+    n_prog, ok = exchange_start(sync_ptr, TAGS)
     s = 0
     while (s < T + 1) & ok:  # iteration T only finishes dh0
         bs, off, bs_p, off_p, bs_n, off_n = backward_step_rows(s, T, bs_ptr, off_ptr, REVERSE)
@@ -198,7 +203,7 @@ def lstm_persistent_bwd_kernel(
         c_prev = load_rows(c_save_ptr, off_p, tl.minimum(bs_p, bs), stride_cs, c0_ptr, stride_c0,
                            bs, row, units, H).to(COMPUTE)
         dy = load_gate(dy_ptr, rows, cols, stride_dy, 0, R, active & col_ok, COMPUTE)
-        ok = grid_wait(sync_ptr, (meetings * s + 1) * n_prog, spin_limit)
+        ok = exchange_wait(sync_ptr, meetings * s + 1, n_prog, spin_limit, TAGS)
         rec = recurrent_matmul(tl.zeros((BLOCK_B, BLOCK_O), COMPUTE), dgates_ptr, off_n, bs_n,
                                stride_dg, dgates_ptr, 0, bs_n, row, w, w_hh_ptr, cols, col_ok,
                                stride_w, 1, K, RESIDENT, SPLIT, KP, NP, BLOCK_K, DOT)
@@ -222,8 +227,8 @@ def lstm_persistent_bwd_kernel(
             dh_t = dy + dh
         if PROJ:  # dm = (dy + dh) W_hr needs every column of dy + dh: a second meeting
             store_gate(dr_ptr, rows, cols, stride_dr, 0, R, dh_t, active & col_ok)
-            grid_arrive(sync_ptr)
-            ok = ok & grid_wait(sync_ptr, (meetings * s + 2) * n_prog, spin_limit)
+            exchange_arrive(sync_ptr, meetings * s + 2, TAGS)
+            ok = ok & exchange_wait(sync_ptr, meetings * s + 2, n_prog, spin_limit, TAGS)
             dm = recurrent_matmul(tl.zeros((BLOCK_B, BLOCK_H), COMPUTE), dr_ptr, off, bs,
                                   stride_dr, dr_ptr, 0, bs, row, 0, w_hr_ptr, units, unit_ok,
                                   stride_whr, 1, R, False, PROJ_SPLIT, BLOCK_K, 1, BLOCK_K, DOT)
@@ -240,7 +245,7 @@ def lstm_persistent_bwd_kernel(
         if KEEP:
             dc_prev = dc_prev * keep
         store_gates4(dgates_ptr, rows, units, stride_dg, H, d_i, d_f, d_g, d_o, mask)
-        grid_arrive(sync_ptr)
+        exchange_arrive(sync_ptr, meetings * (s + 1) + 1, TAGS)
         dc = tl.where(active, dc_prev, dc)
         s += 1
     store_gate(dh0_ptr, row, cols, stride_dh0, 0, R, dh, out_mask)
@@ -260,8 +265,9 @@ def lstm_persistent_fwd(gx, sched, h0, c0, w_hh, w_hr, save, plan: PersistentPla
     """
     n_rows, (batch, width), hidden = gx.shape[0], h0.shape, c0.shape[1]
     proj = w_hr is not None
+    plan = forward_plan(plan, hidden, width)  # the narrow option's own grid (issue 16)
     bs, off = schedule_tensors(sched, gx.device)
-    sync = new_sync_state(gx.device)
+    sync = new_sync_state(gx.device, tag_lanes(plan))
     compute = compute_dtype(gx.dtype)
     y = gx.new_empty(n_rows, width)
     m_all = gx.new_empty(n_rows, hidden) if proj else y
@@ -285,7 +291,7 @@ def lstm_persistent_fwd(gx, sched, h0, c0, w_hh, w_hr, save, plan: PersistentPla
         BLOCK_K=plan.block_k,
         **recurrent_dot(plan, 4, hidden, width, backward=False),
         # the projection's dot is BLOCK_O (often 16) wide, with K = H
-        PROJ_SPLIT=split_k(pad_dot(hidden), plan.block_o, plan.num_warps),
+        PROJ_SPLIT=split_k(pad_dot(hidden), plan.block_o, plan.num_warps), TAGS=tag_lanes(plan),
         **launch_options(plan),
     )
     if launch_failed(sync, (y, m_all, h_n, c_n, gates, c_all)):
@@ -305,7 +311,7 @@ def lstm_persistent_bwd(dy, dh_n, dc_n, sched, c0, w_hh, w_hr, gates, c_all,
     n_rows, (batch, hidden), width = dy.shape[0], dc_n.shape, dh_n.shape[1]
     proj = w_hr is not None
     bs, off = schedule_tensors(sched, dy.device)
-    sync = new_sync_state(dy.device)
+    sync = new_sync_state(dy.device, tag_lanes(plan))
     dgates = dy.new_empty(n_rows, 4 * hidden)
     dr = dy.new_empty(n_rows, width) if proj else None
     dh0, dc0 = dh_n.new_empty(batch, width), dy.new_empty(batch, hidden)
@@ -323,7 +329,7 @@ def lstm_persistent_bwd(dy, dh_n, dc_n, sched, c0, w_hh, w_hr, gates, c_all,
         BLOCK_O=plan.block_o, BLOCK_K=plan.block_k,
         **recurrent_dot(plan, 4, hidden, width, backward=True),
         # dm = dr W_hr: BLOCK_H wide, with K = P
-        PROJ_SPLIT=split_k(pad_dot(width), plan.block_h, plan.num_warps),
+        PROJ_SPLIT=split_k(pad_dot(width), plan.block_h, plan.num_warps), TAGS=tag_lanes(plan),
         **launch_options(plan),
     )
     if launch_failed(sync, (dgates, dh0, dc0, dr)):

@@ -122,26 +122,44 @@ def load_w_tile(w_ptr, ks, K, cols, col_ok, stride_k, stride_n):
 
 @triton.jit
 def load_w_chunks(w_ptr, k0, K, cols, col_ok, stride_k, stride_n, SPLIT: tl.constexpr,
-                  KP: tl.constexpr):
-    """Rows [k0, k0 + KP) of this program's W as SPLIT chunks (SPLIT, KP / SPLIT, N)."""
-    _, ks = k_chunks(k0, SPLIT, KP // SPLIT)
-    return load_w_tile(w_ptr, ks, K, cols[None, :, :], col_ok[None, :, :], stride_k, stride_n)
+                  KP: tl.constexpr, TRANS: tl.constexpr = False):
+    """Rows [k0, k0 + KP) of this program's W as SPLIT chunks (SPLIT, KP / SPLIT, N); TRANS:
+    transposed, (SPLIT, N, KP / SPLIT), the M operand of a transposed dot (chunk_dot)."""
+    ka, kw = k_chunks(k0, SPLIT, KP // SPLIT)
+    # if / else, not an early return: Triton's code generator still builds what follows a
+    # return under a constexpr `if` (and type-checks it)
+    if TRANS:
+        cols_t, ok_t = tl.trans(cols), tl.trans(col_ok)  # (N, 1)
+        w = load_w_tile(w_ptr, ka, K, cols_t[None, :, :], ok_t[None, :, :], stride_k, stride_n)
+    else:
+        w = load_w_tile(w_ptr, kw, K, cols[None, :, :], col_ok[None, :, :], stride_k, stride_n)
+    return w
 
 
 @triton.jit
 def chunk_dot(acc, w, k0, src_ptr, src_row0, n_src, src_stride, alt_ptr, alt_stride, n_active,
-              r, K, SPLIT: tl.constexpr, KP: tl.constexpr, DOT: tl.constexpr):
+              r, K, SPLIT: tl.constexpr, KP: tl.constexpr, DOT: tl.constexpr,
+              TRANS: tl.constexpr = False):
     """acc + A[:, k0:k0 + KP] @ w, w the chunks of `load_w_chunks` for the same rows; A's rows
-    from `load_rows` (r: (BLOCK_B, 1) rows)."""
-    ks, _ = k_chunks(k0, SPLIT, KP // SPLIT)
-    a = load_rows(src_ptr, src_row0, n_src, src_stride, alt_ptr, alt_stride, n_active,
-                  r[None, :, :], ks, K)
-    return split_dot(a, w, acc, DOT)
+    from `load_rows` (r: (BLOCK_B, 1) rows). TRANS: acc and w transposed, acc^T + w^T @ A^T:
+    W's columns are the dot's M, the batch its N (issue 16's narrow forward: 4 gates x 8
+    units = 32 rows of M while every tl.dot dimension stays >= 16)."""
+    ka, kw = k_chunks(k0, SPLIT, KP // SPLIT)
+    if TRANS:  # if / else: see load_w_chunks
+        a_t = load_rows(src_ptr, src_row0, n_src, src_stride, alt_ptr, alt_stride, n_active,
+                        tl.trans(r)[None, :, :], kw, K)  # (SPLIT, KS, BLOCK_B)
+        acc = split_dot(w, a_t, acc, DOT)
+    else:
+        a = load_rows(src_ptr, src_row0, n_src, src_stride, alt_ptr, alt_stride, n_active,
+                      r[None, :, :], ka, K)
+        acc = split_dot(a, w, acc, DOT)
+    return acc
 
 
 @triton.jit
 def resident_weights(w_ptr, K, cols, col_ok, stride_k, stride_n, RESIDENT: tl.constexpr,
-                     SPLIT: tl.constexpr, KP: tl.constexpr, NP: tl.constexpr):
+                     SPLIT: tl.constexpr, KP: tl.constexpr, NP: tl.constexpr,
+                     TRANS: tl.constexpr = False):
     """This program's W (K x len(cols)), loaded once and kept for every step when RESIDENT: a
     tuple of NP pieces of KP rows (a power of two), each SPLIT K-chunks. Pieces pad K less
     than one power of two (768 = 3 x 256, not 1024), and each dot stages only its piece of
@@ -150,7 +168,7 @@ def resident_weights(w_ptr, K, cols, col_ok, stride_k, stride_n, RESIDENT: tl.co
     if RESIDENT:
         for p in tl.static_range(NP):
             w = w + (load_w_chunks(w_ptr, p * KP, K, cols, col_ok, stride_k, stride_n, SPLIT,
-                                   KP),)
+                                   KP, TRANS),)
     return w
 
 
@@ -158,20 +176,26 @@ def resident_weights(w_ptr, K, cols, col_ok, stride_k, stride_n, RESIDENT: tl.co
 def recurrent_matmul(acc, src_ptr, src_row0, n_src, src_stride, alt_ptr, alt_stride, n_active,
                      r, w, w_ptr, cols, col_ok, stride_k, stride_n, K,
                      RESIDENT: tl.constexpr, SPLIT: tl.constexpr, KP: tl.constexpr,
-                     NP: tl.constexpr, BLOCK_K: tl.constexpr, DOT: tl.constexpr):
+                     NP: tl.constexpr, BLOCK_K: tl.constexpr, DOT: tl.constexpr,
+                     TRANS: tl.constexpr = False):
     """acc + A @ W: A's rows from `load_rows` (r: (BLOCK_B, 1) rows), W either the resident
     pieces `w` from `resident_weights` or streamed from w_ptr (as in `load_w_tile`), SPLIT
-    chunks of BLOCK_K at a time, re-read from L2 every step."""
+    chunks of BLOCK_K at a time, re-read from L2 every step. TRANS: the dot runs transposed
+    (chunk_dot; `w` loaded with the same TRANS); acc and the result keep their layout."""
+    if TRANS:
+        acc = tl.trans(acc)
     if RESIDENT:
         for p in tl.static_range(NP):
             acc = chunk_dot(acc, w[p], p * KP, src_ptr, src_row0, n_src, src_stride, alt_ptr,
-                            alt_stride, n_active, r, K, SPLIT, KP, DOT)
+                            alt_stride, n_active, r, K, SPLIT, KP, DOT, TRANS)
     else:
         for k0 in range(0, K, SPLIT * BLOCK_K):
             w_k = load_w_chunks(w_ptr, k0, K, cols, col_ok, stride_k, stride_n, SPLIT,
-                                SPLIT * BLOCK_K)
+                                SPLIT * BLOCK_K, TRANS)
             acc = chunk_dot(acc, w_k, k0, src_ptr, src_row0, n_src, src_stride, alt_ptr,
-                            alt_stride, n_active, r, K, SPLIT, SPLIT * BLOCK_K, DOT)
+                            alt_stride, n_active, r, K, SPLIT, SPLIT * BLOCK_K, DOT, TRANS)
+    if TRANS:
+        acc = tl.trans(acc)
     return acc
 
 
@@ -179,7 +203,8 @@ def recurrent_matmul(acc, src_ptr, src_row0, n_src, src_stride, alt_ptr, alt_str
 def recurrent_matmul_partials(acc, src_ptr, src_row0, n_src, src_stride, alt_ptr, alt_stride,
                               n_active, r, w, w_ptr, cols, col_ok, stride_k, stride_n, K,
                               RESIDENT: tl.constexpr, SPLIT: tl.constexpr, KP: tl.constexpr,
-                              NP: tl.constexpr, BLOCK_K: tl.constexpr, DOT: tl.constexpr):
+                              NP: tl.constexpr, BLOCK_K: tl.constexpr, DOT: tl.constexpr,
+                              TRANS: tl.constexpr = False):
     """`recurrent_matmul` with a resident W's pieces each summed into its own partial tile,
     the partials added once after the last piece (issue 16's split K, a plan option:
     persistent_config.with_chain). A warp's mma then form NP independent chains of KP/16
@@ -188,16 +213,20 @@ def recurrent_matmul_partials(acc, src_ptr, src_row0, n_src, src_stride, alt_ptr
         # Each piece starts from a zero the compiler cannot prove is zero: from a literal zero,
         # Triton's combine pass would fold `partial + dot(a, w, 0)` into `dot(a, w, partial)`,
         # one chain again. (n_active * 0.0 is a float multiply, which is never folded.)
+        if TRANS:
+            acc = tl.trans(acc)
         zero = tl.zeros_like(acc) + n_active.to(acc.dtype) * 0.0
         total = acc
         for p in tl.static_range(NP):
             part = chunk_dot(zero, w[p], p * KP, src_ptr, src_row0, n_src, src_stride, alt_ptr,
-                             alt_stride, n_active, r, K, SPLIT, KP, DOT)
+                             alt_stride, n_active, r, K, SPLIT, KP, DOT, TRANS)
             total = total + part
+        if TRANS:
+            total = tl.trans(total)
     else:
         total = recurrent_matmul(acc, src_ptr, src_row0, n_src, src_stride, alt_ptr, alt_stride,
                                  n_active, r, w, w_ptr, cols, col_ok, stride_k, stride_n, K,
-                                 RESIDENT, SPLIT, KP, NP, BLOCK_K, DOT)
+                                 RESIDENT, SPLIT, KP, NP, BLOCK_K, DOT, TRANS)
     return total
 
 

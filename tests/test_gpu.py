@@ -41,7 +41,13 @@ def test_many_program_persistent_matches_torch(cell, hidden, dtype):
     extra = {"proj_size": hidden // 2} if cell == "lstm-proj" else {}
     module, oracle = twin_modules(cell.removesuffix("-proj"), 64, hidden, dtype=dtype,
                                   backend="persistent", **extra)
-    x = torch.randn(33, 8, 64, dtype=dtype, requires_grad=True)
+    check_without_fallback(module, oracle, torch.randn(33, 8, 64, dtype=dtype), dtype)
+
+
+def check_without_fallback(module, oracle, x, dtype):
+    """Forward and every gradient of `module` on x, no fallback to stepwise, against the
+    float64 `oracle`."""
+    x = x.requires_grad_()
     x64 = x.detach().double().requires_grad_()
     weights = run_without_fallback(module, x)
     with warnings.catch_warnings():
@@ -49,6 +55,21 @@ def test_many_program_persistent_matches_torch(cell, hidden, dtype):
         out, finals, grads = outputs_and_grads(module, x, None, weights, [x])
     assert_runs_close((out, finals, grads),
                       outputs_and_grads(oracle, x64, None, weights, [x64]), dtype)
+
+
+@pytest.mark.parametrize("option", ["tags", "narrow", "narrow+tags", "chain16"])
+@pytest.mark.parametrize("hidden", [256, 768, 1024])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_many_program_plan_options_match_torch(cell, hidden, option, monkeypatch):
+    """Issue 16's options where the interpreter cannot go: many programs exchanging h_t through
+    the step tags (each consumer polls every program's tag), the narrow forward's 32 to 128
+    programs of 8 units with its transposed dot, both together, and split K. bf16, forward
+    and every gradient against float64 torch, no fallback."""
+    from lstm_triton.kernels import persistent_config
+    monkeypatch.setattr(persistent_config, "PLAN_OPTION", persistent_config.PLAN_OPTIONS[option])
+    module, oracle = twin_modules(cell, 64, hidden, dtype=torch.bfloat16, backend="persistent")
+    check_without_fallback(module, oracle, torch.randn(33, 16, 64, dtype=torch.bfloat16),
+                           torch.bfloat16)
 
 
 @pytest.mark.parametrize("cooperative", [True, False], ids=["cooperative", "plain"])

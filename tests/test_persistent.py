@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 from lstm_triton.kernels import grid_sync, persistent_config
 from lstm_triton.kernels.grid_sync import grid_barrier, grid_not_failed, new_sync_state
+from lstm_triton.kernels.step_tags import exchange_arrive, exchange_start, exchange_wait
 from rnn_testing import (DEVICE, DTYPES, assert_close, assert_runs_close, interpreter_only,
                          outputs_and_grads, twin_modules)
 from torch.nn.utils.rnn import PackedSequence, pack_sequence
@@ -126,17 +127,143 @@ def test_every_failed_barrier_is_reported_not_only_the_first(cell, monkeypatch):
         assert_close(out, oracle(x.double())[0], torch.float32, "output")
 
 
+# ------------------------------------------------------- step-tagged exchange (issue 16)
+@triton.jit
+def _tags_probe_kernel(sync_ptr, met_ptr, steps, spin_limit, TAGS: tl.constexpr):
+    """Meets `steps` times through the step-tagged exchange as the kernels do (start, then
+    wait / arrive each step); met_ptr[program, s] = 1 if meeting s + 1 met."""
+    n_prog, ok = exchange_start(sync_ptr, TAGS)
+    s = 0
+    while (s < steps) & ok:
+        ok = exchange_wait(sync_ptr, s + 1, n_prog, spin_limit, TAGS)
+        exchange_arrive(sync_ptr, s + 2, TAGS)
+        tl.store(met_ptr + tl.program_id(0) * steps + s, ok.to(tl.int32))
+        s += 1
+
+
+def run_tags_probe(programs, steps, spin_limit, tags=None, sync=None):
+    """Under the interpreter the programs run one after another: program 0 runs its whole loop
+    before program 1 starts, so with two programs program 1's tag never arrives for it."""
+    tags = tags or triton.next_power_of_2(programs)
+    sync = new_sync_state(DEVICE, tags) if sync is None else sync
+    met = torch.full((programs, steps), -1, dtype=torch.int32)
+    _tags_probe_kernel[(programs,)](sync, met, steps, spin_limit, TAGS=tags)
+    return sync, met
+
+
+@interpreter_only
+@pytest.mark.parametrize("lanes", [pytest.param(1, id="one-lane"),
+                                   pytest.param(4, id="lanes-past-the-grid-masked")])
+def test_step_tags_meet_every_step_on_one_program(lanes):
+    """One program: each meeting waits on its own tag, which it raised at the meeting before;
+    the tag ends at its count of arrivals (start + one per step), no failure flag; tag lanes
+    past the grid are never waited on (nor written)."""
+    sync, met = run_tags_probe(1, steps=5, spin_limit=4, tags=lanes)
+    assert met.tolist() == [[1] * 5]
+    assert sync.tolist() == [0, 6] + [0] * (lanes - 1)
+    assert not grid_sync.barrier_failed(sync)
+
+
+@interpreter_only
+def test_step_tag_that_never_arrives_sets_the_flag_instead_of_hanging():
+    """Two programs, run one after the other: program 0's first meeting needs program 1's tag,
+    which cannot arrive while program 0 waits. After its spin bound it gives up, sets the
+    launch's flag (word 0, for the launcher) and its own tag's (for the grid); program 1 then
+    sees the flag at its start and never enters the loop."""
+    sync, met = run_tags_probe(2, steps=3, spin_limit=6)
+    assert met.tolist() == [[0, -1, -1], [-1, -1, -1]]
+    assert grid_sync.barrier_failed(sync)
+    flag = grid_sync.FAILED.value
+    # program 0 published its start (1) and, after giving up, still arrived (2): a raise by
+    # max, which leaves the flagged tag as it is; program 1 published its start
+    assert sync.tolist()[1:] == [flag | 1, 1]
+
+
+@interpreter_only
+def test_step_tag_failure_reported_by_another_program_stops_the_wait_at_once():
+    """A program waiting on a tag whose failure flag is set gives up at its first poll (the
+    spin bound here would take hours under the interpreter), and raises the launch's flag."""
+    sync = new_sync_state(DEVICE, 2)
+    sync[2] = grid_sync.FAILED.value | 3  # program 1 gave up earlier
+    sync, met = run_tags_probe(2, steps=2, spin_limit=1 << 40, sync=sync)
+    assert met.tolist()[0] == [0, -1] and grid_sync.barrier_failed(sync)
+
+
+@interpreter_only
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("tags", [pytest.param(False, id="counter"),
+                                  pytest.param(True, id="step-tags")])
+def test_a_meeting_that_cannot_complete_falls_back_to_stepwise(cell, tags, monkeypatch):
+    """A two-program grid under the interpreter (programs run in turn, so program 0 waits for
+    a program that has not started): forward and backward both end in bounded time with the
+    flag set, warn, rerun on stepwise and still match torch, every gradient. With the step
+    tags this is the tag that never arrives; with the counter, the count that never does."""
+    default_plan = persistent_config.plan
+
+    def two_programs(*args):
+        p, reason = default_plan(*args)
+        p = dataclasses.replace(p, grid=2, block_h=16, block_o=16, spin_limit=40,
+                                step_tags=tags)
+        return p, reason
+    monkeypatch.setattr(persistent_config, "plan", two_programs)
+    module, oracle = twin_modules(cell, I, 20, dtype=torch.float64, backend="persistent")
+    x = torch.randn(3, 2, I, dtype=torch.float64, requires_grad=True)
+    weights_out = [torch.randn(3, 2, 20, dtype=torch.float64)] + \
+                  [torch.randn(1, 2, 20, dtype=torch.float64)] * (2 if cell == "lstm" else 1)
+    with pytest.warns(FallbackWarning, match="grid barrier") as caught:
+        out, finals, grads = outputs_and_grads(module, x, None, weights_out, [x])
+    assert {"forward", "backward"} <= {w for r in caught for w in ("forward", "backward")
+                                       if w in str(r.message)}
+    ref_out, ref_finals, ref_grads = outputs_and_grads(oracle, x, None, weights_out, [x])
+    assert_close(out, ref_out, torch.float64, "output")
+    for got, want in zip(list(finals) + list(grads), list(ref_finals) + list(ref_grads)):
+        assert_close(got, want, torch.float64, "final state / gradient")
+
+
+def test_tag_poll_by_load_is_gpu_only_and_named():
+    """LSTM_TRITON_TAG_POLL=load asks for inline-PTX acquire loads, which the interpreter
+    cannot run: under it the poll stays an atomic (the CPU tests' path); a wrong name fails
+    at import with the names to use."""
+    probe = "from lstm_triton.kernels import step_tags; print(step_tags.POLL_BY_LOAD.value)"
+    env = dict(os.environ, LSTM_TRITON_TAG_POLL="load", TRITON_INTERPRET="1")
+    run = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.strip() == "False", run.stderr
+    env["LSTM_TRITON_TAG_POLL"] = "ld"
+    run = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert run.returncode != 0 and "LSTM_TRITON_TAG_POLL='ld': use atom or load" in run.stderr
+
+
+def test_step_tags_are_an_option_with_fresh_state_per_launch():
+    """Off by default; on, one tag word per program (a power of two of lanes), in a state that
+    each launch allocates zeroed beside the barrier word (never shared by two launches)."""
+    cpu = torch.device(DEVICE)
+    p = persistent_config.plan(4, cpu, torch.float32, 3, 20)[0]
+    assert not p.step_tags and persistent_config.tag_lanes(p) == 0
+    on = persistent_config.with_step_tags(p)
+    assert persistent_config.tag_lanes(on) == 1
+    assert persistent_config.tag_lanes(dataclasses.replace(on, grid=48)) == 64
+    a, b = new_sync_state(DEVICE, 64), new_sync_state(DEVICE, 64)
+    assert a.shape == (65,) and a.data_ptr() != b.data_ptr() and not a.any()
+    failed = grid_sync.failed_sync_state(DEVICE, 64)
+    assert grid_sync.barrier_failed(failed) and not failed[1:].any()
+
+
 # -------------------------------------------------------------------------------- dispatch
-@pytest.mark.parametrize("resident", [True, False], ids=["resident", "streamed"])
-def test_projection_runs_persistent_with_two_meetings_per_step(resident, monkeypatch):
+@pytest.mark.parametrize("resident, tags", [pytest.param(True, False, id="resident"),
+                                             pytest.param(False, False, id="streamed"),
+                                             pytest.param(True, True, id="resident-step-tags")])
+def test_projection_runs_persistent_with_two_meetings_per_step(resident, tags, monkeypatch):
     """proj_size: h = m W_hr^T needs all of m, so forward and backward meet twice a step;
-    packed, bidirectional, every gradient, and no fallback to stepwise."""
-    if not resident:
-        original = persistent_config.plan
-        monkeypatch.setattr(persistent_config, "plan",
-                            lambda *a: (persistent_config.streamed(original(*a)[0]), None))
+    packed, bidirectional, every gradient, and no fallback to stepwise. step-tags: both
+    meetings through the step-tagged exchange (issue 16)."""
+    original = persistent_config.plan
+    option = (persistent_config.with_step_tags if tags else lambda p: p)
+    option_and_mode = (lambda p: option(p)) if resident else \
+        (lambda p: option(persistent_config.streamed(p)))
+    monkeypatch.setattr(persistent_config, "plan",
+                        lambda *a: (option_and_mode(original(*a)[0]), None))
     plan, _ = dispatch.persistent_plan("lstm", torch.device(DEVICE), torch.float64, 3, 6, 3)
-    assert plan is not None and plan.block_o >= 3
+    assert plan is not None and plan.block_o >= 3 and plan.step_tags == tags
     module, oracle = twin_modules("lstm", I, 6, proj_size=3, bidirectional=True,
                                   dtype=torch.float64, backend="persistent")
     packed = pack_sequence([torch.randn(n, I, dtype=torch.float64) for n in (2, 5, 1)],
@@ -474,6 +601,10 @@ for kernel in (persistent_lstm.lstm_persistent_fwd_kernel,
             cx.update({k: True for k in ("SAVE", "HAS_BHH") if k in kernel.arg_names})
             cx.update({k: False for k in ("PARTIALS",) if k in kernel.arg_names})
             cx.update({k: VARIANT for k in VARIANT_FLAGS if k in kernel.arg_names})
+            # the step-tagged exchange (issue 16) in the bf16 resident build, the counter else
+            cx.update(TAGS=64 if (dt, resident) == ("bf16", True) else 0)
+            if "TRANS" in kernel.arg_names:  # the narrow forward's transposed dot (issue 16)
+                cx.update(TRANS=(dt, resident) in (("fp16", True), ("bf16", False)))
             if proj is not None:  # the LSTM, with and without a projection (two meetings a step)
                 cx.update(PROJ=proj, BLOCK_O=32 if proj else 16)
                 if "PROJ_SPLIT" in kernel.arg_names:
@@ -617,9 +748,100 @@ def test_compiled_report_shows_the_forward_mma_chain():
     run_compiled_for_sm90(MMA_CHAIN, expect="chained")
 
 
+STEP_TAGS_COMPILE = r'''
+import torch
+from bench.compiled import compile_case, h100_plan
+from lstm_triton.kernels import persistent_config
+for cell in ("lstm", "gru"):
+    for direction in ("fwd", "bwd"):
+        plan = h100_plan(cell, torch.bfloat16, 16, 768)
+        default = compile_case(cell, direction, torch.bfloat16, 16, 768, plan=plan)
+        got = compile_case(cell, direction, torch.bfloat16, 16, 768,
+                           plan=persistent_config.with_step_tags(plan))
+        # the exchange changes the meetings only: the same dot, the same shared memory
+        for fact in ("mma_per_smsp", "mma_chain", "smem_kib", "spill_bytes"):
+            assert got[fact] == default[fact], (cell, direction, fact, got, default)
+        assert got["spill_bytes"] == 0 and got["regs"] <= 255, got
+        # counter: one release add and acquire polls of one word; tags: a release max into
+        # the program's own word, and acquire polls of every tag
+        assert "red.release.add" in default["sync_ops"] or "atom.release.add" in \
+            default["sync_ops"], default
+        assert "release.add" not in got["sync_ops"] and "release.max" in got["sync_ops"], got
+        assert "atom.acquire.add" in got["sync_ops"], got
+print("tagged")
+'''
+
+
+TAG_POLL_BY_LOAD = r'''
+import os
+os.environ["LSTM_TRITON_TAG_POLL"] = "load"
+import torch
+from bench.compiled import compile_case, h100_plan
+from lstm_triton.kernels import persistent_config
+for cell, direction in (("lstm", "fwd"), ("gru", "bwd")):
+    plan = persistent_config.with_step_tags(h100_plan(cell, torch.bfloat16, 16, 768))
+    got = compile_case(cell, direction, torch.bfloat16, 16, 768, plan=plan)
+    assert "ld.acquire.b64" in got["sync_ops"] and "atom.acquire" not in got["sync_ops"], got
+    assert got["spill_bytes"] == 0, got
+print("loaded")
+'''
+
+
+@pytest.mark.slow
+def test_step_tags_polled_by_acquire_loads_compile_for_sm90():
+    """LSTM_TRITON_TAG_POLL=load (a GPU-only variant: inline PTX, which the interpreter
+    cannot run) compiles the tag poll to `ld.global.gpu.acquire` loads, no atom left."""
+    run_compiled_for_sm90(TAG_POLL_BY_LOAD, expect="loaded")
+
+
+@pytest.mark.slow
+def test_step_tags_compile_for_sm90_with_the_same_dot():
+    """The step-tagged exchange compiled for an H100 (bf16, B=16, H=768, LSTM and GRU, both
+    passes): the same mma count and chain, shared memory and (no) spills as the default
+    plan; the meetings become a release max into the program's own tag word and an acquire
+    poll of every tag, and no release add on a shared counter is left."""
+    run_compiled_for_sm90(STEP_TAGS_COMPILE, expect="tagged")
+
+
+NARROW_COMPILE = r'''
+import torch
+from bench.compiled import compile_case, h100_plan
+from lstm_triton.kernels import persistent_config
+for cell in ("lstm", "gru"):
+    for hidden in (768, 1024):
+        plan = h100_plan(cell, torch.bfloat16, 16, hidden)
+        default = compile_case(cell, "fwd", torch.bfloat16, 16, hidden, plan=plan)
+        got = compile_case(cell, "fwd", torch.bfloat16, 16, hidden,
+                           plan=persistent_config.with_narrow_forward(plan))
+        # twice the programs, 8 units each, half the mma per sub-partition, none repeated
+        assert (got["grid"], default["grid"]) == (hidden // 8, hidden // 16), (got, default)
+        assert got["mma_per_smsp"] * 2 == default["mma_per_smsp"], (got, default)
+        # the batch (16) is the transposed dot's N: its warps split K in 8 chunks, so no
+        # warp runs more than a chunk's K/16 mma in a row
+        kp = persistent_config.k_pieces(hidden, 16)[0]
+        assert got["split"] == 8 and got["mma_chain"] == kp // 8 // 16, got
+        # shared memory: at most W's slice, 4 x 8 rows of H (Triton 3.6 holds it there; 3.9
+        # keeps it in registers, the mma's A operand), not the default's 4 x 16 and an A piece
+        assert got["spill_bytes"] == 0 and got["smem_kib"] * 1024 <= 32 * hidden * 2, got
+        assert default["smem_kib"] * 1024 > 64 * hidden * 2, default
+print("narrow")
+'''
+
+
+@pytest.mark.slow
+def test_narrow_forward_compiles_for_sm90_on_twice_the_programs():
+    """The narrow option compiled for an H100 (bf16, B=16, H=768 and 1024, LSTM and GRU
+    forward): 96 / 128 programs where the default runs 48 / 64, half the mma per
+    sub-partition, chains of one K-chunk (2 at H=768, 4 at H=1024), no spill, and shared
+    memory at most the program's W slice (Triton 3.6: 48 / 64 KiB, W there; 3.9: 16 / 32
+    KiB, W in registers as the transposed dot's M operand; the default: 104 / 144 KiB)."""
+    run_compiled_for_sm90(NARROW_COMPILE, expect="narrow")
+
+
 # issue 16's plan options, each applied to every persistent plan of a test
 PLAN_OPTIONS = {"tf32x3": persistent_config.tf32x3,
-                "chain4": lambda p: persistent_config.with_chain(p, 4)}
+                "chain4": lambda p: persistent_config.with_chain(p, 4),
+                "tags": persistent_config.with_step_tags}
 
 
 @pytest.fixture
@@ -649,15 +871,16 @@ def test_tf32x3_is_an_option_not_the_default():
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("hidden", [pytest.param(20, id="H20-one-piece"),
                                     pytest.param(160, id="H160-three-pieces")])
-@pytest.mark.parametrize("plan_option", ["tf32x3", "chain4"], indirect=True)
+@pytest.mark.parametrize("plan_option", ["tf32x3", "chain4", "tags"], indirect=True)
 def test_plan_options_packed_bidirectional_match_torch(cell, hidden, plan_option):
     """Each option of issue 16 on (forward, every gradient, packed, both directions) against
     float64, float32. tf32x3: the interpreter computes any tl.dot in IEEE float32, so this
     checks the wiring of DOT_TF32X3, not 3xTF32's rounding (test_tf32x3_emulated_error_...).
-    chain4: the forward's W in 64-row pieces (H=160: three), each its own partial sum."""
+    chain4: the forward's W in 64-row pieces (H=160: three), each its own partial sum.
+    tags: every meeting through the step-tagged exchange (one program: its own tag)."""
     check_packed_bidirectional(cell, hidden, torch.float32)
     assert plan_option and all(p.dot == persistent_config.DOT_TF32X3 or p.chain == 4
-                               for p in plan_option)
+                               or p.step_tags for p in plan_option)
     n_gates = 4 if cell == "lstm" else 3
     fwd = persistent_config.recurrent_dot(plan_option[0], n_gates, hidden, hidden, False)
     assert fwd["PARTIALS"] == (plan_option[0].chain > 0)
@@ -673,6 +896,67 @@ def test_forward_partial_sums_in_bfloat16_match_torch(cell, plan_option):
     64-row pieces, the second padded), packed and bidirectional, against float64."""
     check_packed_bidirectional(cell, 100, torch.bfloat16)
     assert plan_option and all(p.chain == 4 for p in plan_option)
+
+
+NARROW = {"resident": persistent_config.with_narrow_forward,
+          "streamed": lambda p: persistent_config.with_narrow_forward(
+              persistent_config.streamed(p)),
+          "chain4": lambda p: persistent_config.with_narrow_forward(
+              persistent_config.with_chain(p, 4)),
+          "tags": lambda p: persistent_config.with_step_tags(
+              persistent_config.with_narrow_forward(p))}
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("hidden, variant", [
+    pytest.param(5, "resident", id="H5-8-units"),
+    pytest.param(160, "resident", id="H160-three-pieces"),
+    pytest.param(20, "streamed", id="H20-streamed"),
+    pytest.param(160, "chain4", id="H160-partial-sums"),
+    pytest.param(20, "tags", id="H20-step-tags")])
+def test_narrow_forward_packed_bidirectional_matches_torch(cell, hidden, variant, monkeypatch):
+    """The narrow option (issue 16): the forward's recurrent dot transposed (W's fused gate tile
+    as M, the batch as N), backward as it is. Under the interpreter one program covers every
+    unit: H=5 runs BLOCK_H = 8 (32 rows of M, the GPU's shape at H=768); H=160 three
+    resident pieces; H=20 W streamed in chunks; H=160 with the forward's partial sums; H=20
+    with the step-tagged exchange too (the GPU's comparison pairs them). Packed,
+    bidirectional, float32, every gradient against float64."""
+    default_plan, used = persistent_config.plan, []
+
+    def plan(*args):
+        p, reason = default_plan(*args)
+        used.append(NARROW[variant](p))
+        return used[-1], reason
+    monkeypatch.setattr(persistent_config, "plan", plan)
+    check_packed_bidirectional(cell, hidden, torch.float32)
+    assert used and all(p.narrow for p in used)
+    fwd = persistent_config.forward_plan(used[0], hidden, hidden)
+    assert fwd.narrow and fwd.grid == 1 and fwd.block_h == (8 if hidden == 5 else used[0].block_h)
+    n_gates = 4 if cell == "lstm" else 3
+    assert persistent_config.recurrent_dot(fwd, n_gates, hidden, hidden, False)["TRANS"]
+
+
+def test_narrow_forward_plans_more_programs_on_a_gpu(monkeypatch):
+    """On 132 SMs the narrow forward runs 8 units a program (96 programs at H=768, 128 at
+    H=1024) where the default runs 16 (48 / 64); backward keeps the default's layout; an LSTM
+    with a projection keeps it too; off by default."""
+    monkeypatch.setattr(persistent_config, "_gpu_budget",
+                        lambda device: (132, 256 * 1024, 227 * 1024))
+    cuda = torch.device("cuda")
+    for hidden, default_grid, narrow_grid in ((768, 48, 96), (1024, 64, 128), (256, 16, 32)):
+        p = persistent_config.plan(4, cuda, torch.bfloat16, 16, hidden)[0]
+        assert not p.narrow and persistent_config.forward_plan(p, hidden, hidden) == p
+        on = persistent_config.with_narrow_forward(p)
+        fwd = persistent_config.forward_plan(on, hidden, hidden)
+        assert (p.grid, fwd.grid, fwd.block_h, fwd.block_o) == (default_grid, narrow_grid, 8, 8)
+        assert persistent_config.recurrent_dot(fwd, 4, hidden, hidden, False)["TRANS"]
+        assert "TRANS" not in persistent_config.recurrent_dot(on, 4, hidden, hidden, True)
+        assert not persistent_config.forward_plan(on, hidden, hidden // 2).narrow  # proj_size
+    # 4096 units on 132 SMs: 32 units a program either way, the dot still transposed
+    p = persistent_config.with_narrow_forward(persistent_config.plan(3, cuda, torch.bfloat16,
+                                                                     16, 4096)[0])
+    fwd = persistent_config.forward_plan(p, 4096, 4096)
+    assert (fwd.grid, fwd.block_h, fwd.narrow) == (p.grid, p.block_h, True)
 
 
 def test_chain_option_is_off_by_default_and_a_power_of_two():
@@ -696,7 +980,10 @@ def test_lab_switches_a_plan_option_for_a_whole_process_by_name(monkeypatch):
     default = persistent_config.plan(4, cpu, torch.float32, 3, 160)[0]
     assert persistent_config.PLAN_OPTION_NAME == "default" and default.chain == 0
     for name, expect in (("chain16", lambda p: p.chain == 16),
-                         ("tf32x3", lambda p: p.dot == persistent_config.DOT_TF32X3)):
+                         ("tf32x3", lambda p: p.dot == persistent_config.DOT_TF32X3),
+                         ("tags", lambda p: p.step_tags and not p.narrow),
+                         ("narrow", lambda p: p.narrow and not p.step_tags),
+                         ("narrow+tags", lambda p: p.narrow and p.step_tags)):
         monkeypatch.setattr(persistent_config, "PLAN_OPTION", persistent_config.PLAN_OPTIONS[name])
         assert expect(persistent_config.plan(4, cpu, torch.float32, 3, 160)[0]), name
     env = dict(os.environ, LSTM_TRITON_PLAN="chain17")
