@@ -69,8 +69,9 @@ def export_backend(module, resets=None):
     is being exported or the export keeps the custom op (the usual choice then applies).
 
     The one place that decides it: a module whose options torch's forward cannot run
-    (`torch_twin_runs()` False: layer_norm, zoneout, resets...) exports through the "reference" backend (plain
-    torch ops, the time loop unrolled for the traced length), and refuses ONNX.
+    (`torch_twin_runs()` False: layer_norm, zoneout, resets...) exports through the
+    "reference" backend (plain torch ops, the time loop unrolled for the traced length),
+    and refuses ONNX.
     """
     if not exporting():
         return None
@@ -88,8 +89,8 @@ def export_backend(module, resets=None):
             raise RuntimeError(
                 f"lstm_triton: {type(module).__name__} uses an option ONNX's LSTM/GRU "
                 f"operators cannot express (layer_norm, zoneout, resets, or in training "
-                f"weight_drop / recurrent_dropout / variational_dropout); export it with torch.export, which "
-                f"records the layers as plain torch ops.")
+                f"weight_drop / recurrent_dropout / variational_dropout); export it with "
+                f"torch.export, which records the layers as plain torch ops.")
         return "reference"  # plain torch ops: loadable by torch alone
     if in_onnx_export() and getattr(module, "proj_size", 0) > 0:
         raise RuntimeError(

@@ -37,7 +37,8 @@ def _backend_module(backend: str):
 
 def _rnn_layer_impl(cell, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
                     reverse, save, keep=None, rec=None, zone_c=None, zone_h=None):
-    """rnn_layer's implementation: what the custom op and the eager path (rnn_layer_fast, below) run."""
+    """rnn_layer's implementation: what the custom op and the eager path (rnn_layer_fast,
+    below) run."""
     sched = Schedule.build(batch_sizes, x.shape[0], h0.shape[0], reverse)
     variant = Variant(keep, rec, zone_c, zone_h)
     if not triton_can_run(x.device):

@@ -9,7 +9,6 @@ handling. The cell-specific part is which custom op slot carries c.
 from typing import Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd import forward_ad
 from torch.nn.utils.rnn import PackedSequence

@@ -102,6 +102,24 @@ def _head(tensor, rows):
 
 
 # ---------------------------------------------------------------------------- LSTM
+def lstm_forward_buffers(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, save):
+    """What an LSTM forward loop starts from (the plain loop and stepwise_variants'):
+    gx (N, 4H) the input projection of every step, the states h (B, P) and c (B, H, in the
+    state dtype), the outputs y (N, P) and m_all (N, H; y itself without a projection),
+    the saved gates and cell states (None in inference), and the recurrent GEMM's buffer."""
+    n_rows, batch, hidden = x.shape[0], h0.shape[0], w_hh.shape[0] // 4
+    bias = None if b_ih is None else b_ih + b_hh
+    gx = input_projection(x, w_ih, bias)  # (N, 4H)
+    h_state = h0.clone()  # (B, P)
+    c_state = c0.to(state_dtype(x.dtype)).clone()  # (B, H)
+    y = x.new_empty(n_rows, h0.shape[1])
+    m_all = x.new_empty(n_rows, hidden) if w_hr is not None else y
+    gates = x.new_empty(n_rows, 4 * hidden) if save else None
+    c_all = c_state.new_empty(n_rows, hidden) if save else None
+    rec = x.new_empty(batch, 4 * hidden)
+    return gx, h_state, c_state, y, m_all, gates, c_all, rec
+
+
 def lstm_forward(x, sched, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, save, variant=NONE):
     """Returns y (N, P), h_n (B, P), c_n (B, H), gates, c_all, m_all (empty when unused)."""
     if variant.active:
@@ -109,17 +127,9 @@ def lstm_forward(x, sched, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, save, variant=N
 
         return stepwise_variants.lstm_forward(x, sched, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
                                               save, variant)
-    n_rows, batch, hidden = x.shape[0], h0.shape[0], w_hh.shape[0] // 4
     proj = w_hr is not None
-    bias = None if b_ih is None else b_ih + b_hh
-    gx = input_projection(x, w_ih, bias)  # (N, 4H)
-    h_state = h0.clone()  # (B, P)
-    c_state = c0.to(state_dtype(x.dtype)).clone()  # (B, H)
-    y = x.new_empty(n_rows, h0.shape[1])
-    m_all = x.new_empty(n_rows, hidden) if proj else y
-    gates = x.new_empty(n_rows, 4 * hidden) if save else None
-    c_all = c_state.new_empty(n_rows, hidden) if save else None
-    rec = x.new_empty(batch, 4 * hidden)
+    gx, h_state, c_state, y, m_all, gates, c_all, rec = lstm_forward_buffers(
+        x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, save)
     w_hh_t, w_hr_t = w_hh.t(), (w_hr.t() if proj else None)
     gx_s, m_s, y_s, gates_s, c_all_s = _steps(sched, gx, m_all, y, gates, c_all)
     for t in sched.order():

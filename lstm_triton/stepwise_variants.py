@@ -22,8 +22,8 @@ from .kernels.config import state_dtype
 from .kernels.gru_pointwise import gru_step_bwd, gru_step_fwd
 from .kernels.lstm_pointwise import lstm_step_bwd, lstm_step_fwd
 from .kernels.step_variant import StepVariant
-from .stepwise import (_prev_rows, gru_weight_grads, input_projection, lstm_weight_grads,
-                       previous_states)
+from .stepwise import (_prev_rows, gru_weight_grads, input_projection, lstm_forward_buffers,
+                       lstm_weight_grads, previous_states)
 from .variants import sequence_of_rows
 
 
@@ -74,18 +74,11 @@ def _blend(z, previous, new):
 # ---------------------------------------------------------------------------- LSTM
 def lstm_forward(x, sched, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, save, variant):
     """stepwise.lstm_forward with a variant: y, h_n, c_n, gates, c_all, m_all."""
-    n_rows, batch, hidden = x.shape[0], h0.shape[0], w_hh.shape[0] // 4
+    batch = h0.shape[0]
     proj = w_hr is not None
     keep, drop, zone_h = variant.keep, variant.rec, variant.zone_h
-    bias = None if b_ih is None else b_ih + b_hh
-    gx = input_projection(x, w_ih, bias)  # (N, 4H)
-    h_state = h0.clone()  # (B, P)
-    c_state = c0.to(state_dtype(x.dtype)).clone()  # (B, H)
-    y = x.new_empty(n_rows, h0.shape[1])
-    m_all = x.new_empty(n_rows, hidden) if proj else y
-    gates = x.new_empty(n_rows, 4 * hidden) if save else None
-    c_all = c_state.new_empty(n_rows, hidden) if save else None
-    rec = x.new_empty(batch, 4 * hidden)
+    gx, h_state, c_state, y, m_all, gates, c_all, rec = lstm_forward_buffers(
+        x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, save)
     order = list(sched.order())
     masked = keep is not None or drop is not None
     gemm_in = h_state
