@@ -148,6 +148,11 @@ SWEEPS = {s.name: s for s in [
     # bench/test_host.py runs it; also on every CPU smoke run)
     Sweep("host", "what does a call cost the host against torch's own modules? "
           "(bench/host.py: B=2, H=16, launches a no-op on a CPU machine)", "shape", ()),
+    # ------------------------------------ issue 18: the options beyond nn.LSTM
+    # (bench/variants_loop.py, no cases: bench/test_variants_loop.py runs it; on a CPU run
+    # as a smoke rehearsal)
+    Sweep("variants", "each option beyond nn.LSTM, fused, against what users run today "
+          "(bench/variants_loop.py: the per-step loop, the RL loop, WeightDrop)", "option", ()),
     # ------------------------------------------------------------- CPU smoke sweep
     Sweep("smoke", "SMOKE: does the lab run end to end? (interpreter on CPU, not performance)",
           "seq_len",
