@@ -4,4 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
-exec "${PYTHON:-python3}" -m pytest tests/ -q "$@"
+# Tests marked slow (torch's whole module_db sample set, issue 18's full option matrix, the
+# examples) are left out; those that compile for sm_90 (marked sm90 too) stay in: they are
+# the only check of what a GPU would run. `bash scripts/test.sh -m slow` runs the rest.
+exec "${PYTHON:-python3}" -m pytest tests/ -q -m "not slow or sm90" "$@"

@@ -102,6 +102,7 @@ print("PREPARED OK", n_entries)
 """
 
 
+@pytest.mark.sm90
 @pytest.mark.slow
 def test_prepared_launch_passes_what_tritons_runtime_passes():
     """LSTM and GRU step kernels, forward and backward, with and without the optional

@@ -299,6 +299,7 @@ print("compiled")
 '''
 
 
+@pytest.mark.sm90
 @pytest.mark.slow
 def test_layer_norm_kernels_compile_for_sm90_without_a_gpu():
     """The interpreter never compiles: build every layer-norm kernel for an H100 (sm_90) in

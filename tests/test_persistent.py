@@ -634,6 +634,7 @@ print("compiled")
 '''
 
 
+@pytest.mark.sm90
 @pytest.mark.slow
 def test_kernels_compile_for_sm90_without_a_gpu():
     """The interpreter never compiles: build every kernel (persistent, and the stepwise
@@ -673,6 +674,7 @@ print("shared")
 '''
 
 
+@pytest.mark.sm90
 @pytest.mark.slow
 def test_warps_share_the_recurrent_dot_instead_of_repeating_it():
     """At batch 16 the recurrent dot is one 16-row mma tile. Compiled for an H100 (sm_90),
@@ -739,6 +741,7 @@ print("chained")
 '''
 
 
+@pytest.mark.sm90
 @pytest.mark.slow
 def test_compiled_report_shows_the_forward_mma_chain():
     """Compiled for sm_90, the default forward (bf16, B=16, H=768 and 1024, resident) runs one
@@ -787,6 +790,7 @@ print("loaded")
 '''
 
 
+@pytest.mark.sm90
 @pytest.mark.slow
 def test_step_tags_polled_by_acquire_loads_compile_for_sm90():
     """LSTM_TRITON_TAG_POLL=load (a GPU-only variant: inline PTX, which the interpreter
@@ -794,6 +798,7 @@ def test_step_tags_polled_by_acquire_loads_compile_for_sm90():
     run_compiled_for_sm90(TAG_POLL_BY_LOAD, expect="loaded")
 
 
+@pytest.mark.sm90
 @pytest.mark.slow
 def test_step_tags_compile_for_sm90_with_the_same_dot():
     """The step-tagged exchange compiled for an H100 (bf16, B=16, H=768, LSTM and GRU, both
@@ -828,6 +833,7 @@ print("narrow")
 '''
 
 
+@pytest.mark.sm90
 @pytest.mark.slow
 def test_narrow_forward_compiles_for_sm90_on_twice_the_programs():
     """The narrow option compiled for an H100 (bf16, B=16, H=768 and 1024, LSTM and GRU
@@ -1025,6 +1031,7 @@ print("tf32x3")
 '''
 
 
+@pytest.mark.sm90
 @pytest.mark.slow
 def test_tf32x3_option_compiles_for_sm90_onto_tensor_cores():
     """The float32 option compiled for an H100 (the plan streams float32 W_hh at H=768): the

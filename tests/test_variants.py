@@ -602,6 +602,7 @@ def test_packed_sequences_with_every_option_match_the_reference(cell, proj, back
     assert_same_run(got, go(oracle), torch.float32)
 
 
+@pytest.mark.sm90
 @pytest.mark.slow
 def test_kernels_with_every_option_compile_for_sm90_without_a_gpu():
     """tests/test_persistent.py's sm_90 build of every kernel and dtype, with every option's
