@@ -1,6 +1,6 @@
 """The first GPU contact in one command (`bash scripts/gpu_run.sh first`, issue 15).
 
-    python -m bench.first_contact --out DIR [--seconds 480]
+    python -m bench.first_contact --out DIR [--seconds 510]
 
 Phases, in this order, each with its own time budget, all under one deadline:
 
@@ -12,11 +12,13 @@ Phases, in this order, each with its own time budget, all under one deadline:
   race     LSTM and GRU x fp16 and bf16 x fwd and fwd+bwd at B=16, H=768, T=1024: persistent
            against cuDNN, each checked against float64 first (the lab), cuDNN's kernel names
            in each cuDNN row; then one stepwise case at T=256 (host cost per step)
+  tests    a chosen subset of tests/test_gpu.py, each test in its own process and timeout
+  host     bench/host.py with real launches (issue 17): cells, stepwise, persistent at
+           B=2, H=16 against torch's cuDNN modules; then stepwise with CUDA-graph replay
   barrier  bench/barrier.py at grids 1, 16, 32, 48, 64, 132, cooperative and plain
   decomp   persistent bf16 forward, H 256/512/1024 x T 256/1024 x B 1/16, default and
            issue 16's chain16; float32 forward B=16 H=1024, default and tf32x3
            (DECOMP_VARIANTS: each option against the default, each in its own process)
-  tests    a chosen subset of tests/test_gpu.py, each test in its own process and timeout
   sweep    the rest of the bar sweeps (bar-lstm, bar-gru), until the deadline
 
 Every row is appended to its CSV in DIR and flushed to disk the moment it is measured
@@ -33,12 +35,14 @@ parent-death signal). Files in DIR, flat, 7 at most (the device tool returns 8):
   first-lab.csv       the lab's rows (race, decomp, sweep; phase and variant columns)
   first-barrier.csv   one row per grid and launch mode
   first-tests.csv     one row per chosen test: outcome, seconds
+  first-host.csv      bench/host.py's rows (graphs column: replayed or plain)
 
 Without CUDA the same phases run in the same order through Triton's interpreter at tiny
 shapes, every row labelled SMOKE: the rehearsal the test suite runs (tests/test_first_contact.py).
 No network is needed.
 """
 import argparse
+import csv
 import ctypes
 import datetime
 import json
@@ -56,13 +60,17 @@ from . import rows
 REPO = rows.REPO
 LOG, PHASES, ENV, COMPILE = "first-log.txt", "first-phases.csv", "first-env.csv", "first-compile.csv"
 LAB, BARRIER, TESTS = "first-lab.csv", "first-barrier.csv", "first-tests.csv"
-FILES = (LOG, PHASES, ENV, COMPILE, LAB, BARRIER, TESTS)
+HOST = "first-host.csv"
+FILES = (LOG, PHASES, ENV, COMPILE, LAB, BARRIER, TESTS, HOST)
 
 # Seconds per phase on a GPU (about 8 minutes in all; the sweep takes what is left), and
 # in the CPU rehearsal. FIRST_<PHASE>_SECONDS overrides one.
 # decomp: ~25 s a variant on a GPU (DECOMP_VARIANTS), ~20 s in the rehearsal
-BUDGET_GPU = dict(env=15, compile=60, race=110, barrier=40, decomp=200, tests=90, sweep=480)
-BUDGET_SMOKE = dict(env=20, compile=40, race=60, barrier=20, decomp=160, tests=30, sweep=60)
+# The order puts correctness (tests) and the headline (race) before the finer comparisons.
+BUDGET_GPU = dict(env=15, compile=60, race=100, tests=150, barrier=30, host=45, decomp=160,
+                  sweep=480)
+BUDGET_SMOKE = dict(env=20, compile=40, race=60, tests=30, barrier=20, host=60, decomp=160,
+                    sweep=60)
 PHASE_ORDER = tuple(BUDGET_GPU)
 MIN_PHASE_S = 5  # a phase with less than this left before the deadline is skipped
 
@@ -89,12 +97,14 @@ DECOMP_VARIANTS = (("default", "decomp", {}),
 # CUDA-graph capture and replay. (label, -k expression, seconds)
 GPU_TESTS = (
     ("many-programs-lstm-bf16-768", "many_program and lstm and not proj and 768 and bf16", 60),
-    ("many-programs-gru-fp16-768", "many_program and gru and 768 and fp16", 60),
     ("two-launches-lstm-1024-coop", "two_persistent and lstm and 1024 and cooperative", 60),
-    ("graph-replay-lstm-persistent", "cuda_graph and lstm and persistent", 60),
-    ("graph-training-lstm", "make_graphed_callables and lstm", 60),
     # issue 17: stepwise calls replayed from graphs of their own (lstm_triton/graphs.py)
     ("graph-replay-stepwise", "stepwise_calls_replay_from_cuda_graphs", 60),
+    # issue 16: the options the decomposition times, right first
+    ("plan-options-lstm-768", "plan_options and lstm and 768", 60),
+    ("graph-replay-lstm-persistent", "cuda_graph and lstm and persistent", 60),
+    ("many-programs-gru-fp16-768", "many_program and gru and 768 and fp16", 60),
+    ("graph-training-lstm", "make_graphed_callables and lstm", 60),
 )
 SMOKE_TESTS = GPU_TESTS[:1]  # skipped without CUDA: the rehearsal runs the phase's plumbing
 
@@ -247,9 +257,10 @@ def phase_decomp(run, seconds):
 
 
 def phase_tests(run, seconds):
-    codes = []
+    codes, t_end = [], time.monotonic() + seconds
     for label, select, limit in (SMOKE_TESTS if run.smoke else GPU_TESTS):
-        if run.left() < MIN_PHASE_S:
+        limit = min(limit, t_end - time.monotonic())
+        if limit < MIN_PHASE_S or run.left() < MIN_PHASE_S:
             break
         with tempfile.NamedTemporaryFile(suffix=".xml") as junit:
             code, took = run.command(
@@ -281,6 +292,29 @@ def _junit_counts(path):
     return counts
 
 
+def phase_host(run, seconds):
+    """Issue 17's benchmark: on a GPU with real launches (plain, then stepwise replaying CUDA
+    graphs); in the rehearsal its CPU form (the no-op launcher, which needs the real
+    compiler: no TRITON_INTERPRET) on the LSTM and GRU cells only."""
+    t_end = time.monotonic() + seconds
+    env = {k: v for k, v in run.env.items() if k != "TRITON_INTERPRET"}
+    runs = ([["--device", "cpu", "--kinds", "cell", "--label", "smoke"]] if run.smoke else
+            [["--device", "cuda", "--label", "plain"],
+             ["--device", "cuda", "--kinds", "stepwise", "--graphs", "--label", "graphs"]])
+    codes = []
+    for i, extra in enumerate(runs):
+        out_dir = run.reports / f"host{i}"
+        code, _ = run.command([sys.executable, "-m", "bench.host", "--quick", "--out", out_dir,
+                               *extra], t_end - time.monotonic(), env)
+        codes.append(code)
+        for path in sorted(out_dir.glob("*.csv")):
+            with open(path, newline="") as f:
+                for row in csv.DictReader(f):
+                    rows.append(run.out / HOST, row, columns=tuple(row))
+    bad = [c for c in codes if c != 0]
+    return (bad[0] if bad else 0), None
+
+
 def phase_sweep(run, seconds):
     sweep = run.sweep_name("bar") if run.smoke else "bar-lstm,bar-gru"
     impls = ["triton-stepwise", "triton-persistent", run.baseline]
@@ -289,15 +323,15 @@ def phase_sweep(run, seconds):
 
 PHASE_FUNCS = dict(env=phase_env, compile=phase_compile, race=phase_race,
                    barrier=phase_barrier, decomp=phase_decomp, tests=phase_tests,
-                   sweep=phase_sweep)
+                   host=phase_host, sweep=phase_sweep)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--seconds", type=float,
-                        default=float(os.environ.get("FIRST_SECONDS", 480)),
-                        help="the whole command's deadline (default 480 s)")
+                        default=float(os.environ.get("FIRST_SECONDS", 510)),
+                        help="the whole command's deadline (default 510 s)")
     parser.add_argument("--smoke", action="store_true", default=None,
                         help="the CPU rehearsal (default: when no CUDA device is present)")
     args = parser.parse_args(argv)

@@ -10,8 +10,9 @@ specialised by Triton's real runtime, and the launch itself is a no-op), the GEM
 tiny CPU tensors, and torch's nn.LSTMCell / nn.GRUCell / nn.LSTM / nn.GRU run on the same
 tiny CPU tensors, their real math included, interleaved with ours round by round. On a
 CUDA machine (--device cuda) the same calls run with real launches on CUDA tensors and
-torch's modules are cuDNN's; host time is then the wall time of a block of calls without
-a synchronisation inside it (the queue absorbs it while the GPU keeps up).
+torch's modules are cuDNN's; each call is then timed by the wall clock with a
+synchronisation before and after it, so the figure is the call's latency, host and GPU
+together (at these sizes the GPU's share is a few microseconds per kernel).
 
 Every figure is HOST OVERHEAD, never GPU speed. Cases:
   cell      TritonLSTMCell / TritonGRUCell call vs nn.LSTMCell / nn.GRUCell, B=2, I=H=16,
@@ -115,7 +116,11 @@ def install_fake_h100():
 
     from .compiled import H100
 
-    dispatch.triton_can_run = lambda device: True
+    # every module that imported the name, not only dispatch (ops.py checks it in backward)
+    import sys
+    for name, module in list(sys.modules.items()):
+        if name.startswith("lstm_triton") and hasattr(module, "triton_can_run"):
+            module.triton_can_run = lambda device: True
 
     def h100_plan(cell, device, dtype, batch, hidden, out_size):
         return persistent_config.plan(4 if cell == "lstm" else 3, torch.device("cuda"), dtype,
@@ -171,7 +176,7 @@ def make_call(module, x, hx, train):
     return step
 
 
-def cases(device, quick):
+def cases(device, quick, kinds=("cell", "stepwise", "persistent")):
     """(kind, cell, pass, T, our module, torch module, x, hx) for every measured call."""
     from lstm_triton import TritonGRU, TritonGRUCell, TritonLSTM, TritonLSTMCell
 
@@ -179,6 +184,8 @@ def cases(device, quick):
     out = []
     for cell, ours_cls, theirs_cls in (("lstm", TritonLSTMCell, torch.nn.LSTMCell),
                                        ("gru", TritonGRUCell, torch.nn.GRUCell)):
+        if "cell" not in kinds:
+            break
         theirs = theirs_cls(I, H).to(device)
         ours = ours_cls(I, H, backend="stepwise").to(device)
         ours.load_state_dict(theirs.state_dict())
@@ -190,6 +197,8 @@ def cases(device, quick):
     module_cls = {"lstm": (TritonLSTM, torch.nn.LSTM), "gru": (TritonGRU, torch.nn.GRU)}
     for backend, lengths in (("stepwise", (64,)),
                              ("persistent", (16, 64) if quick else (16, 64, 256))):
+        if backend not in kinds:
+            continue
         for cell, (ours_cls, theirs_cls) in module_cls.items():
             theirs = theirs_cls(I, H).to(device)
             ours = ours_cls(I, H, backend=backend).to(device)
@@ -211,9 +220,13 @@ def machine():
     return platform.processor() or platform.machine()
 
 
-def run(device="cpu", quick=False, out_dir=None, label=""):
-    """Measure every case; write the raw CSV and the markdown table; return the rows."""
+def run(device="cpu", quick=False, out_dir=None, label="", kinds=("cell", "stepwise",
+                                                                  "persistent"), graphs=False):
+    """Measure every case; write the raw CSV and the markdown table; return the rows.
+    graphs: stepwise calls replay CUDA graphs (lstm_triton/graphs.py; CUDA only)."""
     device = torch.device(device)
+    from lstm_triton import graphs as graph_replay
+    graph_replay.ENABLED = graphs
     if device.type == "cpu":
         install_fake_h100()
     sync = torch.cuda.synchronize if device.type == "cuda" else None
@@ -228,9 +241,10 @@ def run(device="cpu", quick=False, out_dir=None, label=""):
         machine=machine() if device.type == "cpu" else torch.cuda.get_device_name(device),
         cores=os.cpu_count(), python=platform.python_version(), torch=torch.__version__,
         triton=metadata.version("triton"), commit=_commit(), label=label,
-        launch="no-op (FakeH100, sm_90)" if device.type == "cpu" else "real")
+        launch="no-op (FakeH100, sm_90)" if device.type == "cpu" else "real",
+        graphs=graphs)
     rows = []
-    for kind, cell, pass_, T, ours, theirs, x, hx in cases(device, quick):
+    for kind, cell, pass_, T, ours, theirs, x, hx in cases(device, quick, kinds):
         n = max(20, calls // max(1, T // 16)) if kind != "cell" else calls
         (mine, q1, q3), (ref, rq1, rq3) = time_pair(
             make_call(ours, x, hx, pass_ == "fwdbwd"), make_call(theirs, x, hx, pass_ == "fwdbwd"),
@@ -260,8 +274,9 @@ def write(rows, out_dir, device):
         writer = csv.DictWriter(f, fieldnames=list(first))
         writer.writeheader()
         writer.writerows(rows)
-    title = LABEL if device.type == "cpu" else "HOST OVERHEAD with real launches on " + \
-        first["machine"] + ": wall time of call blocks, not kernel time"
+    title = LABEL if device.type == "cpu" else "LATENCY with real launches on " + \
+        first["machine"] + ": wall time per call, synchronised before and after (host and " \
+        "GPU together)"
     lines = [f"# {title}", "",
              f"{first['date']} UTC · {first['machine']} ({first['cores']} cores, shared) · "
              f"python {first['python']} · torch {first['torch']} · triton {first['triton']} · "
@@ -291,8 +306,13 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="fewer rounds and lengths")
     parser.add_argument("--out", default=None, help="directory (default reports/host)")
     parser.add_argument("--label", default="", help="suffix of the files' names")
+    parser.add_argument("--kinds", default="cell,stepwise,persistent",
+                        help="which calls (comma-separated: cell, stepwise, persistent)")
+    parser.add_argument("--graphs", action="store_true",
+                        help="stepwise calls replay CUDA graphs (lstm_triton/graphs.py)")
     args = parser.parse_args(argv)
-    run(args.device, args.quick, args.out, args.label)
+    run(args.device, args.quick, args.out, args.label, tuple(args.kinds.split(",")),
+        args.graphs)
 
 
 if __name__ == "__main__":

@@ -118,3 +118,7 @@ def test_the_rehearsal_runs_every_phase_in_order_and_leaves_its_files_flat(tmp_p
     assert {(r["mode"], r["grid"]) for r in barrier} == {("cooperative", "1"), ("plain", "1"),
                                                          ("tags", "1"), ("tags-load", "1")}
     assert [r["outcome"] for r in read_csv(out / first_contact.TESTS)] == ["skipped"]
+    host = read_csv(out / first_contact.HOST)  # issue 17: the no-op launcher on the CPU
+    assert {(r["kind"], r["cell"], r["pass"]) for r in host} == {
+        ("cell", c, p) for c in ("lstm", "gru") for p in ("fwd", "fwdbwd")}
+    assert all(float(r["ours_us"]) > 0 and float(r["torch_us"]) > 0 for r in host)
