@@ -22,18 +22,23 @@ class StepVariant(NamedTuple):
     #                                 backward: the direct part of dL/dh_{t-1} (in/out)
 
 
-def kernel_args(step: Optional[StepVariant], dummy: Tensor):
-    """(pointers, integers, flags) for a step kernel: see StepVariant."""
-    step = step or StepVariant()
+_ALL_OFF = ([None] * 6, [0] * 5, dict(KEEP=False, SCALE_KEEP=False, DROP=False,
+                                        ZONE_C=False, ZONE_H=False, CARRY=False))
 
-    def ptr(t):
-        return t if t is not None else dummy
+
+def kernel_args(step: Optional[StepVariant], dummy: Tensor = None):
+    """(pointers, integers, flags) for a step kernel: see StepVariant. An option that is
+    off passes None for its pointer: Triton makes a None argument a constexpr, which the
+    launch then neither specialises nor passes (six fewer tensors to key a plain step's
+    launch on, issue 17), and the kernel never reads it (its flag is off). `dummy` is
+    unused, kept for callers that still pass one."""
+    if step is None:
+        return _ALL_OFF
 
     def stride(t):
         return t.stride(0) if t is not None else 0
 
-    pointers = [ptr(step.keep), ptr(step.keep_next), ptr(step.drop), ptr(step.zone_c),
-                ptr(step.zone_h), ptr(step.carry)]
+    pointers = [step.keep, step.keep_next, step.drop, step.zone_c, step.zone_h, step.carry]
     integers = [step.n_next, stride(step.drop), stride(step.zone_c), stride(step.zone_h),
                 stride(step.carry)]
     flags = dict(KEEP=step.keep is not None, SCALE_KEEP=step.keep_next is not None,

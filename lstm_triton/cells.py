@@ -17,11 +17,12 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from . import scripting
-from .dispatch import choose_backend
+from . import cell_step, scripting
+from .dispatch import choose_backend, triton_can_run
 from .export import export_backend
 from .kernels.config import state_dtype
-from .rnn import BackendOption, autocast_enabled, run_layer
+from .ops import plain_eager
+from .rnn import BackendOption, autocast_enabled, needs_reference, run_layer
 from .variants import Variant, check_cell_reset
 
 
@@ -39,10 +40,22 @@ def cell_autocast_dtype(device_type, dtype):
     return dtype
 
 
+def one_step_road(x, h0, c0, weights) -> bool:
+    """Whether a stepwise cell call may take cell_step's road: exactly where the layer's road
+    would run the op's implementation directly (ops.rnn_layer_fast: plain eager) and not
+    the reference (rnn.needs_reference: forward-mode AD, functorch transforms)."""
+    tensors = (x, h0, c0, *weights)
+    return plain_eager(*tensors) and not needs_reference(tensors)
+
+
 class _TritonCellDriver(BackendOption):
     """Mixin holding the forward shared by TritonLSTMCell and TritonGRUCell."""
 
     def forward(self, input, hx=None, *, reset=None):
+        if reset is None:
+            new = self._one_step(input, hx)
+            if new is not None:
+                return new
         backend = export_backend(self) or choose_backend(self.backend, input.device)
         reset = check_cell_reset(type(self).__name__, reset, input)
         if backend == "torch":
@@ -52,6 +65,46 @@ class _TritonCellDriver(BackendOption):
                 hx = tuple(s * keep for s in hx) if isinstance(hx, (tuple, list)) else hx * keep
             return super(BackendOption, self).forward(input, hx)  # torch's own cell
         return self._cell_forward(input, hx, backend, reset)
+
+    def _one_step(self, x, hx):
+        """The common call by the shortest road (cell_step.py, issue 17), or None for the
+        general one: a batched input, states given as torch's cell takes them (or None),
+        every tensor of the weights' dtype and device, a Triton device and the stepwise
+        backend, no autocast, and plain eager (no compile, export, trace, transform or
+        forward-mode AD). What it leaves to the general road includes every error."""
+        params = self._parameters
+        w_ih = params["weight_ih"]
+        dtype, device = w_ih.dtype, w_ih.device
+        if (x.__class__ is not Tensor or x.dim() != 2 or x.shape[1] != self.input_size
+                or x.dtype != dtype or x.device != device or self.backend == "torch"
+                or self.backend == "reference" or not triton_can_run(device)):
+            return None
+        lstm = self.cell == "lstm"
+        if hx is None:
+            h0 = x.new_zeros(x.shape[0], self.hidden_size)
+            states = (h0, h0) if lstm else (h0,)
+        elif lstm and isinstance(hx, (tuple, list)) and len(hx) == 2:
+            states = hx
+        elif not lstm and hx.__class__ is Tensor:
+            states = (hx,)
+        else:
+            return None
+        shape = (x.shape[0], self.hidden_size)
+        for s in states:
+            if s.__class__ is not Tensor or s.shape != shape or s.dtype != dtype or \
+                    s.device != device:
+                return None
+        weights = (w_ih, params["weight_hh"], params["bias_ih"], params["bias_hh"])
+        # plain_eager also rules out every export and trace (they run under Dynamo, fake
+        # tensors or jit tracing); with no functorch transform, needs_reference is only
+        # forward-mode AD
+        if (torch.is_autocast_enabled(device.type) or not plain_eager(*weights)
+                or needs_reference((x, *states, *weights))):
+            return None
+        new = cell_step.step(self.cell, x.contiguous(), states[0].contiguous(),
+                             states[1].contiguous() if lstm else None,
+                             *(w if w is None else w.contiguous() for w in weights))
+        return new if lstm else new[0]
 
     def _check(self, x, states):
         name = type(self).__name__
@@ -115,6 +168,9 @@ class _TritonCellDriver(BackendOption):
         x, states = cast(x).contiguous(), [cast(s).contiguous() for s in states]
         h0, c0 = states[0], (states[1] if lstm else None)
 
+        if backend == "stepwise" and reset is None and one_step_road(x, h0, c0, weights):
+            new = cell_step.step(self.cell, x, h0, c0, *weights)
+            return new if batched else tuple(s.squeeze(0) for s in new)
         # reset: zero the entering state of those rows, in the step kernel (variants.Variant)
         variant = Variant() if reset is None else Variant(
             keep=(~reset.reshape(-1)).to(state_dtype(dtype)))
