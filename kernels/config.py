@@ -12,8 +12,11 @@ import os
 import triton
 
 
+@functools.lru_cache(maxsize=None)
 def interpreting() -> bool:
-    """True when Triton kernels run through the CPU interpreter."""
+    """True when Triton kernels run through the CPU interpreter. Read once, as Triton itself
+    does when it decorates the kernels at import (setting the variable later changes
+    nothing there either); cached because every step launch asks (issue 17)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 

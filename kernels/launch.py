@@ -29,27 +29,40 @@ MAX_ENTRIES = 4096  # per kernel; a process that sees more shapes starts the cac
 
 
 def _key(args):
-    """A hashable key at least as fine as what Triton specialises on, computed in a few µs
-    (one pass, no call per argument): a tensor by its dtype and 16-byte alignment, an
-    integer by its value (finer than Triton, which keys on == 1, % 16 and its range: one
-    Triton launch more per new value, never a wrong kernel), a bool or float by type and
-    value, None as itself. Anything else (a tensor subclass, a descriptor) raises
-    TypeError: Triton's path serves it."""
-    key = []
-    for a in args:
-        cls = a.__class__
-        if cls is int:
-            key.append(a)
-        elif cls in _PLAIN:
-            key.append(a.dtype)
-            key.append(a.data_ptr() & 15 == 0)
-        elif cls is bool or cls is float:
-            key.append((cls, a))
-        elif a is None:
-            key.append(None)
+    """A hashable key at least as fine as what Triton specialises on: a tensor by its dtype
+    and 16-byte alignment, an integer by its value (finer than Triton, which keys on == 1,
+    % 16 and its range: one Triton launch more per new value, never a wrong kernel), a bool
+    or float by its value, None as itself, all under the tuple of the arguments' types.
+    Anything else (a tensor subclass, a descriptor) raises TypeError: Triton's path serves
+    it. The per-argument work is a function generated once per tuple of types (`_keyer`),
+    a few µs for a step kernel's ~25 arguments where a loop over them took ~10 (issue 17)."""
+    types = tuple(map(type, args))
+    keyer = _KEYERS.get(types)
+    if keyer is None:
+        keyer = _KEYERS[types] = _keyer(types)
+    return keyer(args)
+
+
+_KEYERS = {}  # tuple of argument types -> its key function
+
+
+def _keyer(types):
+    parts = []
+    for i, cls in enumerate(types):
+        if cls in _PLAIN:
+            parts.append(f"a[{i}].dtype, a[{i}].data_ptr() & 15 == 0")
+        elif cls in (int, bool, float):
+            parts.append(f"a[{i}]")
+        elif cls is type(None):
+            continue
         else:
-            raise TypeError(cls)
-    return tuple(key)
+            def refuse(args, cls=cls):
+                raise TypeError(cls)
+            return refuse
+    # the types tuple itself leads the key: True and 1 (or 1.0) hash alike, and a None's
+    # position must count
+    fn = eval(f"lambda a: (types, {', '.join(parts)})", {"types": types})  # noqa: S307
+    return fn
 
 
 def _hooked(hook) -> bool:

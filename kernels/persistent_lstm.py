@@ -52,7 +52,8 @@ from .persistent_config import (PersistentPlan, launch_options, pad_dot, recurre
                                 forward_plan, schedule_tensors, split_k, tag_lanes)
 from .persistent_tiles import (backward_step_rows, forward_step_rows, gate_columns, load_rows,
                                program_tile, recurrent_matmul, recurrent_matmul_partials,
-                               resident_weights, split_gates, step_at, step_rows, step_tile)
+                               recurrent_source, resident_weights, split_gates, step_at,
+                               step_rows, step_tile)
 from .step_tags import exchange_arrive, exchange_start, exchange_wait
 from .step_variant import variant_args
 from .tiles import load_gate, store_gate
@@ -94,10 +95,8 @@ def lstm_persistent_fwd_kernel(
     w = resident_weights(w_hh_ptr, R, w_rows, w_ok, 1, stride_w, RESIDENT, SPLIT, KP, NP, TRANS)
     meetings: tl.constexpr = 2 if PROJ else 1  # per step: the projection needs all of m
     masked_in: tl.constexpr = KEEP or DROP  # the GEMM reads xin / h0in instead of y / h0
-    if masked_in:
-        src_ptr, stride_src, alt_ptr, stride_alt = xin_ptr, stride_xin, h0in_ptr, stride_h0in
-    else:
-        src_ptr, stride_src, alt_ptr, stride_alt = y_ptr, stride_y, h0_ptr, stride_h0
+    src_ptr, stride_src, alt_ptr, stride_alt = recurrent_source(
+        y_ptr, stride_y, h0_ptr, stride_h0, xin_ptr, stride_xin, h0in_ptr, stride_h0in, masked_in)
     # meeting 1: the whole grid is running (TAGS: step-tagged exchange, kernels/step_tags.py)
     n_prog, ok = exchange_start(sync_ptr, TAGS)
     s = 0

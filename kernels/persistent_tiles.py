@@ -90,6 +90,19 @@ def split_gates(acc, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
 
 
 @triton.jit
+def recurrent_source(y_ptr, stride_y, h0_ptr, stride_h0, xin_ptr, stride_xin, h0in_ptr,
+                     stride_h0in, MASKED: tl.constexpr):
+    """(src, its row stride, alt, its row stride) the forward's recurrent matmul reads
+    h_{t-1} from (load_rows): the outputs y and h0, or, when the GEMM input is masked (a
+    reset's keep or recurrent dropout), the masked copies xin and h0in the steps write."""
+    if MASKED:
+        src_ptr, stride_src, alt_ptr, stride_alt = xin_ptr, stride_xin, h0in_ptr, stride_h0in
+    else:
+        src_ptr, stride_src, alt_ptr, stride_alt = y_ptr, stride_y, h0_ptr, stride_h0
+    return src_ptr, stride_src, alt_ptr, stride_alt
+
+
+@triton.jit
 def step_rows(bs_ptr, off_ptr, t, T):
     """(batch size, first packed row) of step t; (0, 0) when t is outside [0, T)."""
     valid = (t >= 0) & (t < T)

@@ -118,3 +118,26 @@ def test_prepared_launch_passes_what_tritons_runtime_passes():
     # one cache entry per (kernel, flags, dtype, alignment) seen: 3 variants x (2 LSTM fwd
     # + 2 LSTM bwd + 2 GRU fwd + 1 GRU bwd) specialisations
     assert int(done.stdout.split("PREPARED OK")[1]) == 21, done.stdout
+
+
+def test_launch_key_is_as_fine_as_tritons_specialisation():
+    """The key a prepared launch looks its compiled kernel up by (launch._key): a tensor by
+    dtype and 16-byte alignment, an integer by value, a bool apart from the equal integer,
+    None by position; a type it does not know is refused (Triton's own path then runs)."""
+    import torch
+
+    from lstm_triton.kernels.launch import _key
+
+    t = torch.zeros(64)
+    assert _key((t, 3)) == _key((torch.ones(64), 3))
+    assert _key((t, 3)) != _key((t, 4))
+    assert _key((t, 3)) != _key((t.double(), 3))
+    assert _key((t[1:], 3)) != _key((t, 3))  # 4 bytes in: not 16-byte aligned
+    assert _key((t, 1)) != _key((t, True)) and _key((t, 1)) != _key((t, 1.0))
+    assert _key((None, t)) != _key((t, None))
+
+    class Sub(torch.Tensor):
+        pass
+
+    with pytest.raises(TypeError):
+        _key((t.as_subclass(Sub), 3))
