@@ -38,6 +38,37 @@ def _pointwise_launch(n_rows, n_units, interpret):
     return (triton.cdiv(n_rows, block_b), triton.cdiv(n_units, block_h)), block_b, block_h
 
 
+# One cell step in one launch (kernels/cell_fused.py) runs where all B rows fit one program's
+# tile and the weights are small: there a cell step is launch-bound, and one launch replaces
+# three (two cuBLAS GEMMs and the step kernel). The limits are a guess, unmeasured on a GPU
+# (issue 17; the first GPU run must time both roads and set them): each of the H / 16
+# programs reads its 4 x 16 rows of W_ih and W_hh once, as a GEMV would, so up to a few
+# hundred units it should be no slower than cuBLAS and saves two launches.
+FUSED_CELL_MAX_BATCH = 32
+FUSED_CELL_MAX_HIDDEN = 256
+FUSED_CELL_MAX_INPUT = 1024
+
+
+def fused_cell_launch(batch: int, n_in: int, hidden: int, fp64: bool):
+    """(grid, BLOCK_B, BLOCK_H, BLOCK_K) of a fused cell step, or None where the step runs
+    on the GEMMs and the step kernel instead (config above)."""
+    return _fused_cell_launch(batch, n_in, hidden, fp64, interpreting())
+
+
+@functools.lru_cache(maxsize=4096)
+def _fused_cell_launch(batch, n_in, hidden, fp64, interpret):
+    if not (0 < batch <= FUSED_CELL_MAX_BATCH and 0 < hidden <= FUSED_CELL_MAX_HIDDEN
+            and n_in <= FUSED_CELL_MAX_INPUT):
+        return None
+    block_b = max(16, triton.next_power_of_2(batch))  # tl.dot: every dimension >= 16
+    if interpret:  # one program, whole K chunks: the interpreter runs programs one by one
+        block_h = max(4, triton.next_power_of_2(hidden))
+        block_k = max(16, triton.next_power_of_2(max(n_in, hidden)))
+    else:  # 4 gates x 16 units = a 64-wide tile; float64 (no tensor cores) in short chunks
+        block_h, block_k = 16, (16 if fp64 else 32)
+    return (triton.cdiv(hidden, block_h),), block_b, block_h, block_k
+
+
 def state_dtype(dtype):
     """Carried cell state / gradient (torch dtype): float32 for half types, else the dtype."""
     import torch

@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from . import ops, reference
-from .kernels.config import state_dtype
+from .kernels.cell_fused import gru_cell_fused, lstm_cell_fused
+from .kernels.config import fused_cell_launch, state_dtype
 from .kernels.gru_pointwise import gru_step_bwd, gru_step_fwd
 from .kernels.lstm_pointwise import lstm_step_bwd, lstm_step_fwd
 from .schedule import Schedule
@@ -32,7 +33,17 @@ from .stepwise import column_sum, input_projection
 
 
 def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, save):
-    """(h1, c1, gates, c_save): stepwise.lstm_forward's one step, without its buffers."""
+    """(h1, c1, gates, c_save): one launch at small sizes (kernels/cell_fused.py), else
+    stepwise.lstm_forward's one step without its buffers."""
+    launch = fused_cell_launch(x.shape[0], x.shape[1], h0.shape[1], x.dtype == torch.float64)
+    if launch is not None:
+        state = state_dtype(x.dtype)
+        c1 = torch.empty_like(c0) if state == c0.dtype else c0.new_empty(c0.shape, dtype=state)
+        h1 = torch.empty_like(h0)
+        gates = x.new_empty(h0.shape[0], 4 * h0.shape[1]) if save else None
+        c_save = torch.empty_like(c1) if save else None
+        lstm_cell_fused(x, h0, c0, w_ih, w_hh, b_ih, b_hh, h1, c1, gates, c_save, launch)
+        return h1, c1.to(x.dtype), gates, c_save
     bias = None if b_ih is None else b_ih + b_hh
     gx = input_projection(x, w_ih, bias)  # (B, 4H)
     rec = F.linear(h0, w_hh)  # h0 W_hh^T, as torch.mm(h0, w_hh.t()) in the layer
@@ -56,7 +67,13 @@ def lstm_backward(dh1, dc1, x, h0, c0, w_ih, w_hh, gates, c_save, needs):
 
 
 def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, save):
-    """(h1, gates): stepwise.gru_forward's one step."""
+    """(h1, gates): one launch at small sizes, else stepwise.gru_forward's one step."""
+    launch = fused_cell_launch(x.shape[0], x.shape[1], h0.shape[1], x.dtype == torch.float64)
+    if launch is not None:
+        h1 = torch.empty_like(h0)
+        gates = x.new_empty(h0.shape[0], 4 * h0.shape[1]) if save else None
+        gru_cell_fused(x, h0, w_ih, w_hh, b_ih, b_hh, h1, gates, launch)
+        return h1, gates
     gx = input_projection(x, w_ih, b_ih)  # (B, 3H); b_hh stays with the recurrent part
     rec = F.linear(h0, w_hh, b_hh)  # the layer's addmm(b_hh, h0, W_hh^T) (or mm)
     h1 = h0.clone()  # the kernel reads h0 from it and writes h1 over it

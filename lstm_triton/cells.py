@@ -41,9 +41,10 @@ def cell_autocast_dtype(device_type, dtype):
 
 
 def one_step_road(x, h0, c0, weights) -> bool:
-    """Whether a stepwise cell call may take cell_step's road: exactly where the layer's road
-    would run the op's implementation directly (ops.rnn_layer_fast: plain eager) and not
-    the reference (rnn.needs_reference: forward-mode AD, functorch transforms)."""
+    """Whether a stepwise cell call that came the general way (unbatched, autocast, hx None)
+    may still take cell_step's road: exactly where the layer's road would run the op's
+    implementation directly (ops.rnn_layer_fast: plain eager) and not the reference
+    (rnn.needs_reference: forward-mode AD, functorch transforms)."""
     tensors = (x, h0, c0, *weights)
     return plain_eager(*tensors) and not needs_reference(tensors)
 
@@ -52,10 +53,6 @@ class _TritonCellDriver(BackendOption):
     """Mixin holding the forward shared by TritonLSTMCell and TritonGRUCell."""
 
     def forward(self, input, hx=None, *, reset=None):
-        if reset is None:
-            new = self._one_step(input, hx)
-            if new is not None:
-                return new
         backend = export_backend(self) or choose_backend(self.backend, input.device)
         reset = check_cell_reset(type(self).__name__, reset, input)
         if backend == "torch":
@@ -197,6 +194,10 @@ class TritonLSTMCell(_TritonCellDriver, nn.LSTMCell):
                                    "which has no reset; zero hx before the call instead.")
             return scripting.lstm_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih,
                                        self.bias_hh, self.hidden_size)
+        if reset is None:  # the common call: one step by the shortest road (issue 17)
+            new = self._one_step(input, hx)
+            if new is not None:
+                return new
         return super().forward(input, hx, reset=reset)
 
     def _cell_forward(self, input, hx, backend, reset=None):
@@ -221,6 +222,10 @@ class TritonGRUCell(_TritonCellDriver, nn.GRUCell):
                                    "which has no reset; zero hx before the call instead.")
             return scripting.gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih,
                                       self.bias_hh, self.hidden_size)
+        if reset is None:  # the common call: one step by the shortest road (issue 17)
+            new = self._one_step(input, hx)
+            if new is not None:
+                return new
         return super().forward(input, hx, reset=reset)
 
     def _cell_forward(self, input, hx, backend, reset=None):

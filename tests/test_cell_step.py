@@ -1,16 +1,20 @@
 """A cell call's one-step road (lstm_triton/cell_step.py, issue 17).
 
 In plain eager a TritonLSTMCell / TritonGRUCell call skips the layer's machinery and runs
-the stepwise layer's one step directly. It must give the layer op's bits, forward and every
-gradient; it must be taken only where the layer's road would have skipped the custom op
-(so compile, dispatch modes, resets and forward-mode AD still see what they saw); and
-double backward and gradcheck must hold on it.
+one step directly: at small sizes in one launch (kernels/cell_fused.py: both GEMMs and the
+gates), else the stepwise layer's one step (cuBLAS GEMMs and the step kernel), which must
+give the layer op's bits. The fused step must match float64 math in every dtype and write
+every element; the road must be taken only where the layer's road would have skipped the
+custom op (so compile, dispatch modes, resets and forward-mode AD still see what they
+saw); and double backward and gradcheck must hold on it.
 """
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from lstm_triton import TritonGRUCell, TritonLSTMCell, cell_step, ops
+from lstm_triton.kernels import cell_fused, config
+from rnn_testing import assert_close
 
 B, I, H = 3, 5, 7
 
@@ -43,7 +47,8 @@ def outputs_and_grads(cell, inputs, by_layer_op):
 
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_one_step_road_gives_the_layer_ops_bits(cell, bias):
+def test_gemm_road_gives_the_layer_ops_bits(cell, bias, monkeypatch):
+    monkeypatch.setattr(cell_step, "fused_cell_launch", lambda *size: None)
     torch.manual_seed(0)
     inputs = leaves(cell, bias)
     fast, fast_grads = outputs_and_grads(cell, inputs, by_layer_op=False)
@@ -90,3 +95,71 @@ def test_gradcheck_and_double_backward_on_the_road(cls):
 
     assert torch.autograd.gradcheck(fn, (x, h, c))
     assert torch.autograd.gradgradcheck(fn, (x, h, c))
+
+
+def reference_step(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+    """torch's own cell in float64: (h1, c1) or (h1,)."""
+    args = [t.double() if t is not None else None for t in (x, w_ih, w_hh, b_ih, b_hh)]
+    if cell == "lstm":
+        return torch._VF.lstm_cell(args[0], (h0.double(), c0.double()), *args[1:])
+    return (torch._VF.gru_cell(args[0], h0.double(), *args[1:]),)
+
+
+DTYPES = [pytest.param(torch.float32, id="fp32"), pytest.param(torch.float16, id="fp16"),
+          pytest.param(torch.bfloat16, id="bf16"), pytest.param(torch.float64, id="fp64")]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_fused_step_matches_float64_and_writes_every_element(cell, bias, dtype):
+    """The fused kernel on NaN-poisoned outputs, at awkward sizes (B=3, I=5, H=7: masked
+    rows, units, gate columns and K), against torch's cell in float64; in training mode its
+    saved gates equal the activations recomputed in float64."""
+    torch.manual_seed(1)
+    t = {k: (v.detach().to(dtype) if v is not None else None)
+         for k, v in leaves(cell, bias).items()}
+    launch = config.fused_cell_launch(B, I, H, dtype == torch.float64)
+    state = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    poison = dict(dtype=dtype)
+    h1, gates = torch.full((B, H), float("nan"), **poison), torch.full((B, 4 * H), float("nan"),
+                                                                       **poison)
+    want = reference_step(cell, *t.values())
+    if cell == "lstm":
+        c1, c_save = (torch.full((B, H), float("nan"), dtype=state) for _ in range(2))
+        cell_fused.lstm_cell_fused(*t.values(), h1, c1, gates, c_save, launch)
+        got = (h1, c1)
+        assert torch.equal(c_save, c1)
+    else:
+        cell_fused.gru_cell_fused(t["x"], t["h0"], *list(t.values())[3:], h1, gates, launch)
+        got = (h1,)
+    for g, w in zip(got, want):
+        assert_close(g, w.to(g.dtype), dtype, "fused step")
+    assert not gates.isnan().any()
+    # the saved gates are the activations: recompute them in float64
+    x, h0, w_ih, w_hh = (t[k].double() for k in ("x", "h0", "w_ih", "w_hh"))
+    b_ih, b_hh = (t[k].double() if bias else 0.0 for k in ("b_ih", "b_hh"))
+    gx, gh = x @ w_ih.t() + b_ih, h0 @ w_hh.t() + b_hh
+    if cell == "lstm":
+        pre = (gx + gh).view(B, 4, H)
+        acts = torch.cat([pre[:, 0].sigmoid(), pre[:, 1].sigmoid(), pre[:, 2].tanh(),
+                          pre[:, 3].sigmoid()], 1)
+    else:
+        r = (gx[:, :H] + gh[:, :H]).sigmoid()
+        z = (gx[:, H:2 * H] + gh[:, H:2 * H]).sigmoid()
+        n = (gx[:, 2 * H:] + r * gh[:, 2 * H:]).tanh()
+        acts = torch.cat([r, z, n, gh[:, 2 * H:]], 1)
+    assert_close(gates, acts.to(dtype), dtype, "saved gates")
+
+
+@pytest.mark.parametrize("cls", [TritonLSTMCell, TritonGRUCell])
+def test_small_steps_take_one_launch_and_large_ones_the_gemms(cls, monkeypatch):
+    launched = []
+    for name in ("lstm_cell_fused", "gru_cell_fused"):
+        original = getattr(cell_step, name)
+        monkeypatch.setattr(cell_step, name, lambda *a, _o=original: (launched.append(1), _o(*a)))
+    cell = cls(I, H, backend="stepwise")
+    cell(torch.randn(2, I))
+    assert launched == [1]
+    cell(torch.randn(config.FUSED_CELL_MAX_BATCH + 1, I))  # too many rows for one tile
+    assert launched == [1]

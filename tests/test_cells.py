@@ -10,7 +10,7 @@ from lstm_triton.kernels import gru_pointwise, lstm_pointwise
 from rnn_testing import KERNEL_BACKENDS, assert_close
 from torch import nn
 
-from lstm_triton import TritonGRUCell, TritonLSTMCell, cell_step, stepwise
+from lstm_triton import TritonGRUCell, TritonLSTMCell, cell_step
 
 DTYPE = torch.float64
 N_IN, H = 3, 5
@@ -105,24 +105,23 @@ def test_cell_is_a_torch_cell(cell):
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_cell_runs_the_shared_step_kernels(cell, monkeypatch):
-    """One call = the layers' fused step kernel once forward and once backward (on the
-    cell's one-step road, lstm_triton/cell_step.py, which calls the same kernels)."""
+def test_cell_runs_one_launch_forward_and_the_shared_step_kernel_backward(cell, monkeypatch):
+    """One call at these sizes = one fused launch forward (both GEMMs and the gates:
+    kernels/cell_fused.py) and the layers' fused step kernel backward (cell_step.py)."""
     module, _ = twin_cells(cell)
     kernels = gru_pointwise if cell == "gru" else lstm_pointwise
+    assert getattr(cell_step, f"{cell}_step_bwd") is getattr(kernels, f"{cell}_step_bwd")
     calls = []
-    for name in (f"{cell}_step_fwd", f"{cell}_step_bwd"):
-        original = getattr(kernels, name)
-        assert getattr(stepwise, name) is original and getattr(cell_step, name) is original
+    for name in (f"{cell}_cell_fused", f"{cell}_step_fwd", f"{cell}_step_bwd"):
+        original = getattr(cell_step, name)
 
         def counted(*args, _name=name, _original=original, **kwargs):
             calls.append(_name)
             return _original(*args, **kwargs)
-        monkeypatch.setattr(stepwise, name, counted)
         monkeypatch.setattr(cell_step, name, counted)
     out = module(leaf(2, N_IN))
     (out[0] if isinstance(out, tuple) else out).sum().backward()
-    assert calls == [f"{cell}_step_fwd", f"{cell}_step_bwd"]
+    assert calls == [f"{cell}_cell_fused", f"{cell}_step_bwd"]
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])

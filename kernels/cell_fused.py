@@ -1,0 +1,139 @@
+"""One cell step in one launch: both GEMMs and the gates in one kernel (issue 17).
+
+A TritonLSTMCell / TritonGRUCell call on the stepwise road is three GPU calls: cuBLAS for
+x W_ih^T, cuBLAS for h W_hh^T, then the fused step kernel (lstm_pointwise.py /
+gru_pointwise.py). At the sizes a per-step cell runs at (a decoder or a policy acting one
+step at a time: a few rows, a few hundred units) each call is a few microseconds of launch
+and of host work for almost no arithmetic. Here one program owns BLOCK_H units of every
+gate for all B rows (so W_ih and W_hh are each read once by the whole grid, as a GEMV
+reads them), accumulates [x | h] @ [W_ih | W_hh]^T for its four gates in one fused tile
+(persistent_tiles.gate_columns: unit-major columns, split by split_gates), and applies the
+same cell math as the step kernels (cell_math.py). What it saves for backward is what the
+step kernel saves, in the same layout, so backward is the step road's (cell_step.py).
+
+The GRU keeps the input and recurrent parts apart (n = tanh(x_n + r * rec_n)): two tiles.
+config.fused_cell_launch decides where this runs (small B and H), and the block sizes.
+"""
+import triton
+import triton.language as tl
+
+from .cell_math import gru_cell_forward, lstm_cell_forward, store_gates4
+from .config import compute_dtype
+from .launch import prepared
+from .persistent_tiles import gate_columns, load_w_tile, split_dot, split_gates
+from .persistent_config import dot_mode
+from .tiles import load_gate, store_gate
+
+
+@triton.jit
+def gate_matmul(acc, a_ptr, stride_a, rows, n_rows, K, w_ptr, stride_w, cols, col_ok,
+                BLOCK_K: tl.constexpr, DOT: tl.constexpr):
+    """acc (BLOCK_B, N) + A[rows, :K] @ W[cols, :K]^T, K in chunks of BLOCK_K. W is row-major
+    (gates*H, K): column j of the tile is row cols[j] of W. DOT: persistent_tiles' modes."""
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        a = tl.load(a_ptr + rows * stride_a + ks[None, :], mask=(rows < n_rows) & (ks[None, :] < K),
+                    other=0.0)
+        w = load_w_tile(w_ptr, ks[:, None], K, cols, col_ok, 1, stride_w)  # (BLOCK_K, N)
+        acc = split_dot(a[None, :, :], w[None, :, :], acc, DOT)
+    return acc
+
+
+@triton.jit
+def fused_tile(BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, B, H):
+    """This program's rows (all B, int64 [BLOCK_B, 1]), units ([1, BLOCK_H]) and mask."""
+    rows = tl.arange(0, BLOCK_B).to(tl.int64)[:, None]
+    units = (tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H))[None, :]
+    return rows, units, (rows < B) & (units < H)
+
+
+@triton.jit
+def lstm_cell_fused_kernel(
+    x_ptr, h0_ptr, c0_ptr,  # (B, I), (B, H), (B, H)
+    w_ih_ptr, w_hh_ptr, b_ih_ptr, b_hh_ptr,  # (4H, I), (4H, H), (4H,), (4H,) (HAS_BIAS)
+    h1_ptr, c1_ptr,  # (B, H) new states; c1 in the state dtype
+    gates_ptr, c_save_ptr,  # (B, 4H) activated gates, (B, H) c1 again, for backward (SAVE)
+    B, I, H,
+    stride_x, stride_h0, stride_c0, stride_wih, stride_whh, stride_h1, stride_c1,
+    stride_gates, stride_cs,
+    HAS_BIAS: tl.constexpr, SAVE: tl.constexpr, DOT: tl.constexpr, COMPUTE: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    rows, units, mask = fused_tile(BLOCK_B, BLOCK_H, B, H)
+    cols, col_ok = gate_columns(BLOCK_H, H, 4)
+    acc = tl.zeros((BLOCK_B, 4 * BLOCK_H), COMPUTE)
+    acc = gate_matmul(acc, x_ptr, stride_x, rows, B, I, w_ih_ptr, stride_wih, cols, col_ok,
+                      BLOCK_K, DOT)
+    acc = gate_matmul(acc, h0_ptr, stride_h0, rows, B, H, w_hh_ptr, stride_whh, cols, col_ok,
+                      BLOCK_K, DOT)
+    if HAS_BIAS:
+        acc += (tl.load(b_ih_ptr + cols, mask=col_ok, other=0.0).to(COMPUTE)
+                + tl.load(b_hh_ptr + cols, mask=col_ok, other=0.0).to(COMPUTE))
+    p_i, p_f, p_g, p_o = split_gates(acc, BLOCK_B, BLOCK_H)
+    c_prev = load_gate(c0_ptr, rows, units, stride_c0, 0, H, mask, COMPUTE)
+    i, f, g, o, c, m = lstm_cell_forward(p_i, p_f, p_g, p_o, c_prev)
+    store_gate(c1_ptr, rows, units, stride_c1, 0, H, c, mask)
+    store_gate(h1_ptr, rows, units, stride_h1, 0, H, m, mask)
+    if SAVE:
+        store_gates4(gates_ptr, rows, units, stride_gates, H, i, f, g, o, mask)
+        store_gate(c_save_ptr, rows, units, stride_cs, 0, H, c, mask)
+
+
+@triton.jit
+def gru_cell_fused_kernel(
+    x_ptr, h0_ptr,  # (B, I), (B, H)
+    w_ih_ptr, w_hh_ptr, b_ih_ptr, b_hh_ptr,  # (3H, I), (3H, H), (3H,), (3H,) (HAS_BIAS)
+    h1_ptr,  # (B, H)
+    gates_ptr,  # (B, 4H) r, z, n, rec_n for backward (SAVE)
+    B, I, H,
+    stride_x, stride_h0, stride_wih, stride_whh, stride_h1, stride_gates,
+    HAS_BIAS: tl.constexpr, SAVE: tl.constexpr, DOT: tl.constexpr, COMPUTE: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    rows, units, mask = fused_tile(BLOCK_B, BLOCK_H, B, H)
+    cols, col_ok = gate_columns(BLOCK_H, H, 3)
+    acc_x = tl.zeros((BLOCK_B, 4 * BLOCK_H), COMPUTE)
+    acc_x = gate_matmul(acc_x, x_ptr, stride_x, rows, B, I, w_ih_ptr, stride_wih, cols, col_ok,
+                        BLOCK_K, DOT)
+    acc_h = tl.zeros((BLOCK_B, 4 * BLOCK_H), COMPUTE)
+    acc_h = gate_matmul(acc_h, h0_ptr, stride_h0, rows, B, H, w_hh_ptr, stride_whh, cols, col_ok,
+                        BLOCK_K, DOT)
+    if HAS_BIAS:
+        acc_x += tl.load(b_ih_ptr + cols, mask=col_ok, other=0.0).to(COMPUTE)
+        acc_h += tl.load(b_hh_ptr + cols, mask=col_ok, other=0.0).to(COMPUTE)
+    x_r, x_z, x_n, _ = split_gates(acc_x, BLOCK_B, BLOCK_H)
+    rec_r, rec_z, rec_n, _ = split_gates(acc_h, BLOCK_B, BLOCK_H)
+    h_prev = load_gate(h0_ptr, rows, units, stride_h0, 0, H, mask, COMPUTE)
+    r, z, n, h = gru_cell_forward(x_r, x_z, x_n, rec_r, rec_z, rec_n, h_prev)
+    store_gate(h1_ptr, rows, units, stride_h1, 0, H, h, mask)
+    if SAVE:
+        store_gates4(gates_ptr, rows, units, stride_gates, H, r, z, n, rec_n, mask)
+
+
+def lstm_cell_fused(x, h0, c0, w_ih, w_hh, b_ih, b_hh, h1, c1, gates, c_save, launch):
+    """One LSTM cell step into h1, c1 (and gates, c_save when not None: training).
+    launch: config.fused_cell_launch's (grid, BLOCK_B, BLOCK_H, BLOCK_K)."""
+    grid, block_b, block_h, block_k = launch
+    save = gates is not None
+    prepared(lstm_cell_fused_kernel)[grid](
+        x, h0, c0, w_ih, w_hh, b_ih, b_hh, h1, c1, gates, c_save,
+        x.shape[0], x.shape[1], h0.shape[1],
+        x.stride(0), h0.stride(0), c0.stride(0), w_ih.stride(0), w_hh.stride(0), h1.stride(0),
+        c1.stride(0), gates.stride(0) if save else 0, c_save.stride(0) if save else 0,
+        HAS_BIAS=b_ih is not None, SAVE=save, DOT=dot_mode(x.dtype, x.device),
+        COMPUTE=compute_dtype(x.dtype), BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_K=block_k,
+    )
+
+
+def gru_cell_fused(x, h0, w_ih, w_hh, b_ih, b_hh, h1, gates, launch):
+    """One GRU cell step into h1 (and gates when not None: training)."""
+    grid, block_b, block_h, block_k = launch
+    save = gates is not None
+    prepared(gru_cell_fused_kernel)[grid](
+        x, h0, w_ih, w_hh, b_ih, b_hh, h1, gates,
+        x.shape[0], x.shape[1], h0.shape[1],
+        x.stride(0), h0.stride(0), w_ih.stride(0), w_hh.stride(0), h1.stride(0),
+        gates.stride(0) if save else 0,
+        HAS_BIAS=b_ih is not None, SAVE=save, DOT=dot_mode(x.dtype, x.device),
+        COMPUTE=compute_dtype(x.dtype), BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_K=block_k,
+    )
