@@ -1,10 +1,13 @@
 """TritonLSTMCell and TritonGRUCell: drop-ins for nn.LSTMCell / nn.GRUCell.
 
-A cell call is a one-step layer: it runs `ops.rnn_layer` (the same custom op
-the multi-step modules use) on the B rows of a single timestep. So a call is
-one input GEMM, one recurrent GEMM and the same fused pointwise step kernel
-(kernels/lstm_pointwise.py, kernels/gru_pointwise.py), forward and backward,
-and it compiles as one op under torch.compile like the layers do.
+A cell call is a one-step layer. Under torch.compile, export, tracing, vmap, forward-mode
+AD or with `reset=`, it runs `ops.rnn_layer` (the same custom op the multi-step modules
+use) on the B rows of a single timestep: one input GEMM, one recurrent GEMM and the fused
+pointwise step kernel (kernels/lstm_pointwise.py, kernels/gru_pointwise.py), forward and
+backward, one op in a compiled graph. A plain eager call takes the shortest road instead
+(lstm_triton/cell_step.py, issue 17): at small sizes one launch doing both GEMMs and the
+gates (kernels/cell_fused.py), else the same GEMMs and step kernel without the layer's
+machinery; backward is the step kernel and GEMMs either way.
 
 They subclass torch's cells, so parameters, initialisation, state_dict and
 the call contract are torch's: `h, c = cell(x, (h, c))`, `h = gru_cell(x, h)`,
