@@ -18,6 +18,8 @@ need() { "$py" -c "import $1" 2>/dev/null || missing+=("$2"); }
 need triton "triton>=3.6"
 need pytest "pytest>=8"
 need hypothesis "hypothesis>=6"
+# the test command spreads the suite over the cores (scripts/test.sh)
+need xdist "pytest-xdist>=3"
 # torch.testing._internal (tests/test_torch_module_db.py runs torch's module_db samples) imports it
 need expecttest "expecttest>=0.2"
 need tqdm "tqdm>=4"
