@@ -40,6 +40,23 @@ def gate_matmul(acc, a_ptr, stride_a, rows, n_rows, K, w_ptr, stride_w, cols, co
 
 
 @triton.jit
+def cell_products(x_ptr, stride_x, h0_ptr, stride_h0, w_ih_ptr, stride_wih, w_hh_ptr,
+                  stride_whh, b_ih_ptr, b_hh_ptr, rows, B, I, H, cols, col_ok,
+                  HAS_BIAS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+                  BLOCK_K: tl.constexpr, DOT: tl.constexpr, COMPUTE: tl.constexpr):
+    """(x W_ih^T + b_ih, h0 W_hh^T + b_hh) over this program's gate columns, as two fused
+    (BLOCK_B, 4*BLOCK_H) tiles (split_gates splits each into its gates)."""
+    acc_x = gate_matmul(tl.zeros((BLOCK_B, 4 * BLOCK_H), COMPUTE), x_ptr, stride_x, rows, B, I,
+                        w_ih_ptr, stride_wih, cols, col_ok, BLOCK_K, DOT)
+    acc_h = gate_matmul(tl.zeros((BLOCK_B, 4 * BLOCK_H), COMPUTE), h0_ptr, stride_h0, rows, B,
+                        H, w_hh_ptr, stride_whh, cols, col_ok, BLOCK_K, DOT)
+    if HAS_BIAS:
+        acc_x += tl.load(b_ih_ptr + cols, mask=col_ok, other=0.0).to(COMPUTE)
+        acc_h += tl.load(b_hh_ptr + cols, mask=col_ok, other=0.0).to(COMPUTE)
+    return acc_x, acc_h
+
+
+@triton.jit
 def fused_tile(BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, B, H):
     """This program's rows (all B, int64 [BLOCK_B, 1]), units ([1, BLOCK_H]) and mask."""
     rows = tl.arange(0, BLOCK_B).to(tl.int64)[:, None]
@@ -61,15 +78,10 @@ def lstm_cell_fused_kernel(
 ):
     rows, units, mask = fused_tile(BLOCK_B, BLOCK_H, B, H)
     cols, col_ok = gate_columns(BLOCK_H, H, 4)
-    acc = tl.zeros((BLOCK_B, 4 * BLOCK_H), COMPUTE)
-    acc = gate_matmul(acc, x_ptr, stride_x, rows, B, I, w_ih_ptr, stride_wih, cols, col_ok,
-                      BLOCK_K, DOT)
-    acc = gate_matmul(acc, h0_ptr, stride_h0, rows, B, H, w_hh_ptr, stride_whh, cols, col_ok,
-                      BLOCK_K, DOT)
-    if HAS_BIAS:
-        acc += (tl.load(b_ih_ptr + cols, mask=col_ok, other=0.0).to(COMPUTE)
-                + tl.load(b_hh_ptr + cols, mask=col_ok, other=0.0).to(COMPUTE))
-    p_i, p_f, p_g, p_o = split_gates(acc, BLOCK_B, BLOCK_H)
+    acc_x, acc_h = cell_products(x_ptr, stride_x, h0_ptr, stride_h0, w_ih_ptr, stride_wih,
+                                 w_hh_ptr, stride_whh, b_ih_ptr, b_hh_ptr, rows, B, I, H, cols,
+                                 col_ok, HAS_BIAS, BLOCK_B, BLOCK_H, BLOCK_K, DOT, COMPUTE)
+    p_i, p_f, p_g, p_o = split_gates(acc_x + acc_h, BLOCK_B, BLOCK_H)
     c_prev = load_gate(c0_ptr, rows, units, stride_c0, 0, H, mask, COMPUTE)
     i, f, g, o, c, m = lstm_cell_forward(p_i, p_f, p_g, p_o, c_prev)
     store_gate(c1_ptr, rows, units, stride_c1, 0, H, c, mask)
@@ -92,15 +104,9 @@ def gru_cell_fused_kernel(
 ):
     rows, units, mask = fused_tile(BLOCK_B, BLOCK_H, B, H)
     cols, col_ok = gate_columns(BLOCK_H, H, 3)
-    acc_x = tl.zeros((BLOCK_B, 4 * BLOCK_H), COMPUTE)
-    acc_x = gate_matmul(acc_x, x_ptr, stride_x, rows, B, I, w_ih_ptr, stride_wih, cols, col_ok,
-                        BLOCK_K, DOT)
-    acc_h = tl.zeros((BLOCK_B, 4 * BLOCK_H), COMPUTE)
-    acc_h = gate_matmul(acc_h, h0_ptr, stride_h0, rows, B, H, w_hh_ptr, stride_whh, cols, col_ok,
-                        BLOCK_K, DOT)
-    if HAS_BIAS:
-        acc_x += tl.load(b_ih_ptr + cols, mask=col_ok, other=0.0).to(COMPUTE)
-        acc_h += tl.load(b_hh_ptr + cols, mask=col_ok, other=0.0).to(COMPUTE)
+    acc_x, acc_h = cell_products(x_ptr, stride_x, h0_ptr, stride_h0, w_ih_ptr, stride_wih,
+                                 w_hh_ptr, stride_whh, b_ih_ptr, b_hh_ptr, rows, B, I, H, cols,
+                                 col_ok, HAS_BIAS, BLOCK_B, BLOCK_H, BLOCK_K, DOT, COMPUTE)
     x_r, x_z, x_n, _ = split_gates(acc_x, BLOCK_B, BLOCK_H)
     rec_r, rec_z, rec_n, _ = split_gates(acc_h, BLOCK_B, BLOCK_H)
     h_prev = load_gate(h0_ptr, rows, units, stride_h0, 0, H, mask, COMPUTE)
