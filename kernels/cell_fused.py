@@ -121,8 +121,8 @@ def lstm_cell_fused(x, h0, c0, w_ih, w_hh, b_ih, b_hh, h1, c1, gates, c_save, la
     launch: config.fused_cell_launch's (grid, BLOCK_B, BLOCK_H, BLOCK_K)."""
     grid, block_b, block_h, block_k = launch
     save = gates is not None
-    prepared(lstm_cell_fused_kernel)[grid](
-        x, h0, c0, w_ih, w_hh, b_ih, b_hh, h1, c1, gates, c_save,
+    prepared(lstm_cell_fused_kernel).launch(  # .launch: no partial per call
+        grid, x, h0, c0, w_ih, w_hh, b_ih, b_hh, h1, c1, gates, c_save,
         x.shape[0], x.shape[1], h0.shape[1],
         x.stride(0), h0.stride(0), c0.stride(0), w_ih.stride(0), w_hh.stride(0), h1.stride(0),
         c1.stride(0), gates.stride(0) if save else 0, c_save.stride(0) if save else 0,
@@ -135,8 +135,8 @@ def gru_cell_fused(x, h0, w_ih, w_hh, b_ih, b_hh, h1, gates, launch):
     """One GRU cell step into h1 (and gates when not None: training)."""
     grid, block_b, block_h, block_k = launch
     save = gates is not None
-    prepared(gru_cell_fused_kernel)[grid](
-        x, h0, w_ih, w_hh, b_ih, b_hh, h1, gates,
+    prepared(gru_cell_fused_kernel).launch(
+        grid, x, h0, w_ih, w_hh, b_ih, b_hh, h1, gates,
         x.shape[0], x.shape[1], h0.shape[1],
         x.stride(0), h0.stride(0), w_ih.stride(0), w_hh.stride(0), h1.stride(0),
         gates.stride(0) if save else 0,

@@ -19,6 +19,7 @@ from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
+from torch.autograd import forward_ad
 
 from . import cell_step, scripting
 from .dispatch import choose_backend, triton_can_run
@@ -96,10 +97,10 @@ class _TritonCellDriver(BackendOption):
                 return None
         weights = (w_ih, params["weight_hh"], params["bias_ih"], params["bias_hh"])
         # plain_eager also rules out every export and trace (they run under Dynamo, fake
-        # tensors or jit tracing); with no functorch transform, needs_reference is only
-        # forward-mode AD
+        # tensors or jit tracing) and functorch's transforms, so of rnn.needs_reference only
+        # forward-mode AD is left: any dual level open sends the call the general way
         if (torch.is_autocast_enabled(device.type) or not plain_eager(*weights)
-                or needs_reference((x, *states, *weights))):
+                or forward_ad._current_level >= 0):
             return None
         new = cell_step.step(self.cell, x.contiguous(), states[0].contiguous(),
                              states[1].contiguous() if lstm else None,
