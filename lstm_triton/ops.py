@@ -255,9 +255,19 @@ def plain_eager(*tensors) -> bool:
 def _batched(*tensors) -> bool:
     """Whether autograd's legacy vmap batches these gradients (is_grads_batched=True,
     jacobian(vectorize=True), gradcheck's batched-gradient check): their type is still
-    Tensor, only a Batched dispatch key tells (the legacy one has no Python enum member:
-    the key set's name is read; functorch's FuncTorchBatched matches too)."""
-    return any(t is not None and "Batched" in str(torch._C._dispatch_keys(t)) for t in tensors)
+    Tensor, only a Batched dispatch key tells. functorch asks it directly (half the cost
+    of reading the key set's name, which older torch needs: its legacy key has no Python
+    enum member; functorch's FuncTorchBatched matches that too)."""
+    return any(t is not None and _is_batched(t) for t in tensors)
+
+
+_functorch = torch._C._functorch
+if hasattr(_functorch, "is_legacy_batchedtensor"):
+    def _is_batched(t) -> bool:
+        return _functorch.is_legacy_batchedtensor(t) or _functorch.is_batchedtensor(t)
+else:
+    def _is_batched(t) -> bool:
+        return "Batched" in str(torch._C._dispatch_keys(t))
 
 
 class _EagerLayer(torch.autograd.Function):
