@@ -41,11 +41,15 @@ def gate_matmul(acc, a_ptr, stride_a, rows, n_rows, K, w_ptr, stride_w, cols, co
 
 @triton.jit
 def cell_products(x_ptr, stride_x, h0_ptr, stride_h0, w_ih_ptr, stride_wih, w_hh_ptr,
-                  stride_whh, b_ih_ptr, b_hh_ptr, rows, B, I, H, cols, col_ok,
+                  stride_whh, b_ih_ptr, b_hh_ptr, B, I, H, N_GATES: tl.constexpr,
                   HAS_BIAS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
                   BLOCK_K: tl.constexpr, DOT: tl.constexpr, COMPUTE: tl.constexpr):
-    """(x W_ih^T + b_ih, h0 W_hh^T + b_hh) over this program's gate columns, as two fused
+    """This program's tile (all B rows, int64 [BLOCK_B, 1]; its units [1, BLOCK_H]; mask)
+    and (x W_ih^T + b_ih, h0 W_hh^T + b_hh) over its gate columns, as two fused
     (BLOCK_B, 4*BLOCK_H) tiles (split_gates splits each into its gates)."""
+    rows = tl.arange(0, BLOCK_B).to(tl.int64)[:, None]
+    units = (tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H))[None, :]
+    cols, col_ok = gate_columns(BLOCK_H, H, N_GATES)
     acc_x = gate_matmul(tl.zeros((BLOCK_B, 4 * BLOCK_H), COMPUTE), x_ptr, stride_x, rows, B, I,
                         w_ih_ptr, stride_wih, cols, col_ok, BLOCK_K, DOT)
     acc_h = gate_matmul(tl.zeros((BLOCK_B, 4 * BLOCK_H), COMPUTE), h0_ptr, stride_h0, rows, B,
@@ -53,15 +57,7 @@ def cell_products(x_ptr, stride_x, h0_ptr, stride_h0, w_ih_ptr, stride_wih, w_hh
     if HAS_BIAS:
         acc_x += tl.load(b_ih_ptr + cols, mask=col_ok, other=0.0).to(COMPUTE)
         acc_h += tl.load(b_hh_ptr + cols, mask=col_ok, other=0.0).to(COMPUTE)
-    return acc_x, acc_h
-
-
-@triton.jit
-def fused_tile(BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, B, H):
-    """This program's rows (all B, int64 [BLOCK_B, 1]), units ([1, BLOCK_H]) and mask."""
-    rows = tl.arange(0, BLOCK_B).to(tl.int64)[:, None]
-    units = (tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H))[None, :]
-    return rows, units, (rows < B) & (units < H)
+    return rows, units, (rows < B) & (units < H), acc_x, acc_h
 
 
 @triton.jit
@@ -76,11 +72,9 @@ def lstm_cell_fused_kernel(
     HAS_BIAS: tl.constexpr, SAVE: tl.constexpr, DOT: tl.constexpr, COMPUTE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    rows, units, mask = fused_tile(BLOCK_B, BLOCK_H, B, H)
-    cols, col_ok = gate_columns(BLOCK_H, H, 4)
-    acc_x, acc_h = cell_products(x_ptr, stride_x, h0_ptr, stride_h0, w_ih_ptr, stride_wih,
-                                 w_hh_ptr, stride_whh, b_ih_ptr, b_hh_ptr, rows, B, I, H, cols,
-                                 col_ok, HAS_BIAS, BLOCK_B, BLOCK_H, BLOCK_K, DOT, COMPUTE)
+    rows, units, mask, acc_x, acc_h = cell_products(
+        x_ptr, stride_x, h0_ptr, stride_h0, w_ih_ptr, stride_wih, w_hh_ptr, stride_whh, b_ih_ptr,
+        b_hh_ptr, B, I, H, 4, HAS_BIAS, BLOCK_B, BLOCK_H, BLOCK_K, DOT, COMPUTE)
     p_i, p_f, p_g, p_o = split_gates(acc_x + acc_h, BLOCK_B, BLOCK_H)
     c_prev = load_gate(c0_ptr, rows, units, stride_c0, 0, H, mask, COMPUTE)
     i, f, g, o, c, m = lstm_cell_forward(p_i, p_f, p_g, p_o, c_prev)
@@ -102,11 +96,9 @@ def gru_cell_fused_kernel(
     HAS_BIAS: tl.constexpr, SAVE: tl.constexpr, DOT: tl.constexpr, COMPUTE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    rows, units, mask = fused_tile(BLOCK_B, BLOCK_H, B, H)
-    cols, col_ok = gate_columns(BLOCK_H, H, 3)
-    acc_x, acc_h = cell_products(x_ptr, stride_x, h0_ptr, stride_h0, w_ih_ptr, stride_wih,
-                                 w_hh_ptr, stride_whh, b_ih_ptr, b_hh_ptr, rows, B, I, H, cols,
-                                 col_ok, HAS_BIAS, BLOCK_B, BLOCK_H, BLOCK_K, DOT, COMPUTE)
+    rows, units, mask, acc_x, acc_h = cell_products(
+        x_ptr, stride_x, h0_ptr, stride_h0, w_ih_ptr, stride_wih, w_hh_ptr, stride_whh, b_ih_ptr,
+        b_hh_ptr, B, I, H, 3, HAS_BIAS, BLOCK_B, BLOCK_H, BLOCK_K, DOT, COMPUTE)
     x_r, x_z, x_n, _ = split_gates(acc_x, BLOCK_B, BLOCK_H)
     rec_r, rec_z, rec_n, _ = split_gates(acc_h, BLOCK_B, BLOCK_H)
     h_prev = load_gate(h0_ptr, rows, units, stride_h0, 0, H, mask, COMPUTE)
