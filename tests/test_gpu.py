@@ -275,3 +275,49 @@ def test_stepwise_calls_replay_from_cuda_graphs(cell, monkeypatch):
           f"plain {plain * 1e6:.0f} us")
     assert replayed < plain / 4, (replayed, plain)
     graphs.clear()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16],
+                         ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("batch, hidden", [(1, 7), (5, 64), (32, 256)])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_fused_cell_step_matches_torch_on_many_programs(cell, batch, hidden, dtype):
+    """kernels/cell_fused.py where the interpreter cannot go: H/16 programs, each with its
+    own 16 units of every gate, native half-precision dots. A TritonLSTMCell / TritonGRUCell
+    call (the fused road at these sizes) against torch's cell in float64, forward and every
+    gradient of a few chained steps."""
+    from lstm_triton import TritonGRUCell, TritonLSTMCell, cell_step
+    from lstm_triton.kernels import config
+
+    assert config.fused_cell_launch(batch, 48, hidden, False) is not None
+    torch.manual_seed(0)
+    cls, ref_cls = ((TritonLSTMCell, torch.nn.LSTMCell) if cell == "lstm"
+                    else (TritonGRUCell, torch.nn.GRUCell))
+    ref = ref_cls(48, hidden).cuda().double()
+    ours = cls(48, hidden, backend="stepwise").cuda().to(dtype)
+    ours.load_state_dict(ref.state_dict())
+    xs = [torch.randn(batch, 48, device="cuda", dtype=torch.float64) for _ in range(3)]
+
+    def run(module, dt):
+        state = None
+        inputs = [x.to(dt).requires_grad_() for x in xs]
+        outs = []
+        for x in inputs:
+            state = module(x, state)
+            outs.append(state[0] if cell == "lstm" else state)
+        loss = sum((o.double() * (k + 1)).sin().sum() for k, o in enumerate(outs))
+        loss.backward()
+        return outs, [x.grad for x in inputs] + [p.grad for p in module.parameters()]
+
+    launched = []
+    name = f"{cell}_cell_fused"
+    original = getattr(cell_step, name)
+    setattr(cell_step, name, lambda *a: (launched.append(1), original(*a)))
+    try:
+        got = run(ours, dtype)
+    finally:
+        setattr(cell_step, name, original)
+    assert len(launched) == 3
+    want = run(ref, torch.float64)
+    for g, w in zip(got[0] + got[1], want[0] + want[1]):
+        assert_close(g, w.to(g.dtype), dtype, f"fused {cell} cell")
