@@ -17,6 +17,7 @@ Triton's path is kept whenever this shortcut could differ from it: under the
 interpreter, with launch hooks installed (profilers: they read launch metadata), a callable
 grid, a constexpr that is not trailing, or an argument of a type the key does not know.
 """
+import contextlib
 import functools
 
 import torch
@@ -91,6 +92,13 @@ class PreparedKernel:
         return functools.partial(self.launch, grid)
 
     def launch(self, grid, *args, **kwargs):
+        guard = _device_guard(args[0]) if args else _NO_GUARD
+        if guard is _NO_GUARD:
+            return self._launch(grid, args, kwargs)
+        with guard:
+            return self._launch(grid, args, kwargs)
+
+    def _launch(self, grid, args, kwargs):
         if (not self.fast or len(args) != self.n_args or callable(grid)
                 or _hooked(knobs.runtime.launch_enter_hook)
                 or _hooked(knobs.runtime.launch_exit_hook)):
@@ -120,6 +128,23 @@ class PreparedKernel:
         run(grid[0], grid[1] if size > 1 else 1, grid[2] if size > 2 else 1, stream, function,
             metadata, None, None, None, *args, *consts)
         return None
+
+
+_NO_GUARD = contextlib.nullcontext()
+
+
+def _device_guard(first):
+    """The CUDA device a launch must be made on, as a context: Triton launches on the
+    *current* device, so a layer whose tensors live on another GPU (a model split over
+    GPUs, DataParallel's replicas) would have its pointers read on the wrong one (an
+    illegal address). torch's own ops guard themselves; Triton's launches do not
+    (flash-linear-attention's input_guard does the same). Every kernel here takes a
+    tensor of the layer as its first argument."""
+    if first.__class__ in _PLAIN and first.is_cuda:
+        index = first.get_device()
+        if index != torch.cuda.current_device():
+            return torch.cuda.device(index)
+    return _NO_GUARD
 
 
 _PREPARED = {}  # kernel -> its PreparedKernel, for the life of the process

@@ -23,6 +23,7 @@ from .cell_math import (gru_cell_backward, gru_cell_forward, load_gates4, lstm_c
                         lstm_output_backward, lstm_state_backward, store_gates3, store_gates4)
 from .activations import tanh
 from .config import compute_dtype, row_launch
+from .launch import prepared
 from .layer_norm_math import (ln_backward1, ln_backward3, ln_backward4, ln_normalise1,
                               ln_normalise3, ln_normalise4, load_row_stat, load_vector,
                               store_row_stat)
@@ -73,7 +74,7 @@ def ln_rows_fwd(a, weight, bias, out, a_hat, rstd):
         return
     grid, block_b, block_c, warps = row_launch(n, C, 1)
     save = a_hat is not None
-    ln_rows_fwd_kernel[grid](
+    prepared(ln_rows_fwd_kernel)[grid](
         a, weight, bias if bias is not None else weight, out,
         a_hat if save else out, rstd if save else out,
         n, C, a.stride(0), out.stride(0), a_hat.stride(0) if save else 0,
@@ -89,7 +90,7 @@ def ln_rows_bwd(dout, a_hat, rstd, weight, da):
     if n == 0:
         return
     grid, block_b, block_c, warps = row_launch(n, C, 1)
-    ln_rows_bwd_kernel[grid](
+    prepared(ln_rows_bwd_kernel)[grid](
         dout, a_hat, rstd, weight, da,
         n, C, dout.stride(0), a_hat.stride(0), rstd.stride(0), da.stride(0),
         COMPUTE=compute_dtype(dout.dtype), BLOCK_B=block_b, BLOCK_C=block_c, num_warps=warps,
@@ -195,7 +196,7 @@ def lstm_ln_step_fwd(gx, rec, ln, c, m, h_state, saved):
     grid, block_b, block_h, warps = row_launch(n, H, 4)
     save = saved is not None
     gates, c_save, r_hat, c_hat, rstd_r, rstd_c = saved if save else (gx, c, gx, c, c, c)
-    lstm_ln_step_fwd_kernel[grid](
+    prepared(lstm_ln_step_fwd_kernel)[grid](
         gx, rec, *ln, c, m, h_state if h_state is not None else m,
         gates, c_save, r_hat, c_hat, rstd_r, rstd_c,
         n, H,
@@ -222,7 +223,7 @@ def lstm_ln_step_bwd(dm, dh_rec, dc, gates, c_prev, n_prev, c0, saved_ln, ln, ou
     grid, block_b, block_h, warps = row_launch(n, H, 4)
     r_hat, c_hat, rstd_r, rstd_c = saved_ln
     dgates, drec, dcn = out
-    lstm_ln_step_bwd_kernel[grid](
+    prepared(lstm_ln_step_bwd_kernel)[grid](
         dm, dh_rec if dh_rec is not None else dm, dc, gates,
         c_prev if c_prev is not None else c0, n_prev, c0,
         r_hat, c_hat, rstd_r, rstd_c, *ln, dgates, drec, dcn,
@@ -316,7 +317,7 @@ def gru_ln_step_fwd(gx, rec, ln_hh_weight, b_hh, h_state, y, saved):
     grid, block_b, block_h, warps = row_launch(n, H, 3)
     save = saved is not None
     gates, r_hat, rstd_r = saved if save else (gx, gx, gx)
-    gru_ln_step_fwd_kernel[grid](
+    prepared(gru_ln_step_fwd_kernel)[grid](
         gx, rec, ln_hh_weight, b_hh if b_hh is not None else ln_hh_weight, h_state, y,
         gates, r_hat, rstd_r,
         n, H,
@@ -336,7 +337,7 @@ def gru_ln_step_bwd(dy, dh_rec, saved, ln_hh_weight, h_prev, n_prev, h0, out):
     grid, block_b, block_h, warps = row_launch(n, H, 3)
     gates, r_hat, rstd_r = saved
     dgx, dgh, drec = out
-    gru_ln_step_bwd_kernel[grid](
+    prepared(gru_ln_step_bwd_kernel)[grid](
         dy, dh_rec, gates, r_hat, rstd_r, ln_hh_weight,
         h_prev if h_prev is not None else h0, n_prev, h0, dgx, dgh, drec,
         n, H,

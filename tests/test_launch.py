@@ -141,3 +141,49 @@ def test_launch_key_is_as_fine_as_tritons_specialisation():
 
     with pytest.raises(TypeError):
         _key((t.as_subclass(Sub), 3))
+
+
+def test_a_launch_is_made_on_the_device_of_its_tensors(monkeypatch):
+    """Triton launches on the current CUDA device; a layer on another GPU must be launched
+    there (else its pointers are read on the wrong device). Without a second GPU, the guard's
+    decision is checked on a stand-in tensor: on another device it switches, on the current
+    one (and for CPU tensors) it does nothing."""
+    import torch
+
+    from lstm_triton.kernels import launch
+
+    class OnGPU:
+        is_cuda = True
+
+        def __init__(self, index):
+            self.index = index
+
+        def get_device(self):
+            return self.index
+
+    entered = []
+
+    class Switch:
+        def __init__(self, index):
+            self.index = index
+
+        def __enter__(self):
+            entered.append(self.index)
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(launch, "_PLAIN", launch._PLAIN + (OnGPU,))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device", Switch)
+    assert launch._device_guard(OnGPU(0)) is launch._NO_GUARD
+    assert launch._device_guard(torch.zeros(1)) is launch._NO_GUARD
+    with launch._device_guard(OnGPU(1)):
+        pass
+    assert entered == [1]
+
+    calls = []
+    kernel = launch.PreparedKernel(lambda: None)
+    monkeypatch.setattr(kernel, "_launch", lambda grid, args, kwargs: calls.append(list(entered)))
+    kernel.launch((1,), OnGPU(1))
+    assert calls == [[1, 1]]  # the launch itself ran inside the switch
