@@ -321,3 +321,25 @@ def test_fused_cell_step_matches_torch_on_many_programs(cell, batch, hidden, dty
     want = run(ref, torch.float64)
     for g, w in zip(got[0] + got[1], want[0] + want[1]):
         assert_close(g, w.to(g.dtype), dtype, f"fused {cell} cell")
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+@pytest.mark.parametrize("backend", ["stepwise", "persistent"])
+def test_a_layer_on_the_second_gpu_runs_there(backend):
+    """kernels/launch.py's device guard: the current device is cuda:0, the layer and its
+    input live on cuda:1; forward and backward match torch there."""
+    from lstm_triton import TritonLSTM
+
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(16, 32).to("cuda:1")
+    ours = TritonLSTM(16, 32, backend=backend).to("cuda:1")
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(8, 4, 16, device="cuda:1")
+    with torch.cuda.device(0):
+        got, want = ours(x)[0], ref(x)[0]
+        got.sum().backward()
+        want.sum().backward()
+    assert got.device == torch.device("cuda:1")
+    assert_close(got, want, torch.float32, "second GPU")
+    for p, q in zip(ours.parameters(), ref.parameters()):
+        assert_close(p.grad, q.grad, torch.float32, "second GPU grad")
