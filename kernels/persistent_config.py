@@ -225,8 +225,28 @@ def _gpu_budget(device):
     return props.multi_processor_count, 4 * regs, smem
 
 
+_PLANS = {}  # plan()'s answers, by its arguments and the settings it reads
+
+
 def plan(n_gates: int, device, dtype, batch: int, hidden: int, width: int = 0, budget=None):
     """(PersistentPlan, None) when a persistent launch can serve this layer, else (None, reason).
+
+    Memoised: every call plans each of its layers, which cost ~40 µs of host time (issue 17).
+    The key holds the arguments and every module setting the plan reads (PLAN_OPTION,
+    MAX_BATCH, COOPERATIVE, the interpreter, the device budget's source), so a changed setting
+    plans afresh."""
+    key = (n_gates, device, dtype, batch, hidden, width, budget, PLAN_OPTION, MAX_BATCH,
+           COOPERATIVE, interpreting(), _gpu_budget, fp32_resident_compiles)
+    found = _PLANS.get(key)
+    if found is None:
+        if len(_PLANS) >= 4096:
+            _PLANS.clear()
+        found = _PLANS[key] = _plan(n_gates, device, dtype, batch, hidden, width, budget)
+    return found
+
+
+def _plan(n_gates, device, dtype, batch, hidden, width, budget):
+    """plan(), computed.
 
     width: columns of the recurrent state h, P for an LSTM with a projection (proj_size),
     else hidden (0 means hidden). Programs split the hidden units for the cell update and,
