@@ -44,7 +44,8 @@ def previous_states(y, h0, sched: Schedule):
 
 def column_sum(dg):
     """Bias gradient, summed in float32 for half types (deterministic: no atomics)."""
-    return dg.sum(0, dtype=state_dtype(dg.dtype)).to(dg.dtype)
+    state = state_dtype(dg.dtype)
+    return dg.sum(0) if state == dg.dtype else dg.sum(0, dtype=state).to(dg.dtype)
 
 
 def lstm_weight_grads(dgates, x, y, h0, sched, w_ih, has_bias, need_dx, dr=None, m_all=None,
