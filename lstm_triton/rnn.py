@@ -238,16 +238,14 @@ class _TritonRNNDriver(BackendOption):
         return self._run(input, hx, resets, backend)
 
     def _layer_weights(self, layer, direction):
-        """(w_ih, w_hh, b_ih, b_hh, w_hr) of one layer-direction, absent ones None: read from
-        nn.RNNBase's _flat_weights (torch keeps it current when a weight is set, as
-        WeightDrop-style wrappers do each call), not by name (five getattr a layer,
-        ~1 µs each through nn.Module, issue 17)."""
-        proj = getattr(self, "proj_size", 0) > 0
-        per = 2 + 2 * bool(self.bias) + proj
-        k = (layer * (2 if self.bidirectional else 1) + direction) * per
-        w = self._flat_weights[k:k + per]
-        return (w[0], w[1], w[2] if self.bias else None, w[3] if self.bias else None,
-                w[-1] if proj else None)
+        # by name, each call: torch.func.functional_call swaps parameters in place of these
+        # names and WeightDrop-style wrappers set plain tensors there, neither of which
+        # nn.RNNBase's _flat_weights follows until torch's own forward refreshes it
+        suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+        get = lambda name: getattr(self, name + suffix, None)  # noqa: E731
+        return (get("weight_ih"), get("weight_hh"), get("bias_ih") if self.bias else None,
+                get("bias_hh") if self.bias else None,
+                get("weight_hr") if getattr(self, "proj_size", 0) > 0 else None)
 
     def _run(self, input, hx, resets=None, backend=None):
         name = type(self).__name__
