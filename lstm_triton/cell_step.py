@@ -5,14 +5,17 @@ is built for T steps: a schedule, a variant, per-step views, buffers, the layer'
 Function and its argument list; it cost the host 2-3 times torch's own cell call (torch's
 cell is one C++ call). This is the same computation with only what one step needs:
 
-  forward   bias = b_ih + b_hh (LSTM); gx = x W_ih^T + bias; rec = h0 W_hh^T (+ b_hh: GRU);
+  forward   at small sizes (config.fused_cell_launch) one launch: both GEMMs, the biases
+            and the gates in kernels/cell_fused.py; elsewhere the layer's one step:
+            bias = b_ih + b_hh (LSTM); gx = x W_ih^T + bias; rec = h0 W_hh^T (+ b_hh: GRU);
             one fused step kernel (kernels/lstm_pointwise.py, gru_pointwise.py)
   backward  one fused step kernel; dx, dh0, dW_ih, dW_hh by GEMM; the bias gradient by
             column sum (stepwise.column_sum)
 
-The GEMMs, their operands and the kernels' arguments are those the stepwise layer uses for
-its one step, in the same order, so a cell call gives the same bits on either road (tested:
-tests/test_cell_step.py). `cells.py` takes this road only where the layer's would have
+Off the fused forward, the GEMMs, their operands and the kernels' arguments are those the
+stepwise layer uses for its one step, in the same order, so a cell call gives the layer
+op's bits (tested: tests/test_cell_step.py); the fused forward sums its GEMMs in another
+order (float tolerance). `cells.py` takes this road only where the layer's would have
 skipped the custom op anyway: plain eager (ops.plain_eager), no forward-mode AD or functorch
 transform (rnn.needs_reference), the stepwise backend, no `reset`. torch.compile, export,
 tracing, vmap and resets keep the custom op's road.
