@@ -18,10 +18,8 @@ import triton
 import triton.language as tl
 
 from .cell_math import gru_cell_forward, lstm_cell_forward, store_gates4
-from .config import compute_dtype
 from .launch import prepared
 from .persistent_tiles import gate_columns, load_w_tile, split_dot, split_gates
-from .persistent_config import dot_mode
 from .tiles import load_gate, store_gate
 
 
@@ -110,28 +108,28 @@ def gru_cell_fused_kernel(
 
 def lstm_cell_fused(x, h0, c0, w_ih, w_hh, b_ih, b_hh, h1, c1, gates, c_save, launch):
     """One LSTM cell step into h1, c1 (and gates, c_save when not None: training).
-    launch: config.fused_cell_launch's (grid, BLOCK_B, BLOCK_H, BLOCK_K)."""
-    grid, block_b, block_h, block_k = launch
+    launch: config.fused_cell_launch's (grid, BLOCK_B, BLOCK_H, BLOCK_K, DOT, COMPUTE)."""
+    grid, block_b, block_h, block_k, dot, compute = launch
     save = gates is not None
     prepared(lstm_cell_fused_kernel).launch(  # .launch: no partial per call
         grid, x, h0, c0, w_ih, w_hh, b_ih, b_hh, h1, c1, gates, c_save,
         x.shape[0], x.shape[1], h0.shape[1],
         x.stride(0), h0.stride(0), c0.stride(0), w_ih.stride(0), w_hh.stride(0), h1.stride(0),
         c1.stride(0), gates.stride(0) if save else 0, c_save.stride(0) if save else 0,
-        HAS_BIAS=b_ih is not None, SAVE=save, DOT=dot_mode(x.dtype, x.device),
-        COMPUTE=compute_dtype(x.dtype), BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_K=block_k,
+        HAS_BIAS=b_ih is not None, SAVE=save, DOT=dot, COMPUTE=compute, BLOCK_B=block_b,
+        BLOCK_H=block_h, BLOCK_K=block_k,
     )
 
 
 def gru_cell_fused(x, h0, w_ih, w_hh, b_ih, b_hh, h1, gates, launch):
     """One GRU cell step into h1 (and gates when not None: training)."""
-    grid, block_b, block_h, block_k = launch
+    grid, block_b, block_h, block_k, dot, compute = launch
     save = gates is not None
     prepared(gru_cell_fused_kernel).launch(
         grid, x, h0, w_ih, w_hh, b_ih, b_hh, h1, gates,
         x.shape[0], x.shape[1], h0.shape[1],
         x.stride(0), h0.stride(0), w_ih.stride(0), w_hh.stride(0), h1.stride(0),
         gates.stride(0) if save else 0,
-        HAS_BIAS=b_ih is not None, SAVE=save, DOT=dot_mode(x.dtype, x.device),
-        COMPUTE=compute_dtype(x.dtype), BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_K=block_k,
+        HAS_BIAS=b_ih is not None, SAVE=save, DOT=dot, COMPUTE=compute, BLOCK_B=block_b,
+        BLOCK_H=block_h, BLOCK_K=block_k,
     )

@@ -49,24 +49,31 @@ FUSED_CELL_MAX_HIDDEN = 256
 FUSED_CELL_MAX_INPUT = 1024
 
 
-def fused_cell_launch(batch: int, n_in: int, hidden: int, fp64: bool):
-    """(grid, BLOCK_B, BLOCK_H, BLOCK_K) of a fused cell step, or None where the step runs
-    on the GEMMs and the step kernel instead (config above)."""
-    return _fused_cell_launch(batch, n_in, hidden, fp64, interpreting())
+def fused_cell_launch(batch: int, n_in: int, hidden: int, dtype, on_gpu: bool = True):
+    """(grid, BLOCK_B, BLOCK_H, BLOCK_K, DOT, COMPUTE) of a fused cell step, or None where
+    the step runs on the GEMMs and the step kernel instead (config above). Cached, with the
+    dot mode and compute dtype: a cell call asks once per step (issue 17)."""
+    return _fused_cell_launch(batch, n_in, hidden, dtype, on_gpu, interpreting())
 
 
 @functools.lru_cache(maxsize=4096)
-def _fused_cell_launch(batch, n_in, hidden, fp64, interpret):
+def _fused_cell_launch(batch, n_in, hidden, dtype, on_gpu, interpret):
+    import torch
+
+    from .persistent_config import dot_mode
     if not (0 < batch <= FUSED_CELL_MAX_BATCH and 0 < hidden <= FUSED_CELL_MAX_HIDDEN
             and n_in <= FUSED_CELL_MAX_INPUT):
         return None
     block_b = max(16, triton.next_power_of_2(batch))  # tl.dot: every dimension >= 16
+    fp64 = dtype == torch.float64
     if interpret:  # one program, whole K chunks: the interpreter runs programs one by one
         block_h = max(4, triton.next_power_of_2(hidden))
         block_k = max(16, triton.next_power_of_2(max(n_in, hidden)))
     else:  # 4 gates x 16 units = a 64-wide tile; float64 (no tensor cores) in short chunks
         block_h, block_k = 16, (16 if fp64 else 32)
-    return (triton.cdiv(hidden, block_h),), block_b, block_h, block_k
+    device = torch.device("cuda" if on_gpu else "cpu")
+    return ((triton.cdiv(hidden, block_h),), block_b, block_h, block_k,
+            dot_mode(dtype, device), compute_dtype(dtype))
 
 
 def state_dtype(dtype):

@@ -35,10 +35,19 @@ from .schedule import Schedule
 from .stepwise import column_sum, input_projection
 
 
+def _fresh(t, dtype):
+    """A row-major copy of t in dtype (one copy: .to of another dtype already makes one).
+    Row-major whatever t's layout: the kernels index rows by stride(0) and units by 1, and
+    a gradient can arrive transposed (the loss read c1.t())."""
+    if t.dtype == dtype:
+        return t.clone(memory_format=torch.contiguous_format)
+    return t.to(dtype, memory_format=torch.contiguous_format)
+
+
 def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, save):
     """(h1, c1, gates, c_save): one launch at small sizes (kernels/cell_fused.py), else
     stepwise.lstm_forward's one step without its buffers."""
-    launch = fused_cell_launch(x.shape[0], x.shape[1], h0.shape[1], x.dtype == torch.float64)
+    launch = fused_cell_launch(x.shape[0], x.shape[1], h0.shape[1], x.dtype, x.is_cuda)
     if launch is not None:
         state = state_dtype(x.dtype)
         c1 = torch.empty_like(c0) if state == c0.dtype else c0.new_empty(c0.shape, dtype=state)
@@ -50,7 +59,7 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, save):
     bias = None if b_ih is None else b_ih + b_hh
     gx = input_projection(x, w_ih, bias)  # (B, 4H)
     rec = F.linear(h0, w_hh)  # h0 W_hh^T, as torch.mm(h0, w_hh.t()) in the layer
-    c = c0.to(state_dtype(x.dtype)).clone()  # the kernel updates it in place: c1
+    c = _fresh(c0, state_dtype(x.dtype))  # the kernel updates it in place: c1
     h1 = x.new_empty(h0.shape)
     gates = x.new_empty(gx.shape) if save else None
     c_save = c.new_empty(c.shape) if save else None
@@ -60,7 +69,7 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, save):
 
 def lstm_backward(dh1, dc1, x, h0, c0, w_ih, w_hh, gates, c_save, needs):
     """(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh): stepwise.lstm_backward's one step."""
-    dc = dc1.to(state_dtype(x.dtype)).clone()  # replaced in place by dc0
+    dc = _fresh(dc1, state_dtype(x.dtype))  # replaced in place by dc0
     dgates = gates.new_empty(gates.shape)
     lstm_step_bwd(dh1.contiguous(), None, dc, gates, c_save, None, 0, c0.to(dc.dtype), dgates)
     db = column_sum(dgates) if needs[5] or needs[6] else None
@@ -71,7 +80,7 @@ def lstm_backward(dh1, dc1, x, h0, c0, w_ih, w_hh, gates, c_save, needs):
 
 def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, save):
     """(h1, gates): one launch at small sizes, else stepwise.gru_forward's one step."""
-    launch = fused_cell_launch(x.shape[0], x.shape[1], h0.shape[1], x.dtype == torch.float64)
+    launch = fused_cell_launch(x.shape[0], x.shape[1], h0.shape[1], x.dtype, x.is_cuda)
     if launch is not None:
         h1 = torch.empty_like(h0)
         gates = x.new_empty(h0.shape[0], 4 * h0.shape[1]) if save else None
@@ -88,7 +97,7 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, save):
 def gru_backward(dh1, x, h0, w_ih, w_hh, gates, needs):
     """(dx, dh0, dw_ih, dw_hh, db_ih, db_hh): stepwise.gru_backward's one step (the layer's
     output gradient is zero there and its carried one dh1: the kernel adds the two)."""
-    dh0 = dh1.clone()  # becomes dh1 * z, then + drec W_hh
+    dh0 = dh1.clone(memory_format=torch.contiguous_format)  # becomes dh1 * z, + drec W_hh
     dgx = x.new_empty(x.shape[0], w_ih.shape[0])
     drec = torch.empty_like(dgx)
     gru_step_bwd(torch.zeros_like(dh0), dh0, gates, None, 0, h0, dgx, drec)

@@ -119,7 +119,7 @@ def test_fused_step_matches_float64_and_writes_every_element(cell, bias, dtype):
     torch.manual_seed(1)
     t = {k: (v.detach().to(dtype) if v is not None else None)
          for k, v in leaves(cell, bias).items()}
-    launch = config.fused_cell_launch(B, I, H, dtype == torch.float64)
+    launch = config.fused_cell_launch(B, I, H, dtype, on_gpu=False)
     state = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
     poison = dict(dtype=dtype)
     h1, gates = torch.full((B, H), float("nan"), **poison), torch.full((B, 4 * H), float("nan"),
@@ -163,3 +163,26 @@ def test_small_steps_take_one_launch_and_large_ones_the_gemms(cls, monkeypatch):
     assert launched == [1]
     cell(torch.randn(config.FUSED_CELL_MAX_BATCH + 1, I))  # too many rows for one tile
     assert launched == [1]
+
+
+@pytest.mark.parametrize("cls", [TritonLSTMCell, TritonGRUCell])
+def test_gradients_arriving_transposed_are_read_as_such(cls):
+    """A loss that reads the new states transposed sends their gradients back transposed
+    (column-major); the step kernels index rows by stride(0), so the road must make them
+    row-major first. Against torch's cell, every gradient."""
+    torch.manual_seed(0)
+    ours = cls(I, H, backend="stepwise")
+    ref = (torch.nn.LSTMCell if cls is TritonLSTMCell else torch.nn.GRUCell)(I, H)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(B, I)
+    weight = torch.randn(H, B)
+
+    def grads(cell):
+        inp = x.clone().requires_grad_()
+        out = cell(inp)
+        states = out if isinstance(out, tuple) else (out,)
+        sum((s.t() * weight * (k + 1)).sum() for k, s in enumerate(states)).backward()
+        return [inp.grad] + [p.grad for p in cell.parameters()]
+
+    for got, want in zip(grads(ours), grads(ref)):
+        assert_close(got, want, torch.float32, "transposed gradient")

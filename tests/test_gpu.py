@@ -289,7 +289,7 @@ def test_fused_cell_step_matches_torch_on_many_programs(cell, batch, hidden, dty
     from lstm_triton import TritonGRUCell, TritonLSTMCell, cell_step
     from lstm_triton.kernels import config
 
-    assert config.fused_cell_launch(batch, 48, hidden, False) is not None
+    assert config.fused_cell_launch(batch, 48, hidden, dtype) is not None
     torch.manual_seed(0)
     cls, ref_cls = ((TritonLSTMCell, torch.nn.LSTMCell) if cell == "lstm"
                     else (TritonGRUCell, torch.nn.GRUCell))
