@@ -111,7 +111,7 @@ def install_fake_h100():
     from triton.runtime import driver
 
     driver.set_active(FakeH100())
-    from lstm_triton import dispatch, persistent
+    from lstm_triton import persistent
     from lstm_triton.kernels import persistent_config
 
     from .compiled import H100

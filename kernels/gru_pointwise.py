@@ -118,7 +118,7 @@ def gru_step_fwd(gx, rec, h_state, y, gates, variant=None):
         return
     grid, block_b, block_h = pointwise_launch(n, H)
     save = gates is not None
-    pointers, integers, flags = kernel_args(variant, h_state)
+    pointers, integers, flags = kernel_args(variant)
     prepared(gru_step_fwd_kernel)[grid](
         gx, rec, h_state, y, gates if save else gx, *pointers,
         n, H,
@@ -136,7 +136,7 @@ def gru_step_bwd(dy, dh_rec, gates, h_prev, n_prev, h0, dgx, drec, variant=None)
     if n == 0:
         return
     grid, block_b, block_h = pointwise_launch(n, H)
-    pointers, integers, flags = kernel_args(variant, dh_rec)
+    pointers, integers, flags = kernel_args(variant)
     prepared(gru_step_bwd_kernel)[grid](
         dy, dh_rec, gates, h_prev if h_prev is not None else h0, n_prev, h0, dgx, drec,
         *pointers,

@@ -62,8 +62,7 @@ def _keyer(types):
             return refuse
     # the types tuple itself leads the key: True and 1 (or 1.0) hash alike, and a None's
     # position must count
-    fn = eval(f"lambda a: (types, {', '.join(parts)})", {"types": types})  # noqa: S307
-    return fn
+    return eval(f"lambda a: (types, {', '.join(parts)})", {"types": types})  # noqa: S307
 
 
 def _hooked(hook) -> bool:

@@ -140,7 +140,7 @@ def lstm_step_fwd(gx, rec, c, m, h_state, gates, c_save, variant=None):
         return
     grid, block_b, block_h = pointwise_launch(n, H)
     save = gates is not None
-    pointers, integers, flags = kernel_args(variant, c)
+    pointers, integers, flags = kernel_args(variant)
     prepared(lstm_step_fwd_kernel)[grid](
         gx, rec, c, m, h_state if h_state is not None else m,
         gates if save else gx, c_save if save else c, *pointers,
@@ -168,7 +168,7 @@ def lstm_step_bwd(dm, dh_rec, dc, gates, c_save, c_prev, n_prev, c0, dgates, var
     if n == 0:
         return
     grid, block_b, block_h = pointwise_launch(n, H)
-    pointers, integers, flags = kernel_args(variant, dc)
+    pointers, integers, flags = kernel_args(variant)
     prepared(lstm_step_bwd_kernel)[grid](
         dm, dh_rec if dh_rec is not None else dm, dc, gates, c_save,
         c_prev if c_prev is not None else c0, n_prev, c0, dgates, *pointers,

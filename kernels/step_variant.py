@@ -26,12 +26,11 @@ _ALL_OFF = ([None] * 6, [0] * 5, dict(KEEP=False, SCALE_KEEP=False, DROP=False,
                                         ZONE_C=False, ZONE_H=False, CARRY=False))
 
 
-def kernel_args(step: Optional[StepVariant], dummy: Tensor = None):
+def kernel_args(step: Optional[StepVariant]):
     """(pointers, integers, flags) for a step kernel: see StepVariant. An option that is
     off passes None for its pointer: Triton makes a None argument a constexpr, which the
     launch then neither specialises nor passes (six fewer tensors to key a plain step's
-    launch on, issue 17), and the kernel never reads it (its flag is off). `dummy` is
-    unused, kept for callers that still pass one."""
+    launch on, issue 17), and the kernel never reads it (its flag is off)."""
     if step is None:
         return _ALL_OFF
 

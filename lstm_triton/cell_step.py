@@ -49,8 +49,7 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, save):
     stepwise.lstm_forward's one step without its buffers."""
     launch = fused_cell_launch(x.shape[0], x.shape[1], h0.shape[1], x.dtype, x.is_cuda)
     if launch is not None:
-        state = state_dtype(x.dtype)
-        c1 = torch.empty_like(c0) if state == c0.dtype else c0.new_empty(c0.shape, dtype=state)
+        c1 = torch.empty_like(c0, dtype=state_dtype(x.dtype))
         h1 = torch.empty_like(h0)
         gates = x.new_empty(h0.shape[0], 4 * h0.shape[1]) if save else None
         c_save = torch.empty_like(c1) if save else None
@@ -176,10 +175,7 @@ class GRUCellStep(torch.autograd.Function):
 def step(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
     """The new states (h1, c1) or (h1,) of one cell call; every tensor contiguous, of one
     dtype and device, on a device Triton runs on."""
-    save = torch.is_grad_enabled() and (
-        x.requires_grad or h0.requires_grad or w_ih.requires_grad or w_hh.requires_grad
-        or (b_ih is not None and (b_ih.requires_grad or b_hh.requires_grad))
-        or (c0 is not None and c0.requires_grad))
+    save = ops.backward_follows((x, h0, c0, w_ih, w_hh, b_ih, b_hh))
     if cell == "lstm":
         if save:
             return LSTMCellStep.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh)

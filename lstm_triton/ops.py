@@ -252,6 +252,12 @@ def plain_eager(*tensors) -> bool:
     return all(type(t) in _PLAIN for t in tensors if t is not None)
 
 
+def backward_follows(tensors) -> bool:
+    """Whether a backward can follow this call (so its forward saves for it): grad mode
+    on and some input requiring grad (None entries skipped)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def _batched(*tensors) -> bool:
     """Whether autograd's legacy vmap batches these gradients (is_grads_batched=True,
     jacobian(vectorize=True), gradcheck's batched-gradient check): their type is still

@@ -16,7 +16,7 @@ from torch.nn.utils.rnn import PackedSequence
 from . import checks, layer_norm, reference, scripting, variants
 from .dispatch import Workload, choose_backend, triton_can_run, validate_backend, warn_fallback
 from .export import export_backend, onnx_layers
-from .ops import rnn_layer_fast
+from .ops import backward_follows, rnn_layer_fast
 from .quantize import QuantizationGuard
 from .schedule import Schedule
 
@@ -109,8 +109,7 @@ def run_layer(cell, backend, x, batch_sizes, h0, c0, weights, reverse, variant=v
         return reference.layer(cell, x, sched, h0, c0, weights, variant, ln)
     # A torch.jit.trace records `save` as a constant: record True, so the traced module
     # can also train (and the trace checker, which reruns without grad, sees one graph).
-    save = torch.jit.is_tracing() or (
-        torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
+    save = torch.jit.is_tracing() or backward_follows(tensors)
     if ln is not None and variant.active:  # the LN kernels take no resets / zoneout masks yet
         warn_fallback(LAYER_NORM_VARIANTS, key=LAYER_NORM_VARIANTS)
         sched = Schedule.build(batch_sizes, x.shape[0], h0.shape[0], reverse)
