@@ -41,6 +41,7 @@ def _rnn_layer_impl(cell, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_h
     below) run."""
     sched = Schedule.build(batch_sizes, x.shape[0], h0.shape[0], reverse)
     variant = Variant(keep, rec, zone_c, zone_h)
+    h0, c0, w_hh, w_hr = _row_major(h0, c0, w_hh, w_hr)
     if not triton_can_run(x.device):
         return _recorded_elsewhere(cell, backend, x, sched, h0, c0, (w_ih, w_hh, b_ih, b_hh, w_hr),
                                    variant)
@@ -50,6 +51,15 @@ def _rnn_layer_impl(cell, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_h
     y, h_n, gates = impl.gru_forward(x, sched, h0, w_ih, w_hh, b_ih, b_hh, save, variant)
     empty = x.new_empty(0)
     return y, h_n, empty.clone(), gates, empty.clone(), empty.clone()
+
+
+def _row_major(*tensors):
+    """Each tensor (or None) row-major: the kernels index rows by stride(0) and units by 1.
+    The module hands the op row-major tensors, but the op's implementation also runs under
+    autograd's batched gradients (is_grads_batched, jacobian(vectorize=True)), whose
+    fallback hands it views: an expanded zero dh_n came with strides (1, 0), and a copy by
+    clone() keeps a transposed layout. A no-op (no copy) for a row-major tensor."""
+    return [t if t is None else t.contiguous() for t in tensors]
 
 
 def _recorded_elsewhere(cell, backend, x, sched, h0, c0, weights, variant=NONE):
@@ -106,6 +116,7 @@ def _rnn_layer_backward_impl(cell, backend, dy, dh_n, dc_n, x, batch_sizes, h0, 
     impl = _backend_module(backend)
     sched = Schedule.build(batch_sizes, x.shape[0], h0.shape[0], reverse)
     variant = Variant(keep, rec, zone_c, zone_h)
+    dy, dh_n, dc_n, h0, c0, w_hh, w_hr = _row_major(dy, dh_n, dc_n, h0, c0, w_hh, w_hr)
     if cell == "lstm":
         grads = impl.lstm_backward(dy, dh_n, dc_n, x, sched, h0, c0, w_ih, w_hh, w_hr, y,
                                    saved_0, saved_1, saved_2, has_bias, need_dx, variant)
