@@ -104,6 +104,8 @@ GPU_TESTS = (
     ("plan-options-lstm-768", "plan_options and lstm and 768", 60),
     # issue 17: a cell step in one launch (kernels/cell_fused.py), many programs
     ("fused-cell", "fused_cell_step", 60),
+    # issue 17: a small layer's loop at one launch a step (kernels/fused_steps.py)
+    ("fused-layer-loop", "fused_layer_loop", 60),
     ("graph-replay-lstm-persistent", "cuda_graph and lstm and persistent", 60),
     ("many-programs-gru-fp16-768", "many_program and gru and 768 and fp16", 60),
     ("graph-training-lstm", "make_graphed_callables and lstm", 60),

@@ -24,15 +24,16 @@ from .tiles import load_gate, store_gate
 
 
 @triton.jit
-def gate_matmul(acc, a_ptr, stride_a, rows, n_rows, K, w_ptr, stride_w, cols, col_ok,
+def gate_matmul(acc, a_ptr, stride_a, rows, n_rows, K, w_ptr, stride_wk, stride_wn, cols, col_ok,
                 BLOCK_K: tl.constexpr, DOT: tl.constexpr):
-    """acc (BLOCK_B, N) + A[rows, :K] @ W[cols, :K]^T, K in chunks of BLOCK_K. W is row-major
-    (gates*H, K): column j of the tile is row cols[j] of W. DOT: persistent_tiles' modes."""
+    """acc (BLOCK_B, N) + A[rows, :K] @ W[:K, cols], K in chunks of BLOCK_K; W[k, n] is at
+    w_ptr + k * stride_wk + n * stride_wn (a row-major (gates*H, K) weight read as W^T:
+    stride_wk = 1). DOT: persistent_tiles' modes."""
     for k0 in range(0, K, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         a = tl.load(a_ptr + rows * stride_a + ks[None, :], mask=(rows < n_rows) & (ks[None, :] < K),
                     other=0.0)
-        w = load_w_tile(w_ptr, ks[:, None], K, cols, col_ok, 1, stride_w)  # (BLOCK_K, N)
+        w = load_w_tile(w_ptr, ks[:, None], K, cols, col_ok, stride_wk, stride_wn)  # (BLOCK_K, N)
         acc = split_dot(a[None, :, :], w[None, :, :], acc, DOT)
     return acc
 
@@ -40,47 +41,66 @@ def gate_matmul(acc, a_ptr, stride_a, rows, n_rows, K, w_ptr, stride_w, cols, co
 @triton.jit
 def cell_products(x_ptr, stride_x, h0_ptr, stride_h0, w_ih_ptr, stride_wih, w_hh_ptr,
                   stride_whh, b_ih_ptr, b_hh_ptr, B, I, H, N_GATES: tl.constexpr,
-                  HAS_BIAS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
-                  BLOCK_K: tl.constexpr, DOT: tl.constexpr, COMPUTE: tl.constexpr):
+                  HAS_BIAS: tl.constexpr, PROJECTED: tl.constexpr, BLOCK_B: tl.constexpr,
+                  BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, DOT: tl.constexpr,
+                  COMPUTE: tl.constexpr):
     """This program's tile (all B rows, int64 [BLOCK_B, 1]; its units [1, BLOCK_H]; mask)
     and (x W_ih^T + b_ih, h0 W_hh^T + b_hh) over its gate columns, as two fused
-    (BLOCK_B, 4*BLOCK_H) tiles (split_gates splits each into its gates)."""
+    (BLOCK_B, 4*BLOCK_H) tiles (split_gates splits each into its gates). PROJECTED: x_ptr
+    already holds x W_ih^T + b_ih (a layer's input projection, one GEMM for all steps), read
+    as it is; HAS_BIAS then adds b_hh alone."""
     rows = tl.arange(0, BLOCK_B).to(tl.int64)[:, None]
     units = (tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H))[None, :]
     cols, col_ok = gate_columns(BLOCK_H, H, N_GATES)
-    acc_x = gate_matmul(tl.zeros((BLOCK_B, 4 * BLOCK_H), COMPUTE), x_ptr, stride_x, rows, B, I,
-                        w_ih_ptr, stride_wih, cols, col_ok, BLOCK_K, DOT)
+    if PROJECTED:
+        acc_x = tl.load(x_ptr + rows * stride_x + cols, mask=(rows < B) & col_ok,
+                        other=0.0).to(COMPUTE)
+    else:
+        acc_x = gate_matmul(tl.zeros((BLOCK_B, 4 * BLOCK_H), COMPUTE), x_ptr, stride_x, rows, B,
+                            I, w_ih_ptr, 1, stride_wih, cols, col_ok, BLOCK_K, DOT)
     acc_h = gate_matmul(tl.zeros((BLOCK_B, 4 * BLOCK_H), COMPUTE), h0_ptr, stride_h0, rows, B,
-                        H, w_hh_ptr, stride_whh, cols, col_ok, BLOCK_K, DOT)
+                        H, w_hh_ptr, 1, stride_whh, cols, col_ok, BLOCK_K, DOT)
     if HAS_BIAS:
-        acc_x += tl.load(b_ih_ptr + cols, mask=col_ok, other=0.0).to(COMPUTE)
+        if not PROJECTED:
+            acc_x += tl.load(b_ih_ptr + cols, mask=col_ok, other=0.0).to(COMPUTE)
         acc_h += tl.load(b_hh_ptr + cols, mask=col_ok, other=0.0).to(COMPUTE)
     return rows, units, (rows < B) & (units < H), acc_x, acc_h
 
 
-@triton.jit
+# B, row0 and prev0 vary per step of a layer's loop (kernels/fused_steps.py), which launches
+# every step on one compiled kernel (launch.PreparedKernel.stepper): never specialised
+@triton.jit(do_not_specialize=["B", "row0", "prev0"])
 def lstm_cell_fused_kernel(
-    x_ptr, h0_ptr, c0_ptr,  # (B, I), (B, H), (B, H)
+    x_ptr, h0_ptr, c0_ptr,  # (B, I) rows from row0 (or gx: PROJECTED); (B, H) from prev0; (B, H)
     w_ih_ptr, w_hh_ptr, b_ih_ptr, b_hh_ptr,  # (4H, I), (4H, H), (4H,), (4H,) (HAS_BIAS)
-    h1_ptr, c1_ptr,  # (B, H) new states; c1 in the state dtype
-    gates_ptr, c_save_ptr,  # (B, 4H) activated gates, (B, H) c1 again, for backward (SAVE)
-    B, I, H,
+    h1_ptr, c1_ptr,  # (B, H) new states, h1 rows from row0; c1 in the state dtype
+    gates_ptr, c_save_ptr,  # (B, 4H) activated gates, (B, H) c1 again, rows from row0 (SAVE)
+    h_state_ptr,  # (B, H) h1 again (STATE: a layer's loop keeps its last h here)
+    B, I, H, row0, prev0,
     stride_x, stride_h0, stride_c0, stride_wih, stride_whh, stride_h1, stride_c1,
-    stride_gates, stride_cs,
-    HAS_BIAS: tl.constexpr, SAVE: tl.constexpr, DOT: tl.constexpr, COMPUTE: tl.constexpr,
+    stride_gates, stride_cs, stride_hs,
+    HAS_BIAS: tl.constexpr, SAVE: tl.constexpr, PROJECTED: tl.constexpr, STATE: tl.constexpr,
+    DOT: tl.constexpr, COMPUTE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    # a layer's step t reads its rows of gx and h_{t-1} (rows of y) and writes its rows of y
+    # and of what backward saves; c is the (B, H) state, read and written by the same program
+    row0, prev0 = row0.to(tl.int64), prev0.to(tl.int64)
     rows, units, mask, acc_x, acc_h = cell_products(
-        x_ptr, stride_x, h0_ptr, stride_h0, w_ih_ptr, stride_wih, w_hh_ptr, stride_whh, b_ih_ptr,
-        b_hh_ptr, B, I, H, 4, HAS_BIAS, BLOCK_B, BLOCK_H, BLOCK_K, DOT, COMPUTE)
+        x_ptr + row0 * stride_x, stride_x, h0_ptr + prev0 * stride_h0, stride_h0, w_ih_ptr,
+        stride_wih, w_hh_ptr, stride_whh, b_ih_ptr, b_hh_ptr, B, I, H, 4, HAS_BIAS, PROJECTED,
+        BLOCK_B, BLOCK_H, BLOCK_K, DOT, COMPUTE)
     p_i, p_f, p_g, p_o = split_gates(acc_x + acc_h, BLOCK_B, BLOCK_H)
     c_prev = load_gate(c0_ptr, rows, units, stride_c0, 0, H, mask, COMPUTE)
     i, f, g, o, c, m = lstm_cell_forward(p_i, p_f, p_g, p_o, c_prev)
     store_gate(c1_ptr, rows, units, stride_c1, 0, H, c, mask)
-    store_gate(h1_ptr, rows, units, stride_h1, 0, H, m, mask)
+    store_gate(h1_ptr + row0 * stride_h1, rows, units, stride_h1, 0, H, m, mask)
+    if STATE:
+        store_gate(h_state_ptr, rows, units, stride_hs, 0, H, m, mask)
     if SAVE:
-        store_gates4(gates_ptr, rows, units, stride_gates, H, i, f, g, o, mask)
-        store_gate(c_save_ptr, rows, units, stride_cs, 0, H, c, mask)
+        store_gates4(gates_ptr + row0 * stride_gates, rows, units, stride_gates, H, i, f, g, o,
+                     mask)
+        store_gate(c_save_ptr + row0 * stride_cs, rows, units, stride_cs, 0, H, c, mask)
 
 
 @triton.jit
@@ -96,7 +116,7 @@ def gru_cell_fused_kernel(
 ):
     rows, units, mask, acc_x, acc_h = cell_products(
         x_ptr, stride_x, h0_ptr, stride_h0, w_ih_ptr, stride_wih, w_hh_ptr, stride_whh, b_ih_ptr,
-        b_hh_ptr, B, I, H, 3, HAS_BIAS, BLOCK_B, BLOCK_H, BLOCK_K, DOT, COMPUTE)
+        b_hh_ptr, B, I, H, 3, HAS_BIAS, False, BLOCK_B, BLOCK_H, BLOCK_K, DOT, COMPUTE)
     x_r, x_z, x_n, _ = split_gates(acc_x, BLOCK_B, BLOCK_H)
     rec_r, rec_z, rec_n, _ = split_gates(acc_h, BLOCK_B, BLOCK_H)
     h_prev = load_gate(h0_ptr, rows, units, stride_h0, 0, H, mask, COMPUTE)
@@ -112,12 +132,12 @@ def lstm_cell_fused(x, h0, c0, w_ih, w_hh, b_ih, b_hh, h1, c1, gates, c_save, la
     grid, block_b, block_h, block_k, dot, compute = launch
     save = gates is not None
     prepared(lstm_cell_fused_kernel).launch(  # .launch: no partial per call
-        grid, x, h0, c0, w_ih, w_hh, b_ih, b_hh, h1, c1, gates, c_save,
-        x.shape[0], x.shape[1], h0.shape[1],
+        grid, x, h0, c0, w_ih, w_hh, b_ih, b_hh, h1, c1, gates, c_save, None,
+        x.shape[0], x.shape[1], h0.shape[1], 0, 0,
         x.stride(0), h0.stride(0), c0.stride(0), w_ih.stride(0), w_hh.stride(0), h1.stride(0),
-        c1.stride(0), gates.stride(0) if save else 0, c_save.stride(0) if save else 0,
-        HAS_BIAS=b_ih is not None, SAVE=save, DOT=dot, COMPUTE=compute, BLOCK_B=block_b,
-        BLOCK_H=block_h, BLOCK_K=block_k,
+        c1.stride(0), gates.stride(0) if save else 0, c_save.stride(0) if save else 0, 0,
+        HAS_BIAS=b_ih is not None, SAVE=save, PROJECTED=False, STATE=False, DOT=dot,
+        COMPUTE=compute, BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_K=block_k,
     )
 
 

@@ -69,6 +69,8 @@ def _fused_cell_launch(batch, n_in, hidden, dtype, on_gpu, interpret):
     if interpret:  # one program, whole K chunks: the interpreter runs programs one by one
         block_h = max(4, triton.next_power_of_2(hidden))
         block_k = max(16, triton.next_power_of_2(max(n_in, hidden)))
+        if fp64:  # no dot: a (BLOCK_B, BLOCK_K, 4 BLOCK_H) product, which Triton caps at 2**20
+            block_k = max(16, min(block_k, (1 << 20) // (block_b * 4 * block_h)))
     else:  # 4 gates x 16 units = a 64-wide tile; float64 (no tensor cores) in short chunks
         block_h, block_k = 16, (16 if fp64 else 32)
     device = torch.device("cuda" if on_gpu else "cpu")

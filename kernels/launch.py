@@ -91,16 +91,21 @@ class PreparedKernel:
         return functools.partial(self.launch, grid)
 
     def launch(self, grid, *args, **kwargs):
+        """kernel[grid](*args, **kwargs), skipping Triton's runtime where it may."""
         guard = _device_guard(args[0]) if args else _NO_GUARD
         if guard is _NO_GUARD:
             return self._launch(grid, args, kwargs)
         with guard:
             return self._launch(grid, args, kwargs)
 
+    def _shortcut(self, grid, args):
+        """Whether a launch may skip Triton's runtime (the module docstring's conditions)."""
+        return (self.fast and len(args) == self.n_args and not callable(grid)
+                and not _hooked(knobs.runtime.launch_enter_hook)
+                and not _hooked(knobs.runtime.launch_exit_hook))
+
     def _launch(self, grid, args, kwargs):
-        if (not self.fast or len(args) != self.n_args or callable(grid)
-                or _hooked(knobs.runtime.launch_enter_hook)
-                or _hooked(knobs.runtime.launch_exit_hook)):
+        if not self._shortcut(grid, args):
             return self.fn[grid](*args, **kwargs)
         try:
             specs = _key(args)
@@ -111,15 +116,7 @@ class PreparedKernel:
         entry = self.cache.get(key)
         if entry is None:
             compiled = self.fn[grid](*args, **kwargs)  # Triton's path: compile, cache, launch
-            if hasattr(compiled, "result"):  # Triton 3.6's asynchronous compile mode
-                compiled = compiled.result()
-            consts = tuple(kwargs[name] if name in kwargs else default
-                           for name, default in self.constexprs)
-            if compiled is not None and compiled.function is not None:
-                if len(self.cache) >= MAX_ENTRIES:
-                    self.cache.clear()
-                self.cache[key] = (compiled.run, compiled.function, compiled.packed_metadata,
-                                   consts)
+            self._remember(key, compiled, kwargs)
             return compiled
         run, function, metadata, consts = entry
         stream = driver.active.get_current_stream(device)
@@ -127,6 +124,80 @@ class PreparedKernel:
         run(grid[0], grid[1] if size > 1 else 1, grid[2] if size > 2 else 1, stream, function,
             metadata, None, None, None, *args, *consts)
         return None
+
+    def _remember(self, key, compiled, kwargs):
+        """Cache what launching `compiled` takes; returns the entry (None if it cannot)."""
+        if hasattr(compiled, "result"):  # Triton 3.6's asynchronous compile mode
+            compiled = compiled.result()
+        if compiled is None:
+            return None
+        run = compiled.run  # loads the binary (sets .function) if nothing launched it yet
+        if compiled.function is None:
+            return None
+        consts = tuple(kwargs[name] if name in kwargs else default
+                       for name, default in self.constexprs)
+        if len(self.cache) >= MAX_ENTRIES:
+            self.cache.clear()
+        entry = self.cache[key] = (run, compiled.function, compiled.packed_metadata, consts)
+        return entry
+
+    def stepper(self, grid, args, kwargs, varying, largest):
+        """A function `step(*values)` that launches the kernel on `args` with the arguments at
+        positions `varying` replaced by `values`: a time loop whose launches differ only in
+        a few integers (a step's rows). Those must be parameters the kernel never
+        specialises on (do_not_specialize; checked) and, all of them, at most `largest`
+        (below 2**31: one integer type). Then every step has the specialisation of `args`,
+        whose compiled kernel is found (or compiled, without launching) once, here, and a
+        step costs one call of Triton's launcher: no key, no lookup, no stream query.
+        Where the shortcut does not hold (the interpreter, hooks, another device) each step
+        is a plain launch."""
+        names = getattr(self.fn, "arg_names", [])
+        free = _unspecialised(self.fn)
+        fixed = [names[i] for i in varying if names[i] not in free]
+        if fixed:
+            raise ValueError(f"{self.fn.__name__}: {fixed} are specialised on their values; "
+                             "list them in the kernel's do_not_specialize")
+        full = list(args)
+
+        def plain(*values):
+            for i, value in zip(varying, values):
+                full[i] = value
+            self.launch(grid, *full, **kwargs)
+
+        if (largest >= 2**31 or not self._shortcut(grid, full)
+                or _device_guard(full[0]) is not _NO_GUARD):
+            return plain
+        try:
+            specs = _key(full)
+        except TypeError:
+            return plain
+        device = driver.active.get_current_device()
+        key = (device, tuple(kwargs.items()), specs)
+        entry = self.cache.get(key)
+        if entry is None:
+            entry = self._remember(key, self.fn.warmup(*full, grid=grid, **kwargs), kwargs)
+            if entry is None:
+                return plain
+        run, function, metadata, consts = entry
+        size = len(grid)
+        head = (grid[0], grid[1] if size > 1 else 1, grid[2] if size > 2 else 1,
+                driver.active.get_current_stream(device), function, metadata, None, None, None)
+
+        def step(*values):
+            for i, value in zip(varying, values):
+                full[i] = value
+            run(*head, *full, *consts)
+        return step
+
+
+def _unspecialised(fn):
+    """Names of the parameters `fn` (a JITFunction, or the interpreter's stand-in) never
+    specialises on the value of."""
+    names = getattr(fn, "arg_names", [])
+    listed = getattr(fn, "do_not_specialize", None)
+    if listed is None:  # InterpretedFunction keeps @triton.jit's keywords
+        listed = getattr(fn, "kwargs", {}).get("do_not_specialize") or []
+    return {names[p] if isinstance(p, int) else p for p in listed}
 
 
 _NO_GUARD = contextlib.nullcontext()

@@ -18,7 +18,8 @@ zoneout) runs the loops of stepwise_variants.py, on the same kernels with their 
 import torch
 import torch.nn.functional as F
 
-from .kernels.config import state_dtype
+from .kernels import fused_steps
+from .kernels.config import fused_cell_launch, state_dtype
 from .kernels.gru_pointwise import gru_step_bwd, gru_step_fwd
 from .kernels.lstm_pointwise import lstm_step_bwd, lstm_step_fwd
 from .schedule import Schedule
@@ -104,6 +105,15 @@ def _head(tensor, rows):
 
 
 # ---------------------------------------------------------------------------- LSTM
+def fused_launch(x, sched, hidden, projected, variant=NONE):
+    """The blocks of kernels/fused_steps.py's loop (one launch a step: the recurrent GEMM
+    inside the step kernel) where it runs this layer-direction, else None. Its sizes are a
+    cell step's without the input GEMM (config.fused_cell_launch)."""
+    if not (sched.steps and fused_steps.runs(sched, variant.active, projected)):
+        return None
+    return fused_cell_launch(sched.batch_sizes[0], hidden, hidden, x.dtype, x.is_cuda)
+
+
 def lstm_forward_buffers(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, save):
     """What an LSTM forward loop starts from (the plain loop and stepwise_variants'):
     gx (N, 4H) the input projection of every step, the states h (B, P) and c (B, H, in the
@@ -130,6 +140,9 @@ def lstm_forward(x, sched, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, save, variant=N
         return stepwise_variants.lstm_forward(x, sched, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
                                               save, variant)
     proj = w_hr is not None
+    launch = fused_launch(x, sched, w_hh.shape[1], proj)
+    if launch is not None:
+        return _lstm_forward_fused(x, sched, h0, c0, w_ih, w_hh, b_ih, b_hh, save, launch)
     gx, h_state, c_state, y, m_all, gates, c_all, rec = lstm_forward_buffers(
         x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, save)
     w_hh_t, w_hr_t = w_hh.t(), (w_hr.t() if proj else None)
@@ -149,6 +162,20 @@ def lstm_forward(x, sched, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, save, variant=N
             m_all if proj and save else x.new_empty(0))
 
 
+def _lstm_forward_fused(x, sched, h0, c0, w_ih, w_hh, b_ih, b_hh, save, launch):
+    """lstm_forward's loop at one launch a step (kernels/fused_steps.py); same outputs, and
+    the same saved tensors, so either backward follows."""
+    n_rows, hidden = x.shape[0], w_hh.shape[1]
+    gx = input_projection(x, w_ih, None if b_ih is None else b_ih + b_hh)  # (N, 4H)
+    c_state = c0.to(state_dtype(x.dtype)).clone()  # (B, H), updated in place: c_n
+    y, h_n = x.new_empty(n_rows, hidden), x.new_empty(h0.shape)
+    gates = x.new_empty(n_rows, 4 * hidden) if save else None
+    c_all = c_state.new_empty(n_rows, hidden) if save else None
+    fused_steps.lstm_forward_steps(gx, sched, h0, c_state, w_hh, y, h_n, gates, c_all, launch)
+    return (y, h_n, c_state.to(x.dtype), gates if save else x.new_empty(0),
+            c_all if save else x.new_empty(0), x.new_empty(0))
+
+
 def lstm_backward(dy, dh_n, dc_n, x, sched, h0, c0, w_ih, w_hh, w_hr, y, gates, c_all, m_all,
                   has_bias, need_dx, variant=NONE):
     """Gradients (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr); None where not applicable."""
@@ -160,6 +187,10 @@ def lstm_backward(dy, dh_n, dc_n, x, sched, h0, c0, w_ih, w_hh, w_hr, y, gates, 
                                                variant)
     n_rows, hidden = x.shape[0], c0.shape[1]
     proj = w_hr is not None
+    launch = fused_launch(x, sched, hidden, proj)
+    if launch is not None:
+        return _lstm_backward_fused(dy, dh_n, dc_n, x, sched, h0, c0, w_ih, w_hh, y, gates, c_all,
+                                    has_bias, need_dx, launch)
     dh_rec = dh_n.clone()  # (B, P) gradient flowing into the state of the step being undone
     dc = dc_n.to(state_dtype(x.dtype)).clone()  # (B, H)
     c0_state = c0.to(dc.dtype)
@@ -179,6 +210,21 @@ def lstm_backward(dy, dh_n, dc_n, x, sched, h0, c0, w_ih, w_hh, w_hr, y, gates, 
     dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr = lstm_weight_grads(
         dgates, x, y, h0, sched, w_ih, has_bias, need_dx, dh_all, m_all)
     return dx, dh_rec, dc.to(x.dtype), dw_ih, dw_hh, db_ih, db_hh, dw_hr
+
+
+def _lstm_backward_fused(dy, dh_n, dc_n, x, sched, h0, c0, w_ih, w_hh, y, gates, c_all,
+                        has_bias, need_dx, launch):
+    """lstm_backward's loop at one launch a step (kernels/fused_steps.py): the kernels finish
+    each recurrent GEMM; the last one, dL/dh_0, is one GEMM here."""
+    dc = dc_n.to(state_dtype(x.dtype)).clone()  # (B, H): dc_n in, dc_0 out
+    dgates = x.new_empty(x.shape[0], 4 * c0.shape[1])
+    rows, n = fused_steps.lstm_backward_steps(dy, dh_n, dc, sched, c0.to(dc.dtype), w_hh, gates,
+                                              c_all, dgates, launch)
+    assert n == dh_n.shape[0]  # the last step undone runs every row (fused_steps.runs)
+    dh0 = torch.mm(dgates[rows], w_hh)
+    dx, dw_ih, dw_hh, db_ih, db_hh, _ = lstm_weight_grads(dgates, x, y, h0, sched, w_ih,
+                                                          has_bias, need_dx)
+    return dx, dh0, dc.to(x.dtype), dw_ih, dw_hh, db_ih, db_hh, None
 
 
 # ----------------------------------------------------------------------------- GRU

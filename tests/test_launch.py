@@ -17,6 +17,7 @@ import pytest
 
 SCRIPT = r"""
 import torch
+import triton
 from bench import host
 from lstm_triton.kernels import gru_pointwise, launch, lstm_pointwise
 
@@ -52,18 +53,43 @@ def check(run):
         assert len(calls) == len(expected) > 0, (len(calls), len(expected))
         n_shortcut += sum(c[6] is None for c in calls)
         for got, want in zip(calls, expected):
-            assert len(got) == len(want), (len(got), len(want))
-            # grid, stream, function, packed metadata, arguments: the same; launch metadata
-            # and hooks: Triton passes empty hook chains (which call nothing, so nothing reads
-            # the metadata), the prepared launch None
-            for k, (a, b) in enumerate(zip(got, want)):
-                if k == 6:
-                    assert a is None or type(a) is type(b), (a, b)
-                elif k in (7, 8):
-                    assert a in (None, b) and (b is None or b.calls == []), (k, a, b)
-                else:
-                    assert same(a, b), (k, a, b)
+            same_call(got, want)
     assert n_shortcut == len(expected), "the cached launches must take the shortcut"
+
+
+def same_call(got, want):
+    assert len(got) == len(want), (len(got), len(want))
+    # grid, stream, function, packed metadata, arguments: the same; launch metadata and
+    # hooks: Triton passes empty hook chains (which call nothing, so nothing reads the
+    # metadata), the prepared launch None
+    for k, (a, b) in enumerate(zip(got, want)):
+        if k == 6:
+            assert a is None or type(a) is type(b), (a, b)
+        elif k in (7, 8):
+            assert a in (None, b) and (b is None or b.calls == []), (k, a, b)
+        else:
+            assert same(a, b), (k, a, b)
+
+
+def check_stepper(kernel, grid, args, flags, varying, steps):
+    # a stepper's launches, one per tuple of `steps`, pass what kernel[grid] passes with
+    # those values in place; making it launches nothing
+    calls.clear()
+    for values in steps:
+        full = list(args)
+        for i, value in zip(varying, values):
+            full[i] = value
+        kernel[grid](*full, **flags)
+    expected = list(calls)
+    calls.clear()
+    step = launch.prepared(kernel).stepper(grid, args, flags, varying, 1000)
+    assert calls == []
+    for values in steps:
+        step(*values)
+    assert len(calls) == len(expected) == len(steps)
+    assert all(c[6] is None for c in calls), "a stepper's launches take the shortcut"
+    for got, want in zip(calls, expected):
+        same_call(got, want)
 
 
 def patched(module, prepared):
@@ -98,6 +124,30 @@ for dtype, offset in ((torch.float32, 0), (torch.float16, 0), (torch.float32, 1)
     check(gru)
 
 n_entries = sum(len(k.cache) for k in launch._PREPARED.values())
+
+# a small layer's loop (kernels/fused_steps.py): its steps differ in a few row offsets
+import triton.language as tl
+from lstm_triton.kernels import cell_fused, fused_steps
+N = 4 * B
+flags = dict(DOT=1, COMPUTE=tl.float32, BLOCK_B=16, BLOCK_H=16, BLOCK_K=32)
+f32 = lambda *shape: torch.randn(*shape)
+y, gx, c, w_hh, h_n, gates, cs = f32(N, H), f32(N, 4 * H), f32(B, H), f32(4 * H, H), f32(B, H), \
+    f32(N, 4 * H), f32(N, H)
+grid = (triton.cdiv(H, 16),)
+fwd = [gx, y, c, None, w_hh, None, None, y, c, gates, cs, h_n, B, 0, H, 0, 0, gx.stride(0),
+       y.stride(0), c.stride(0), 0, H, H, H, 4 * H, H, H]
+check_stepper(cell_fused.lstm_cell_fused_kernel, grid, fwd,
+              dict(flags, HAS_BIAS=False, SAVE=True, PROJECTED=True, STATE=True), (12, 15, 16),
+              [(B, B, 0), (B - 1, 2 * B, B), (1, 3 * B, 2 * B)])
+bwd = [y, h_n, gates, w_hh, gates, cs, c, c, 0, H, 0, 0, 0, 0, 0, H, H, 4 * H, H, 4 * H, H, H, H]
+check_stepper(fused_steps.lstm_step_fused_bwd_kernel, grid, bwd, flags, (8, 10, 11, 12, 13, 14),
+              [(B, 3 * B, 0, 0, 2 * B, B), (B, 2 * B, 3 * B, B, B, B), (B, 0, B, B, 0, 0)])
+try:
+    launch.prepared(fused_steps.lstm_step_fused_bwd_kernel).stepper(grid, bwd, flags, (9,), 1)
+except ValueError as e:
+    assert "['H']" in str(e) and "do_not_specialize" in str(e), e
+else:
+    raise AssertionError("a specialised argument may not vary")
 print("PREPARED OK", n_entries)
 """
 
@@ -107,7 +157,9 @@ print("PREPARED OK", n_entries)
 def test_prepared_launch_passes_what_tritons_runtime_passes():
     """LSTM and GRU step kernels, forward and backward, with and without the optional
     tensors, float32 and float16, 16-byte aligned and not: the launcher sees the same
-    grid, stream, compiled function, metadata and arguments either way."""
+    grid, stream, compiled function, metadata and arguments either way. A small layer's
+    loop (a stepper: kernels/fused_steps.py) too, step by step, and a stepper refuses to
+    vary an argument Triton specialises on."""
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")

@@ -632,15 +632,25 @@ for kernel in (lstm_pointwise.lstm_step_fwd_kernel, lstm_pointwise.lstm_step_bwd
                        options={"num_warps": 4})
 # a cell step in one launch (kernels/cell_fused.py), inference and training, at the blocks
 # config.fused_cell_launch gives a GPU
-from lstm_triton.kernels import cell_fused
-for kernel in (cell_fused.lstm_cell_fused_kernel, cell_fused.gru_cell_fused_kernel):
+# and a small layer's loop at one launch a step (kernels/fused_steps.py): the cell kernel
+# on the input projection (PROJECTED, keeping h_n: STATE) and the loop's backward kernel
+from lstm_triton.kernels import cell_fused, fused_steps
+for kernel, layer in ((cell_fused.lstm_cell_fused_kernel, False),
+                      (cell_fused.lstm_cell_fused_kernel, True),
+                      (cell_fused.gru_cell_fused_kernel, False),
+                      (fused_steps.lstm_step_fused_bwd_kernel, True)):
     for dt in ("fp16", "bf16", "fp32", "fp64"):
         dot, compute = DTYPES[dt]
         for save in (False, True):
-            cx = dict(HAS_BIAS=True, SAVE=save, DOT=dot, COMPUTE=compute, BLOCK_B=16,
-                      BLOCK_H=16, BLOCK_K=16 if dt == "fp64" else 32)
+            cx = dict(DOT=dot, COMPUTE=compute, BLOCK_B=16, BLOCK_H=16,
+                      BLOCK_K=16 if dt == "fp64" else 32)
+            cx.update({k: v for k, v in (("HAS_BIAS", not layer), ("SAVE", save),
+                                         ("PROJECTED", layer), ("STATE", layer))
+                       if k in kernel.arg_names})
             state = "*fp64" if dt == "fp64" else "*fp32"
-            ptrs = {"c1_ptr": state, "c_save_ptr": state}
+            ptrs = {"c1_ptr": state, "c_save_ptr": state, "dc_ptr": state}
+            if layer:  # a layer's c is its state
+                ptrs.update(c0_ptr=state)
             sig = {n: "constexpr" if n in cx else (ptrs.get(n, "*" + dt) if n.endswith("_ptr")
                                                    else "i32") for n in kernel.arg_names}
             triton.compile(ASTSource(kernel, sig, constexprs=cx),
