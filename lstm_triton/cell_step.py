@@ -49,8 +49,9 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, save):
     stepwise.lstm_forward's one step without its buffers."""
     launch = fused_cell_launch(x.shape[0], x.shape[1], h0.shape[1], x.dtype, x.is_cuda)
     if launch is not None:
-        c1 = torch.empty_like(c0, dtype=state_dtype(x.dtype))
+        state = state_dtype(x.dtype)
         h1 = torch.empty_like(h0)
+        c1 = torch.empty_like(h0) if state == x.dtype else torch.empty_like(h0, dtype=state)
         gates = x.new_empty(h0.shape[0], 4 * h0.shape[1]) if save else None
         c_save = torch.empty_like(c1) if save else None
         lstm_cell_fused(x, h0, c0, w_ih, w_hh, b_ih, b_hh, h1, c1, gates, c_save, launch)

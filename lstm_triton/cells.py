@@ -162,7 +162,9 @@ class _TritonCellDriver(BackendOption):
         def cast(t):
             return t if t is None or t.dtype == dtype else t.to(dtype)
 
-        weights = [cast(w) for w in (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)]
+        # row-major, as the kernels index them (a no-op for torch's own layout)
+        weights = [None if w is None else cast(w).contiguous()
+                   for w in (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)]
         x, states = cast(x).contiguous(), [cast(s).contiguous() for s in states]
         h0, c0 = states[0], (states[1] if lstm else None)
 

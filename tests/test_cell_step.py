@@ -186,3 +186,29 @@ def test_gradients_arriving_transposed_are_read_as_such(cls):
 
     for got, want in zip(grads(ours), grads(ref)):
         assert_close(got, want, torch.float32, "transposed gradient")
+
+
+@pytest.mark.parametrize("road", ["fast-lane", "general"])
+@pytest.mark.parametrize("cls", [TritonLSTMCell, TritonGRUCell])
+def test_weights_of_any_layout_are_read_as_such(cls, road):
+    """A cell whose weights are not row-major (a Parameter assigned as a transposed view)
+    gives torch's numbers: the kernels index W's rows by its width, so both roads hand them
+    row-major copies. The general road is the one a 1-D input takes."""
+    torch.manual_seed(0)
+    ours = cls(I, H, backend="stepwise")
+    ref = (torch.nn.LSTMCell if cls is TritonLSTMCell else torch.nn.GRUCell)(I, H)
+    ref.load_state_dict(ours.state_dict())
+    for name in ("weight_ih", "weight_hh"):
+        w = getattr(ours, name).detach()
+        setattr(ours, name, torch.nn.Parameter(w.t().contiguous().t()))
+        assert not getattr(ours, name).is_contiguous()
+    x = torch.randn(B, I) if road == "fast-lane" else torch.randn(I)
+
+    def run(cell):
+        out = cell(x)
+        states = out if isinstance(out, tuple) else (out,)
+        sum((s * (k + 1)).sum() for k, s in enumerate(states)).backward()
+        return list(states) + [p.grad for p in cell.parameters()]
+
+    for got, want in zip(run(ours), run(ref), strict=True):
+        assert_close(got, want, torch.float32, f"{road}: weights of another layout")
