@@ -13,6 +13,8 @@ step kernel saves, in the same layout, so backward is the step road's (cell_step
 
 The GRU keeps the input and recurrent parts apart (n = tanh(x_n + r * rec_n)): two tiles.
 config.fused_cell_launch decides where this runs (small B and H), and the block sizes.
+A small layer's time loop runs the same kernels once a step on its input projection
+(PROJECTED, row offsets; kernels/fused_steps.py).
 """
 import triton
 import triton.language as tl
@@ -67,15 +69,18 @@ def cell_products(x_ptr, stride_x, h0_ptr, stride_h0, w_ih_ptr, stride_wih, w_hh
     return rows, units, (rows < B) & (units < H), acc_x, acc_h
 
 
-# B, row0 and prev0 vary per step of a layer's loop (kernels/fused_steps.py), which launches
-# every step on one compiled kernel (launch.PreparedKernel.stepper): never specialised
+# A layer's loop (kernels/fused_steps.py) runs these kernels once a step: step t reads its
+# rows of gx (from row0) and h_{t-1} (rows of y, from prev0) and writes its rows of y and of
+# what backward saves (from row0), h_n again (STATE); c is the (B, H) state, read and
+# written by the same program. B, row0 and prev0 vary from step to step, and every step
+# launches one compiled kernel (launch.PreparedKernel.stepper): never specialised on.
 @triton.jit(do_not_specialize=["B", "row0", "prev0"])
 def lstm_cell_fused_kernel(
-    x_ptr, h0_ptr, c0_ptr,  # (B, I) rows from row0 (or gx: PROJECTED); (B, H) from prev0; (B, H)
+    x_ptr, h0_ptr, c0_ptr,  # (B, I) or gx (B, 4H: PROJECTED); (B, H); (B, H)
     w_ih_ptr, w_hh_ptr, b_ih_ptr, b_hh_ptr,  # (4H, I), (4H, H), (4H,), (4H,) (HAS_BIAS)
-    h1_ptr, c1_ptr,  # (B, H) new states, h1 rows from row0; c1 in the state dtype
-    gates_ptr, c_save_ptr,  # (B, 4H) activated gates, (B, H) c1 again, rows from row0 (SAVE)
-    h_state_ptr,  # (B, H) h1 again (STATE: a layer's loop keeps its last h here)
+    h1_ptr, c1_ptr,  # (B, H) new states; c1 in the state dtype
+    gates_ptr, c_save_ptr,  # (B, 4H) activated gates, (B, H) c1 again, for backward (SAVE)
+    h_state_ptr,  # (B, H) h1 again (STATE)
     B, I, H, row0, prev0,
     stride_x, stride_h0, stride_c0, stride_wih, stride_whh, stride_h1, stride_c1,
     stride_gates, stride_cs, stride_hs,
@@ -83,18 +88,17 @@ def lstm_cell_fused_kernel(
     DOT: tl.constexpr, COMPUTE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    # a layer's step t reads its rows of gx and h_{t-1} (rows of y) and writes its rows of y
-    # and of what backward saves; c is the (B, H) state, read and written by the same program
     row0, prev0 = row0.to(tl.int64), prev0.to(tl.int64)
+    x_ptr, h0_ptr, h1_ptr = x_ptr + row0 * stride_x, h0_ptr + prev0 * stride_h0, \
+        h1_ptr + row0 * stride_h1
     rows, units, mask, acc_x, acc_h = cell_products(
-        x_ptr + row0 * stride_x, stride_x, h0_ptr + prev0 * stride_h0, stride_h0, w_ih_ptr,
-        stride_wih, w_hh_ptr, stride_whh, b_ih_ptr, b_hh_ptr, B, I, H, 4, HAS_BIAS, PROJECTED,
-        BLOCK_B, BLOCK_H, BLOCK_K, DOT, COMPUTE)
+        x_ptr, stride_x, h0_ptr, stride_h0, w_ih_ptr, stride_wih, w_hh_ptr, stride_whh, b_ih_ptr,
+        b_hh_ptr, B, I, H, 4, HAS_BIAS, PROJECTED, BLOCK_B, BLOCK_H, BLOCK_K, DOT, COMPUTE)
     p_i, p_f, p_g, p_o = split_gates(acc_x + acc_h, BLOCK_B, BLOCK_H)
     c_prev = load_gate(c0_ptr, rows, units, stride_c0, 0, H, mask, COMPUTE)
     i, f, g, o, c, m = lstm_cell_forward(p_i, p_f, p_g, p_o, c_prev)
     store_gate(c1_ptr, rows, units, stride_c1, 0, H, c, mask)
-    store_gate(h1_ptr + row0 * stride_h1, rows, units, stride_h1, 0, H, m, mask)
+    store_gate(h1_ptr, rows, units, stride_h1, 0, H, m, mask)
     if STATE:
         store_gate(h_state_ptr, rows, units, stride_hs, 0, H, m, mask)
     if SAVE:
@@ -103,27 +107,35 @@ def lstm_cell_fused_kernel(
         store_gate(c_save_ptr + row0 * stride_cs, rows, units, stride_cs, 0, H, c, mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["B", "row0", "prev0"])
 def gru_cell_fused_kernel(
-    x_ptr, h0_ptr,  # (B, I), (B, H)
+    x_ptr, h0_ptr,  # (B, I) or gx (B, 3H: PROJECTED, b_ih in it); (B, H)
     w_ih_ptr, w_hh_ptr, b_ih_ptr, b_hh_ptr,  # (3H, I), (3H, H), (3H,), (3H,) (HAS_BIAS)
     h1_ptr,  # (B, H)
     gates_ptr,  # (B, 4H) r, z, n, rec_n for backward (SAVE)
-    B, I, H,
-    stride_x, stride_h0, stride_wih, stride_whh, stride_h1, stride_gates,
-    HAS_BIAS: tl.constexpr, SAVE: tl.constexpr, DOT: tl.constexpr, COMPUTE: tl.constexpr,
+    h_state_ptr,  # (B, H) h1 again (STATE)
+    B, I, H, row0, prev0,
+    stride_x, stride_h0, stride_wih, stride_whh, stride_h1, stride_gates, stride_hs,
+    HAS_BIAS: tl.constexpr, SAVE: tl.constexpr, PROJECTED: tl.constexpr, STATE: tl.constexpr,
+    DOT: tl.constexpr, COMPUTE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    row0, prev0 = row0.to(tl.int64), prev0.to(tl.int64)
+    x_ptr, h0_ptr, h1_ptr = x_ptr + row0 * stride_x, h0_ptr + prev0 * stride_h0, \
+        h1_ptr + row0 * stride_h1
     rows, units, mask, acc_x, acc_h = cell_products(
         x_ptr, stride_x, h0_ptr, stride_h0, w_ih_ptr, stride_wih, w_hh_ptr, stride_whh, b_ih_ptr,
-        b_hh_ptr, B, I, H, 3, HAS_BIAS, False, BLOCK_B, BLOCK_H, BLOCK_K, DOT, COMPUTE)
+        b_hh_ptr, B, I, H, 3, HAS_BIAS, PROJECTED, BLOCK_B, BLOCK_H, BLOCK_K, DOT, COMPUTE)
     x_r, x_z, x_n, _ = split_gates(acc_x, BLOCK_B, BLOCK_H)
     rec_r, rec_z, rec_n, _ = split_gates(acc_h, BLOCK_B, BLOCK_H)
     h_prev = load_gate(h0_ptr, rows, units, stride_h0, 0, H, mask, COMPUTE)
     r, z, n, h = gru_cell_forward(x_r, x_z, x_n, rec_r, rec_z, rec_n, h_prev)
     store_gate(h1_ptr, rows, units, stride_h1, 0, H, h, mask)
+    if STATE:
+        store_gate(h_state_ptr, rows, units, stride_hs, 0, H, h, mask)
     if SAVE:
-        store_gates4(gates_ptr, rows, units, stride_gates, H, r, z, n, rec_n, mask)
+        store_gates4(gates_ptr + row0 * stride_gates, rows, units, stride_gates, H, r, z, n,
+                     rec_n, mask)
 
 
 def lstm_cell_fused(x, h0, c0, w_ih, w_hh, b_ih, b_hh, h1, c1, gates, c_save, launch):
@@ -148,8 +160,8 @@ def gru_cell_fused(x, h0, w_ih, w_hh, b_ih, b_hh, h1, gates, launch):
     save = gates is not None
     (B, I), H = x.shape, h0.shape[1]
     prepared(gru_cell_fused_kernel).launch(
-        grid, x, h0, w_ih, w_hh, b_ih, b_hh, h1, gates,
-        B, I, H, I, H, I, H, H, 4 * H if save else 0,
-        HAS_BIAS=b_ih is not None, SAVE=save, DOT=dot, COMPUTE=compute, BLOCK_B=block_b,
-        BLOCK_H=block_h, BLOCK_K=block_k,
+        grid, x, h0, w_ih, w_hh, b_ih, b_hh, h1, gates, None,
+        B, I, H, 0, 0, I, H, I, H, H, 4 * H if save else 0, 0,
+        HAS_BIAS=b_ih is not None, SAVE=save, PROJECTED=False, STATE=False, DOT=dot,
+        COMPUTE=compute, BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_K=block_k,
     )

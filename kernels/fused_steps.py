@@ -1,38 +1,73 @@
-"""A small LSTM layer's time loop at one launch a step, forward and backward (issue 17).
+"""A small layer's time loop at one launch a step, forward and backward (issue 17).
 
 The stepwise backend's step is two GPU calls (cuBLAS for h_{t-1} W_hh^T, then the
 pointwise step kernel) and two trips through the host. Where the whole batch fits one
 program's rows and the weights are small (config.fused_cell_launch: the sizes of a cell
 call), both fit one kernel, as a cell step does:
 
-  forward   cell_fused.lstm_cell_fused_kernel with PROJECTED: the step reads its rows of
-            the input projection gx (one GEMM for all steps, both biases in it), h_{t-1}
-            from the previous step's rows of y, and writes its rows of y and of what
-            backward saves (the step road's layout, so either backward can follow);
-  backward  lstm_step_fused_bwd_kernel: each program first finishes the recurrent GEMM
-            of the step undone before for its own units (dL/dh_t = dgates_{t+1} W_hh[:,
-            units]: the whole 4H reduction, from rows that launch wrote), then undoes
-            its units of step t as the step kernel does (cell_math.lstm_cell_backward).
+  forward   cell_fused's cell kernels with PROJECTED: the step reads its rows of the input
+            projection gx (one GEMM for all steps; the LSTM's both biases in it, the GRU's
+            b_ih), h_{t-1} from the previous step's rows of y, and writes its rows of y and
+            of what backward saves (the step road's layout, so either backward can follow);
+  backward  one kernel per cell: each program first finishes the recurrent GEMM of the step
+            undone before for its own units (`carried_gradient`: that step's recurrent
+            pre-activation gradients, which the launch before wrote, through W_hh[:, units],
+            the whole n_gates*H reduction here), then undoes its units of step t with the
+            step kernels' cell math (cell_math.py). The GRU's direct part dh_t z_t, which
+            bypasses the GEMM, stays with the program that made it, in a (B, H) buffer.
 
-Each launch reads only rows the launch before wrote, and writes rows no other program of
-it reads, so launches in stream order are the only synchronisation. All steps launch one
-compiled kernel with the same arguments but two row offsets (launch.stepper): the host's
+Each launch reads only rows the launches before wrote, and writes rows no other program of
+it reads, so stream order is the only synchronisation. All steps launch one compiled kernel
+with the same arguments but a few row offsets (launch.PreparedKernel.stepper): the host's
 work per step is one call of Triton's launcher.
 
 Runs forward-direction layers, padded or packed (step t's rows are the first rows of step
 t-1's), and reverse-direction padded ones; a packed reverse layer, whose shorter sequences
-join late from h0, takes the step road (stepwise.py).
+join late from h0, takes the step road (stepwise.py), as do projections and issue 18's
+per-call options. Every tensor is row-major (the layer op makes them so): row strides are
+the widths.
 """
 import triton
 import triton.language as tl
 
-from .cell_fused import gate_matmul, lstm_cell_fused_kernel
-from .cell_math import load_gates4, lstm_cell_backward, store_gates4
+from .cell_fused import gate_matmul, gru_cell_fused_kernel, lstm_cell_fused_kernel
+from .cell_math import (gru_cell_backward, load_gates4, lstm_cell_backward, store_gates3,
+                        store_gates4)
 from .launch import prepared
 from .tiles import load_gate, load_previous, store_gate
 
+# what varies from one backward step to the next (backward_steps' tuples)
+BACKWARD_VARYING = ["n_rows", "row0", "next0", "n_next", "prev0", "n_prev"]
 
-@triton.jit(do_not_specialize=["row0", "next0", "n_next", "prev0", "n_prev", "n_rows"])
+
+@triton.jit
+def step_tile(n_rows, H, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    """All the step's rows (int64 [BLOCK_B, 1]), this program's units ([1, BLOCK_H]), mask."""
+    rows = tl.arange(0, BLOCK_B).to(tl.int64)[:, None]
+    units = (tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H))[None, :]
+    return rows, units, (rows < n_rows) & (units < H)
+
+
+@triton.jit
+def carried_gradient(dgemm_ptr, stride_dgemm, n_next, K, w_hh_ptr, stride_whh, dh_n_ptr,
+                     stride_dhn, direct_ptr, stride_direct, rows, units, mask, H,
+                     DIRECT: tl.constexpr, DOT: tl.constexpr, COMPUTE: tl.constexpr,
+                     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
+    """dL/dh_t carried into step t, for this program's units. Rows the step undone before
+    ran (n_next of them; none at the first step undone): its recurrent pre-activation
+    gradients (rows from dgemm_ptr, K wide) through W_hh[:, units] (K x H, row-major), the
+    whole K reduction done here, plus (DIRECT) the part that bypassed the GEMM, which this
+    program wrote for its own units then. Rows past n_next end at step t: dh_n's."""
+    dh = gate_matmul(tl.zeros((BLOCK_B, BLOCK_H), COMPUTE), dgemm_ptr, stride_dgemm, rows,
+                     n_next, K, w_hh_ptr, stride_whh, 1, units, units < H, BLOCK_K, DOT)
+    carried = mask & (rows < n_next)
+    if DIRECT:
+        dh += load_gate(direct_ptr, rows, units, stride_direct, 0, H, carried, COMPUTE)
+    dh_n = load_gate(dh_n_ptr, rows, units, stride_dhn, 0, H, mask & (rows >= n_next), COMPUTE)
+    return tl.where(rows < n_next, dh, dh_n)
+
+
+@triton.jit(do_not_specialize=BACKWARD_VARYING)
 def lstm_step_fused_bwd_kernel(
     dy_ptr,  # (N, H) gradient of the outputs, rows from row0
     dh_n_ptr,  # (B, H) gradient of h_n: the carried gradient of rows past n_next
@@ -47,17 +82,11 @@ def lstm_step_fused_bwd_kernel(
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     row0, next0, prev0 = row0.to(tl.int64), next0.to(tl.int64), prev0.to(tl.int64)
-    rows = tl.arange(0, BLOCK_B).to(tl.int64)[:, None]
-    units = (tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H))[None, :]
-    mask = (rows < n_rows) & (units < H)
-    # dL/dh_t carried through the recurrence: rows the step undone before ran (n_next of
-    # them; none at the first step undone) through its gate gradients, the others from h_n
-    dh = gate_matmul(tl.zeros((BLOCK_B, BLOCK_H), COMPUTE), dgates_ptr + next0 * stride_dg,
-                     stride_dg, rows, n_next, 4 * H, w_hh_ptr, stride_whh, 1, units, units < H,
-                     BLOCK_K, DOT)
-    dh_n = load_gate(dh_n_ptr, rows, units, stride_dhn, 0, H, mask & (rows >= n_next), COMPUTE)
+    rows, units, mask = step_tile(n_rows, H, BLOCK_B, BLOCK_H)
     dm = load_gate(dy_ptr + row0 * stride_dy, rows, units, stride_dy, 0, H, mask, COMPUTE)
-    dm += tl.where(rows < n_next, dh, dh_n)
+    dm += carried_gradient(dgates_ptr + next0 * stride_dg, stride_dg, n_next, 4 * H, w_hh_ptr,
+                           stride_whh, dh_n_ptr, stride_dhn, None, 0, rows, units, mask, H,
+                           False, DOT, COMPUTE, BLOCK_B, BLOCK_H, BLOCK_K)
     i, f, g, o = load_gates4(gates_ptr + row0 * stride_gates, rows, units, stride_gates, H, mask,
                              COMPUTE)
     c = load_gate(c_save_ptr + row0 * stride_cs, rows, units, stride_cs, 0, H, mask, COMPUTE)
@@ -70,53 +99,67 @@ def lstm_step_fused_bwd_kernel(
     store_gate(dc_ptr, rows, units, stride_dc, 0, H, dc_prev, mask)
 
 
+@triton.jit(do_not_specialize=BACKWARD_VARYING)
+def gru_step_fused_bwd_kernel(
+    dy_ptr,  # (N, H) gradient of the outputs, rows from row0
+    dh_n_ptr,  # (B, H) gradient of h_n: the carried gradient of rows past n_next
+    dgx_ptr, drec_ptr,  # (N, 3H) input / recurrent pre-activation gradients, rows from row0
+    # out; drec's rows from next0 in (the step undone before)
+    w_hh_ptr,  # (3H, H)
+    gates_ptr,  # (N, 4H) r, z, n, rec_n saved by forward, rows from row0
+    y_ptr, h0_ptr,  # h_{t-1}: rows < n_prev of y from prev0, the others h0's
+    direct_ptr,  # (B, H) dh_t z_t, the part of dL/dh_{t-1} that bypasses the GEMM, in/out
+    n_rows, H, row0, next0, n_next, prev0, n_prev,
+    stride_dy, stride_dhn, stride_dgx, stride_drec, stride_whh, stride_gates, stride_y,
+    stride_h0, stride_direct,
+    DOT: tl.constexpr, COMPUTE: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    row0, next0, prev0 = row0.to(tl.int64), next0.to(tl.int64), prev0.to(tl.int64)
+    rows, units, mask = step_tile(n_rows, H, BLOCK_B, BLOCK_H)
+    dh = load_gate(dy_ptr + row0 * stride_dy, rows, units, stride_dy, 0, H, mask, COMPUTE)
+    dh += carried_gradient(drec_ptr + next0 * stride_drec, stride_drec, n_next, 3 * H, w_hh_ptr,
+                           stride_whh, dh_n_ptr, stride_dhn, direct_ptr, stride_direct, rows,
+                           units, mask, H, True, DOT, COMPUTE, BLOCK_B, BLOCK_H, BLOCK_K)
+    r, z, n, rec_n = load_gates4(gates_ptr + row0 * stride_gates, rows, units, stride_gates, H,
+                                 mask, COMPUTE)
+    h_prev = load_previous(y_ptr + prev0 * stride_y, h0_ptr, rows, units, stride_y, stride_h0,
+                           n_prev, H, mask, COMPUTE)
+    d_r, d_z, d_n, dh_direct = gru_cell_backward(dh, r, z, n, rec_n, h_prev)
+    store_gates3(dgx_ptr + row0 * stride_dgx, rows, units, stride_dgx, H, d_r, d_z, d_n, mask)
+    store_gates3(drec_ptr + row0 * stride_drec, rows, units, stride_drec, H, d_r, d_z, d_n * r,
+                 mask)
+    store_gate(direct_ptr, rows, units, stride_direct, 0, H, dh_direct, mask)
+
+
 def runs(sched, variant_active, projected):
     """Whether a layer-direction's loop can run here (the rest of the test is the size:
     config.fused_cell_launch)."""
     return not (variant_active or projected) and (sched.padded or not sched.reverse)
 
 
-def lstm_forward_steps(gx, sched, h0, c, w_hh, y, h_n, gates, c_save, launch):
-    """The forward loop into y (N, H), h_n (B, H) and c (B, H, the state, in place), and
-    gates / c_save when not None (training). gx: (N, 4H) input projection, biases in it."""
-    grid, block_b, block_h, block_k, dot, compute = launch
-    save = gates is not None
-    H = c.shape[1]
-    kernel = prepared(lstm_cell_fused_kernel)
-    args = [gx, h0, c, None, w_hh, None, None, y, c, gates, c_save, h_n,
-            h0.shape[0], 0, H, 0, 0,
-            gx.stride(0), h0.stride(0), c.stride(0), 0, w_hh.stride(0), y.stride(0),
-            c.stride(0), gates.stride(0) if save else 0, c_save.stride(0) if save else 0,
-            h_n.stride(0)]
-    flags = dict(HAS_BIAS=False, SAVE=save, PROJECTED=True, STATE=True, DOT=dot,
-                 COMPUTE=compute, BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_K=block_k)
-    B_AT, ROW0, PREV0 = 12, 15, 16  # positions of what changes from step to step
+def _forward_steps(kernel, grid, args, flags, sched, h0_at, y):
+    """Launch the forward loop: step one reads h0 (args as given), later steps h_{t-1} from
+    y (args[h0_at], its stride three places on), one compiled kernel for all of them."""
+    B_AT = kernel.arg_names.index("B")  # then I, H, row0, prev0
     order = sched.order()
-    first = order[0]
-    args[B_AT], args[ROW0] = sched.batch_sizes[first], sched.offsets[first]
-    kernel.launch(grid, *args, **flags)  # step one reads h0
+    args[B_AT], args[B_AT + 3] = sched.batch_sizes[order[0]], sched.offsets[order[0]]
+    prepared(kernel).launch(grid, *args, **flags)
     if len(order) == 1:
         return
-    args[1], args[18] = y, y.stride(0)  # later steps read h_{t-1} from y
-    step = kernel.stepper(grid, args, flags, (B_AT, ROW0, PREV0), len(gx))
-    prev = first
-    for t in order[1:]:
+    stride_h0 = kernel.arg_names.index("stride_h0")
+    args[h0_at], args[stride_h0] = y, y.stride(0)
+    step = prepared(kernel).stepper(grid, args, flags, (B_AT, B_AT + 3, B_AT + 4), y.shape[0])
+    for prev, t in zip(order, order[1:]):
         step(sched.batch_sizes[t], sched.offsets[t], sched.offsets[prev])
-        prev = t
 
 
-def lstm_backward_steps(dy, dh_n, dc, sched, c0, w_hh, gates, c_save, dgates, launch):
-    """The backward loop into dgates (N, 4H) and dc (B, H, in place: dc_n in, dc_0 out);
-    returns the last step's (rows, n) for dL/dh_0 = dgates[rows] W_hh (the caller's GEMM,
-    one for the call)."""
-    grid, block_b, block_h, block_k, dot, compute = launch
-    kernel = prepared(lstm_step_fused_bwd_kernel)
-    args = [dy, dh_n, dgates, w_hh, gates, c_save, c0, dc,
-            0, dc.shape[1], 0, 0, 0, 0, 0,
-            dy.stride(0), dh_n.stride(0), dgates.stride(0), w_hh.stride(0), gates.stride(0),
-            c_save.stride(0), c0.stride(0), dc.stride(0)]
-    flags = dict(DOT=dot, COMPUTE=compute, BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_K=block_k)
-    step = kernel.stepper(grid, args, flags, (8, 10, 11, 12, 13, 14), len(dy))
+def _backward_steps(kernel, grid, args, flags, sched, n_rows):
+    """Launch the backward loop (steps in reverse processing order, each with the step
+    undone before it); returns the last step's rows, whose recurrent gradients the caller
+    turns into dL/dh_0 (one GEMM)."""
+    varying = tuple(kernel.arg_names.index(name) for name in BACKWARD_VARYING)
+    step = prepared(kernel).stepper(grid, args, flags, varying, n_rows)
     undone = None  # the step undone before: its rows carry dL/dh into this one
     for t in reversed(sched.order()):
         p, n_prev = sched.previous_step(t)
@@ -125,4 +168,56 @@ def lstm_backward_steps(dy, dh_n, dc, sched, c0, w_hh, gates, c_save, dgates, la
              0 if undone is None else sched.batch_sizes[undone],
              0 if p is None else sched.offsets[p], n_prev)
         undone = t
-    return sched.rows(undone), sched.batch_sizes[undone]
+    return sched.rows(undone)
+
+
+def _flags(launch):
+    grid, block_b, block_h, block_k, dot, compute = launch
+    return grid, dict(DOT=dot, COMPUTE=compute, BLOCK_B=block_b, BLOCK_H=block_h,
+                      BLOCK_K=block_k)
+
+
+def lstm_forward_steps(gx, sched, h0, c, w_hh, y, h_n, gates, c_save, launch):
+    """The forward loop into y (N, H), h_n (B, H) and c (B, H, the state, in place), and
+    gates / c_save when not None (training). gx: (N, 4H) input projection, biases in it.
+    Every tensor row-major (the layer op makes them so)."""
+    grid, flags = _flags(launch)
+    save, H = gates is not None, c.shape[1]
+    args = [gx, h0, c, None, w_hh, None, None, y, c, gates, c_save, h_n,
+            0, 0, H, 0, 0, 4 * H, H, H, 0, H, H, H, 4 * H if save else 0, H if save else 0, H]
+    _forward_steps(lstm_cell_fused_kernel, grid, args,
+                   dict(flags, HAS_BIAS=False, SAVE=save, PROJECTED=True, STATE=True), sched,
+                   1, y)
+
+
+def gru_forward_steps(gx, sched, h0, w_hh, b_hh, y, h_n, gates, launch):
+    """The GRU's forward loop into y (N, H), h_n (B, H) and gates (N, 4H: r, z, n, rec_n)
+    when not None. gx: (N, 3H) input projection with b_ih; b_hh is added here, inside the
+    reset gate's product as torch does."""
+    grid, flags = _flags(launch)
+    save, H = gates is not None, h0.shape[1]
+    args = [gx, h0, None, w_hh, None, b_hh, y, gates, h_n,
+            0, 0, H, 0, 0, 3 * H, H, 0, H, H, 4 * H if save else 0, H]
+    _forward_steps(gru_cell_fused_kernel, grid, args,
+                   dict(flags, HAS_BIAS=b_hh is not None, SAVE=save, PROJECTED=True,
+                        STATE=True), sched, 1, y)
+
+
+def lstm_backward_steps(dy, dh_n, dc, sched, c0, w_hh, gates, c_save, dgates, launch):
+    """The backward loop into dgates (N, 4H) and dc (B, H, in place: dc_n in, dc_0 out);
+    returns the last step's rows, for dL/dh_0 = dgates[rows] W_hh (the caller's GEMM)."""
+    grid, flags = _flags(launch)
+    H = dc.shape[1]
+    args = [dy, dh_n, dgates, w_hh, gates, c_save, c0, dc, 0, H, 0, 0, 0, 0, 0,
+            H, H, 4 * H, H, 4 * H, H, H, H]
+    return _backward_steps(lstm_step_fused_bwd_kernel, grid, args, flags, sched, dy.shape[0])
+
+
+def gru_backward_steps(dy, dh_n, sched, h0, w_hh, y, gates, dgx, drec, direct, launch):
+    """The GRU's backward loop into dgx, drec (N, 3H) and direct (B, H: dh z of the last step
+    undone); returns that step's rows, for dL/dh_0 = direct + drec[rows] W_hh."""
+    grid, flags = _flags(launch)
+    H = h0.shape[1]
+    args = [dy, dh_n, dgx, drec, w_hh, gates, y, h0, direct, 0, H, 0, 0, 0, 0, 0,
+            H, H, 3 * H, 3 * H, H, 4 * H, H, H, H]
+    return _backward_steps(gru_step_fused_bwd_kernel, grid, args, flags, sched, dy.shape[0])

@@ -218,10 +218,9 @@ def _lstm_backward_fused(dy, dh_n, dc_n, x, sched, h0, c0, w_ih, w_hh, y, gates,
     each recurrent GEMM; the last one, dL/dh_0, is one GEMM here."""
     dc = dc_n.to(state_dtype(x.dtype)).clone()  # (B, H): dc_n in, dc_0 out
     dgates = x.new_empty(x.shape[0], 4 * c0.shape[1])
-    rows, n = fused_steps.lstm_backward_steps(dy, dh_n, dc, sched, c0.to(dc.dtype), w_hh, gates,
-                                              c_all, dgates, launch)
-    assert n == dh_n.shape[0]  # the last step undone runs every row (fused_steps.runs)
-    dh0 = torch.mm(dgates[rows], w_hh)
+    rows = fused_steps.lstm_backward_steps(dy, dh_n, dc, sched, c0.to(dc.dtype), w_hh, gates,
+                                           c_all, dgates, launch)
+    dh0 = torch.mm(dgates[rows], w_hh)  # the last step undone runs every row (runs())
     dx, dw_ih, dw_hh, db_ih, db_hh, _ = lstm_weight_grads(dgates, x, y, h0, sched, w_ih,
                                                           has_bias, need_dx)
     return dx, dh0, dc.to(x.dtype), dw_ih, dw_hh, db_ih, db_hh, None
@@ -237,6 +236,12 @@ def gru_forward(x, sched, h0, w_ih, w_hh, b_ih, b_hh, save, variant=NONE):
                                              variant)
     n_rows, batch, hidden = x.shape[0], h0.shape[0], h0.shape[1]
     gx = input_projection(x, w_ih, b_ih)  # (N, 3H); b_hh stays with the recurrent part
+    launch = fused_launch(x, sched, hidden, False)
+    if launch is not None:  # one launch a step (kernels/fused_steps.py)
+        y, h_n = x.new_empty(n_rows, hidden), x.new_empty(h0.shape)
+        gates = x.new_empty(n_rows, 4 * hidden) if save else None
+        fused_steps.gru_forward_steps(gx, sched, h0, w_hh, b_hh, y, h_n, gates, launch)
+        return y, h_n, gates if save else x.new_empty(0)
     h_state = h0.clone()
     y = x.new_empty(n_rows, hidden)
     gates = x.new_empty(n_rows, 4 * hidden) if save else None
@@ -263,15 +268,28 @@ def gru_backward(dy, dh_n, x, sched, h0, w_ih, w_hh, y, gates, has_bias, need_dx
         return stepwise_variants.gru_backward(dy, dh_n, x, sched, h0, w_ih, w_hh, y, gates,
                                               has_bias, need_dx, variant)
     n_rows, hidden = x.shape[0], h0.shape[1]
-    dh_rec = dh_n.clone()
     dgx = x.new_empty(n_rows, 3 * hidden)
     drec = x.new_empty(n_rows, 3 * hidden)
+    launch = fused_launch(x, sched, hidden, False)
+    if launch is not None:  # one launch a step (kernels/fused_steps.py)
+        direct = x.new_empty(h0.shape, dtype=state_dtype(x.dtype))  # dh z, carried in float32
+        rows = fused_steps.gru_backward_steps(dy, dh_n, sched, h0, w_hh, y, gates, dgx, drec,
+                                              direct, launch)
+        dh_rec = torch.addmm(direct.to(x.dtype), drec[rows], w_hh)  # every row: runs()
+    else:
+        dh_rec = _gru_backward_steps(dy, dh_n, sched, h0, w_hh, y, gates, dgx, drec)
+    dx, dw_ih, dw_hh, db_ih, db_hh = gru_weight_grads(dgx, drec, x, y, h0, sched, w_ih, has_bias,
+                                                      need_dx)
+    return dx, dh_rec, dw_ih, dw_hh, db_ih, db_hh
+
+
+def _gru_backward_steps(dy, dh_n, sched, h0, w_hh, y, gates, dgx, drec):
+    """gru_backward's step road into dgx, drec; returns dL/dh_0."""
+    dh_rec = dh_n.clone()
     dy_s, y_s, gates_s, dgx_s, drec_s = _steps(sched, dy, y, gates, dgx, drec)
     for t in reversed(sched.order()):
         p, n_prev = sched.previous_step(t)
         gru_step_bwd(dy_s[t], dh_rec, gates_s[t], y_s[p] if p is not None else None, n_prev,
                      h0, dgx_s[t], drec_s[t])
         _head(dh_rec, sched.batch_sizes[t]).addmm_(drec_s[t], w_hh)
-    dx, dw_ih, dw_hh, db_ih, db_hh = gru_weight_grads(dgx, drec, x, y, h0, sched, w_ih, has_bias,
-                                                      need_dx)
-    return dx, dh_rec, dw_ih, dw_hh, db_ih, db_hh
+    return dh_rec

@@ -1,4 +1,4 @@
-"""A small LSTM layer's time loop at one launch a step (kernels/fused_steps.py, issue 17).
+"""A small layer's time loop at one launch a step (kernels/fused_steps.py, issue 17).
 
 The stepwise backend runs it where a cell step would fuse (config.fused_cell_launch) and
 the loop's order allows (fused_steps.runs); there the rest of the specification
@@ -20,7 +20,8 @@ from lstm_triton.kernels import fused_steps
 def fused_calls(monkeypatch):
     """Names of the fused loops run, in order."""
     calls = []
-    for name in ("lstm_forward_steps", "lstm_backward_steps"):
+    for name in ("lstm_forward_steps", "lstm_backward_steps", "gru_forward_steps",
+                 "gru_backward_steps"):
         def spy(*args, _run=getattr(fused_steps, name), _name=name):
             calls.append(_name.split("_")[1])
             return _run(*args)
@@ -40,24 +41,26 @@ def _train_once(module, x, **kwargs):
     (data.sum() + sum(f.sum() for f in as_tuple(finals))).backward()
 
 
-@pytest.mark.parametrize("cell, hidden, kwargs, lengths, resets, expected", [
-    pytest.param("lstm", 7, {}, None, False, ["forward", "backward"], id="one-layer"),
-    pytest.param("lstm", 7, {"bidirectional": True}, None, False,
-                 ["forward"] * 2 + ["backward"] * 2, id="bidirectional"),
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("hidden, kwargs, lengths, resets, expected", [
+    pytest.param(7, {}, None, False, ["forward", "backward"], id="one-layer"),
+    pytest.param(7, {"bidirectional": True}, None, False, ["forward"] * 2 + ["backward"] * 2,
+                 id="bidirectional"),
     # packed: a forward direction's step t runs the first rows of step t-1's; the reverse
     # direction's shorter sequences join late from h0, which the step road handles
-    pytest.param("lstm", 7, {"bidirectional": True}, [4, 3, 1], False, ["forward", "backward"],
+    pytest.param(7, {"bidirectional": True}, [4, 3, 1], False, ["forward", "backward"],
                  id="packed-bidirectional"),
-    pytest.param("lstm", 7, {"proj_size": 3}, None, False, [], id="projection"),
-    pytest.param("lstm", 7, {}, None, True, [], id="resets"),
-    pytest.param("lstm", 257, {}, None, False, [], id="above-the-size-limit"),
-    pytest.param("gru", 7, {}, None, False, [], id="gru"),
+    pytest.param(7, {"proj_size": 3}, None, False, [], id="projection"),
+    pytest.param(7, {}, None, True, [], id="resets"),
+    pytest.param(257, {}, None, False, [], id="above-the-size-limit"),
 ])
 def test_the_fused_loop_runs_where_it_should(cell, hidden, kwargs, lengths, resets, expected,
                                              fused_calls):
     """Layers without a projection or per-call options, padded or packed in the forward
     direction, at fused cell sizes (hidden <= 256 here) run the fused loop, forward and
-    backward; a GRU runs the step road."""
+    backward."""
+    if cell == "gru" and "proj_size" in kwargs:
+        pytest.skip("proj_size is an LSTM option")
     module, _ = twin_modules(cell, 3, hidden, backend="stepwise", **kwargs)
     x = torch.randn(4, 3, 3, requires_grad=True)
     if lengths is not None:
@@ -71,32 +74,35 @@ def test_the_fused_loop_runs_where_it_should(cell, hidden, kwargs, lengths, rese
                                    pytest.param(torch.float64, id="fp64")])
 @pytest.mark.parametrize("config", ["base", "T1-B1", "odd-H100", "no-bias",
                                     "bidir-layers2-batch-first", "unbatched"])
-def test_the_step_road_still_matches_torch(config, dtype, step_road, fused_calls):
-    """What the fused loop replaces at small sizes still gives nn.LSTM's numbers: outputs,
-    final states and every gradient."""
-    check_against_torch("lstm", CONFIGS[config], dtype, "stepwise")
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_the_step_road_still_matches_torch(cell, config, dtype, step_road, fused_calls):
+    """What the fused loop replaces at small sizes still gives nn.LSTM's / nn.GRU's numbers:
+    outputs, final states and every gradient."""
+    check_against_torch(cell, CONFIGS[config], dtype, "stepwise")
     assert fused_calls == []
 
 
 @pytest.mark.parametrize("dtype", [pytest.param(torch.float16, id="fp16"),
                                    pytest.param(torch.bfloat16, id="bf16")])
 @pytest.mark.parametrize("road", ["fused", "steps"])
-def test_both_roads_match_torch_in_half_precision(road, dtype, monkeypatch, fused_calls):
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_both_roads_match_torch_in_half_precision(cell, road, dtype, monkeypatch, fused_calls):
     if road == "steps":
         monkeypatch.setattr(stepwise, "fused_launch", lambda *args, **kwargs: None)
-    check_against_torch("lstm", CONFIGS["bidir-layers2-batch-first"], dtype, "stepwise")
+    check_against_torch(cell, CONFIGS["bidir-layers2-batch-first"], dtype, "stepwise")
     assert bool(fused_calls) == (road == "fused")
 
 
 @pytest.mark.parametrize("road", ["fused", "steps"])
-def test_gradcheck_float64_on_both_roads(road, monkeypatch, fused_calls):
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_gradcheck_float64_on_both_roads(cell, road, monkeypatch, fused_calls):
     """Finite differences agree with backward for input, states and every parameter, the
     final states of a packed batch included."""
     from torch.func import functional_call
 
     if road == "steps":
         monkeypatch.setattr(stepwise, "fused_launch", lambda *args, **kwargs: None)
-    module, _ = twin_modules("lstm", 2, 3, num_layers=2, dtype=torch.float64,
+    module, _ = twin_modules(cell, 2, 3, num_layers=2, dtype=torch.float64,
                              backend="stepwise")
     names = [n for n, _ in module.named_parameters()]
     params = [p.detach().clone().requires_grad_() for p in module.parameters()]
@@ -106,10 +112,13 @@ def test_gradcheck_float64_on_both_roads(road, monkeypatch, fused_calls):
 
     def run(x, h0, c0, *params):
         packed = torch.nn.utils.rnn.pack_padded_sequence(x, [3, 2])
-        out, (h_n, c_n) = functional_call(module, dict(zip(names, params)), (packed, (h0, c0)))
-        return out.data, h_n, c_n
+        hx = (h0, c0) if cell == "lstm" else h0
+        out, finals = functional_call(module, dict(zip(names, params)), (packed, hx))
+        return (out.data, *as_tuple(finals))
 
-    assert torch.autograd.gradcheck(run, (x, h0, c0, *params), fast_mode=True)
+    inputs = (x, h0, c0, *params) if cell == "lstm" else (x, h0, *params)
+    wrapped = run if cell == "lstm" else (lambda x, h0, *params: run(x, h0, None, *params))
+    assert torch.autograd.gradcheck(wrapped, inputs, fast_mode=True)
     assert bool(fused_calls) == (road == "fused")
 
 

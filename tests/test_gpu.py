@@ -327,18 +327,20 @@ def test_fused_cell_step_matches_torch_on_many_programs(cell, batch, hidden, dty
                          ids=["fp32", "fp16", "bf16"])
 @pytest.mark.parametrize("batch, hidden, lengths", [(1, 7, None), (17, 200, None),
                                                     (32, 256, "packed")])
-def test_fused_layer_loop_matches_torch_on_many_programs(batch, hidden, lengths, dtype):
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_fused_layer_loop_matches_torch_on_many_programs(cell, batch, hidden, lengths, dtype):
     """kernels/fused_steps.py where the interpreter cannot go: H/16 programs a step, each
     finishing its units' share of the recurrent GEMM (backward: the step undone before's
     gate gradients, written by the launch before, through W_hh). A bidirectional stepwise
-    TritonLSTM (packed: the forward direction's rows shrink step by step) against nn.LSTM
-    in float64, outputs, final states and every gradient."""
-    from lstm_triton import TritonLSTM
+    TritonLSTM / TritonGRU (packed: the forward direction's rows shrink step by step)
+    against torch's in float64, outputs, final states and every gradient."""
+    from lstm_triton import TritonGRU, TritonLSTM
     from lstm_triton.kernels import fused_steps
 
     torch.manual_seed(0)
-    ref = torch.nn.LSTM(24, hidden, bidirectional=True).cuda().double()
-    ours = TritonLSTM(24, hidden, bidirectional=True, backend="stepwise").cuda().to(dtype)
+    ref_cls, cls = ((torch.nn.LSTM, TritonLSTM) if cell == "lstm" else (torch.nn.GRU, TritonGRU))
+    ref = ref_cls(24, hidden, bidirectional=True).cuda().double()
+    ours = cls(24, hidden, bidirectional=True, backend="stepwise").cuda().to(dtype)
     ours.load_state_dict(ref.state_dict())
     T = 9
     x = torch.randn(T, batch, 24, device="cuda", dtype=torch.float64)
@@ -348,22 +350,24 @@ def test_fused_layer_loop_matches_torch_on_many_programs(batch, hidden, lengths,
     def run(module, dt):
         inp = x.to(dt).requires_grad_()
         packed = torch.nn.utils.rnn.pack_padded_sequence(inp, sizes)
-        out, (h_n, c_n) = module(packed)
-        loss = (out.data.double().sin().sum() + (h_n.double() * 2).cos().sum()
-                + c_n.double().pow(2).sum())
+        out, finals = module(packed)
+        finals = finals if isinstance(finals, tuple) else (finals,)
+        loss = out.data.double().sin().sum() + sum((f.double() * (k + 2)).cos().sum()
+                                                   for k, f in enumerate(finals))
         loss.backward()
-        return [out.data, h_n, c_n, inp.grad] + [p.grad for p in module.parameters()]
+        return [out.data, *finals, inp.grad] + [p.grad for p in module.parameters()]
 
     launched = []
-    original = fused_steps.lstm_forward_steps
-    fused_steps.lstm_forward_steps = lambda *a: (launched.append(1), original(*a))
+    name = f"{cell}_forward_steps"
+    original = getattr(fused_steps, name)
+    setattr(fused_steps, name, lambda *a: (launched.append(1), original(*a)))
     try:
         got = run(ours, dtype)
     finally:
-        fused_steps.lstm_forward_steps = original
+        setattr(fused_steps, name, original)
     assert len(launched) == (2 if not lengths or min(sizes) == T else 1)
     for g, w in zip(got, run(ref, torch.float64)):
-        assert_close(g, w.to(g.dtype), dtype, "fused layer loop")
+        assert_close(g, w.to(g.dtype), dtype, f"fused {cell} layer loop")
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")

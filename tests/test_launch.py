@@ -142,6 +142,16 @@ check_stepper(cell_fused.lstm_cell_fused_kernel, grid, fwd,
 bwd = [y, h_n, gates, w_hh, gates, cs, c, c, 0, H, 0, 0, 0, 0, 0, H, H, 4 * H, H, 4 * H, H, H, H]
 check_stepper(fused_steps.lstm_step_fused_bwd_kernel, grid, bwd, flags, (8, 10, 11, 12, 13, 14),
               [(B, 3 * B, 0, 0, 2 * B, B), (B, 2 * B, 3 * B, B, B, B), (B, 0, B, B, 0, 0)])
+gru_fwd = [gx[:, :3 * H], y, None, w_hh[:3 * H], None, gx[0, :3 * H], y, gates, h_n, B, 0, H,
+           0, 0, 4 * H, H, 0, H, H, 4 * H, H]
+check_stepper(cell_fused.gru_cell_fused_kernel, grid, gru_fwd,
+              dict(flags, HAS_BIAS=True, SAVE=True, PROJECTED=True, STATE=True), (9, 12, 13),
+              [(B, B, 0), (B - 1, 2 * B, B), (1, 3 * B, 2 * B)])
+gru_bwd = [y, h_n, gx[:, :3 * H], gates[:, :3 * H], w_hh[:3 * H], gates, y, h_n, c, 0, H, 0, 0,
+           0, 0, 0, H, H, 4 * H, 4 * H, H, 4 * H, H, H, H]
+check_stepper(fused_steps.gru_step_fused_bwd_kernel, grid, gru_bwd, flags,
+              (9, 11, 12, 13, 14, 15),
+              [(B, 3 * B, 0, 0, 2 * B, B), (B, 2 * B, 3 * B, B, B, B), (B, 0, B, B, 0, 0)])
 try:
     launch.prepared(fused_steps.lstm_step_fused_bwd_kernel).stepper(grid, bwd, flags, (9,), 1)
 except ValueError as e:

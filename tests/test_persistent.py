@@ -638,7 +638,9 @@ from lstm_triton.kernels import cell_fused, fused_steps
 for kernel, layer in ((cell_fused.lstm_cell_fused_kernel, False),
                       (cell_fused.lstm_cell_fused_kernel, True),
                       (cell_fused.gru_cell_fused_kernel, False),
-                      (fused_steps.lstm_step_fused_bwd_kernel, True)):
+                      (cell_fused.gru_cell_fused_kernel, True),
+                      (fused_steps.lstm_step_fused_bwd_kernel, True),
+                      (fused_steps.gru_step_fused_bwd_kernel, True)):
     for dt in ("fp16", "bf16", "fp32", "fp64"):
         dot, compute = DTYPES[dt]
         for save in (False, True):
@@ -648,7 +650,8 @@ for kernel, layer in ((cell_fused.lstm_cell_fused_kernel, False),
                                          ("PROJECTED", layer), ("STATE", layer))
                        if k in kernel.arg_names})
             state = "*fp64" if dt == "fp64" else "*fp32"
-            ptrs = {"c1_ptr": state, "c_save_ptr": state, "dc_ptr": state}
+            ptrs = {"c1_ptr": state, "c_save_ptr": state, "dc_ptr": state,
+                    "direct_ptr": state}
             if layer:  # a layer's c is its state
                 ptrs.update(c0_ptr=state)
             sig = {n: "constexpr" if n in cx else (ptrs.get(n, "*" + dt) if n.endswith("_ptr")
