@@ -78,6 +78,39 @@ def _fused_cell_launch(batch, n_in, hidden, dtype, on_gpu, interpret):
             dot_mode(dtype, device), compute_dtype(dtype))
 
 
+# An LSTM cell step's whole backward in one program (kernels/cell_fused_backward.py) runs
+# where every row, unit and input of the step fits one small tile: there the step road's
+# seven GPU calls (the step kernel, four GEMMs, the bias sums) are launch-bound, and one
+# replaces them. The limits are where it compiles for sm_90 without spilling (ptxas -v,
+# Triton 3.9, 4 warps; 144-253 registers a thread, no spill at tiles (16, 16, 16),
+# (16, 16, 32), (32, 16, 16) of rows, units, inputs, float32 and bfloat16); a 32-unit tile
+# spilled 124-424 bytes and a 64-unit one 12-80 KB. Wider cells need several programs
+# (and the weight gradients as GEMMs): the step road. Unmeasured on a GPU.
+FUSED_CELL_BACKWARD_MAX_BATCH = 16
+FUSED_CELL_BACKWARD_MAX_HIDDEN = 16
+FUSED_CELL_BACKWARD_MAX_INPUT = 32
+
+
+def fused_cell_backward_launch(batch: int, n_in: int, hidden: int, dtype, on_gpu: bool = True):
+    """(BLOCK_B, BLOCK_H, BLOCK_I, DOT, COMPUTE) of a one-program cell backward, or None
+    where the backward runs on the step kernel and GEMMs (config above). Cached."""
+    return _fused_cell_backward_launch(batch, n_in, hidden, dtype, on_gpu)
+
+
+@functools.lru_cache(maxsize=4096)
+def _fused_cell_backward_launch(batch, n_in, hidden, dtype, on_gpu):
+    import torch
+
+    from .persistent_config import dot_mode
+    if not (0 < batch <= FUSED_CELL_BACKWARD_MAX_BATCH
+            and 0 < hidden <= FUSED_CELL_BACKWARD_MAX_HIDDEN
+            and 0 < n_in <= FUSED_CELL_BACKWARD_MAX_INPUT):
+        return None
+    tile = lambda n: max(16, triton.next_power_of_2(n))  # noqa: E731  tl.dot: >= 16
+    device = torch.device("cuda" if on_gpu else "cpu")
+    return tile(batch), tile(hidden), tile(n_in), dot_mode(dtype, device), compute_dtype(dtype)
+
+
 def state_dtype(dtype):
     """Carried cell state / gradient (torch dtype): float32 for half types, else the dtype."""
     import torch

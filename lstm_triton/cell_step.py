@@ -28,7 +28,8 @@ import torch.nn.functional as F
 
 from . import ops, reference
 from .kernels.cell_fused import gru_cell_fused, lstm_cell_fused
-from .kernels.config import fused_cell_launch, state_dtype
+from .kernels.cell_fused_backward import lstm_cell_fused_backward
+from .kernels.config import fused_cell_backward_launch, fused_cell_launch, state_dtype
 from .kernels.gru_pointwise import gru_step_bwd, gru_step_fwd
 from .kernels.lstm_pointwise import lstm_step_bwd, lstm_step_fwd
 from .schedule import Schedule
@@ -67,8 +68,15 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, save):
     return h1, c.to(x.dtype), gates, c_save
 
 
-def lstm_backward(dh1, dc1, x, h0, c0, w_ih, w_hh, gates, c_save, needs):
-    """(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh): stepwise.lstm_backward's one step."""
+def lstm_backward(dh1, dc1, x, h0, c0, w_ih, w_hh, gates, c_save, has_bias, needs):
+    """(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh): one launch at the smallest sizes
+    (kernels/cell_fused_backward.py), else stepwise.lstm_backward's one step."""
+    launch = fused_cell_backward_launch(x.shape[0], x.shape[1], h0.shape[1], x.dtype,
+                                        x.is_cuda)
+    if launch is not None:
+        grads = lstm_cell_fused_backward(dh1.contiguous(), dc1.contiguous(), x, h0, c0, w_ih,
+                                         w_hh, gates, c_save, has_bias, launch)
+        return tuple(g if need else None for g, need in zip(grads, needs))
     dc = _fresh(dc1, state_dtype(x.dtype))  # replaced in place by dc0
     dgates = gates.new_empty(gates.shape)
     lstm_step_bwd(dh1.contiguous(), None, dc, gates, c_save, None, 0, c0.to(dc.dtype), dgates)
@@ -150,7 +158,7 @@ class LSTMCellStep(torch.autograd.Function):
         if ops._batched(dh1, dc1):
             return _through_layer_op("lstm", (dh1, dc1), x, h0, c0, w_ih, w_hh, b_ih is not None,
                                      gates, c_save, ctx.needs_input_grad)
-        return lstm_backward(dh1, dc1, x, h0, c0, w_ih, w_hh, gates, c_save,
+        return lstm_backward(dh1, dc1, x, h0, c0, w_ih, w_hh, gates, c_save, b_ih is not None,
                              ctx.needs_input_grad)
 
 

@@ -49,6 +49,7 @@ def outputs_and_grads(cell, inputs, by_layer_op):
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_gemm_road_gives_the_layer_ops_bits(cell, bias, monkeypatch):
     monkeypatch.setattr(cell_step, "fused_cell_launch", lambda *size: None)
+    monkeypatch.setattr(cell_step, "fused_cell_backward_launch", lambda *size: None)
     torch.manual_seed(0)
     inputs = leaves(cell, bias)
     fast, fast_grads = outputs_and_grads(cell, inputs, by_layer_op=False)
@@ -150,6 +151,53 @@ def test_fused_step_matches_float64_and_writes_every_element(cell, bias, dtype):
         n = (gx[:, 2 * H:] + r * gh[:, 2 * H:]).tanh()
         acts = torch.cat([r, z, n, gh[:, 2 * H:]], 1)
     assert_close(gates, acts.to(dtype), dtype, "saved gates")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("size", [(B, I, H), (16, 32, 16)], ids=["awkward", "largest"])
+def test_fused_lstm_backward_matches_float64_and_writes_every_element(size, bias, dtype):
+    """kernels/cell_fused_backward.py: every gradient of an LSTM cell step (input, both
+    states, both weights, both biases) from one program, against torch's cell in float64,
+    on NaN-poisoned outputs (the conftest poisons every allocation), at awkward sizes and at
+    the largest tile config.fused_cell_backward_launch allows; the same bits on a rerun."""
+    b, i, h = size
+    torch.manual_seed(2)
+    ref = torch.nn.LSTMCell(i, h, bias=bias, dtype=torch.float64)
+    ours = TritonLSTMCell(i, h, bias=bias, backend="stepwise").to(dtype)
+    ours.load_state_dict(ref.state_dict())
+    assert config.fused_cell_backward_launch(b, i, h, dtype, on_gpu=False) is not None
+    x, h0, c0 = (torch.randn(b, n, dtype=dtype) for n in (i, h, h))
+    cot = [torch.randn(b, h, dtype=torch.float64) for _ in range(2)]
+
+    def grads(cell, dt):
+        inputs = [t.to(dt).requires_grad_() for t in (x, h0, c0)]
+        h1, c1 = cell(inputs[0], tuple(inputs[1:]))
+        wrt = inputs + list(cell.parameters())
+        return torch.autograd.grad((h1 * cot[0].to(dt)).sum() + (c1 * cot[1].to(dt)).sum(), wrt)
+
+    got, want = grads(ours, dtype), grads(ref, torch.float64)
+    for name, g, w in zip(["x", "h0", "c0"] + [n for n, _ in ref.named_parameters()], got, want,
+                          strict=True):
+        assert g.dtype == dtype
+        assert_close(g, w, dtype, f"fused backward: grad of {name}")
+    for a, b_ in zip(got, grads(ours, dtype)):
+        assert torch.equal(a, b_)
+
+
+def test_lstm_backward_takes_one_launch_where_one_tile_holds_the_step(monkeypatch):
+    """One program where the step fits one tile; beyond config.fused_cell_backward_launch's
+    limits the step kernel and the GEMMs."""
+    fused = []
+    original = cell_step.lstm_cell_fused_backward
+    monkeypatch.setattr(cell_step, "lstm_cell_fused_backward",
+                        lambda *a: (fused.append(a[2].shape[0]), original(*a))[1])
+    for hidden in (config.FUSED_CELL_BACKWARD_MAX_HIDDEN,
+                   config.FUSED_CELL_BACKWARD_MAX_HIDDEN + 1):
+        cell = TritonLSTMCell(I, hidden, backend="stepwise")
+        h1, c1 = cell(torch.randn(2, I))
+        (h1.sum() + c1.sum()).backward()
+    assert fused == [2]
 
 
 @pytest.mark.parametrize("cls", [TritonLSTMCell, TritonGRUCell])

@@ -105,14 +105,16 @@ def test_cell_is_a_torch_cell(cell):
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_cell_runs_one_launch_forward_and_the_shared_step_kernel_backward(cell, monkeypatch):
+def test_cell_runs_one_launch_forward_and_one_or_the_step_kernel_backward(cell, monkeypatch):
     """One call at these sizes = one fused launch forward (both GEMMs and the gates:
-    kernels/cell_fused.py) and the layers' fused step kernel backward (cell_step.py)."""
+    kernels/cell_fused.py); backward, the LSTM's one launch (kernels/cell_fused_backward.py),
+    the GRU's the layers' fused step kernel and GEMMs (cell_step.py)."""
     module, _ = twin_cells(cell)
     kernels = gru_pointwise if cell == "gru" else lstm_pointwise
     assert getattr(cell_step, f"{cell}_step_bwd") is getattr(kernels, f"{cell}_step_bwd")
     calls = []
-    for name in (f"{cell}_cell_fused", f"{cell}_step_fwd", f"{cell}_step_bwd"):
+    for name in (f"{cell}_cell_fused", f"{cell}_step_fwd", f"{cell}_step_bwd",
+                 "lstm_cell_fused_backward"):
         original = getattr(cell_step, name)
 
         def counted(*args, _name=name, _original=original, **kwargs):
@@ -121,7 +123,8 @@ def test_cell_runs_one_launch_forward_and_the_shared_step_kernel_backward(cell, 
         monkeypatch.setattr(cell_step, name, counted)
     out = module(leaf(2, N_IN))
     (out[0] if isinstance(out, tuple) else out).sum().backward()
-    assert calls == [f"{cell}_cell_fused", f"{cell}_step_bwd"]
+    backward = "lstm_cell_fused_backward" if cell == "lstm" else "gru_step_bwd"
+    assert calls == [f"{cell}_cell_fused", backward]
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
