@@ -81,11 +81,11 @@ def _fused_cell_launch(batch, n_in, hidden, dtype, on_gpu, interpret):
 # An LSTM cell step's whole backward in one program (kernels/cell_fused_backward.py) runs
 # where every row, unit and input of the step fits one small tile: there the step road's
 # seven GPU calls (the step kernel, four GEMMs, the bias sums) are launch-bound, and one
-# replaces them. The limits are where it compiles for sm_90 without spilling (ptxas -v,
-# Triton 3.9, 4 warps; 144-253 registers a thread, no spill at tiles (16, 16, 16),
-# (16, 16, 32), (32, 16, 16) of rows, units, inputs, float32 and bfloat16); a 32-unit tile
-# spilled 124-424 bytes and a 64-unit one 12-80 KB. Wider cells need several programs
-# (and the weight gradients as GEMMs): the step road. Unmeasured on a GPU.
+# replaces them. The limits are where it compiles for sm_90 without spilling on Triton 3.6
+# (the GPU image's) and 3.9 (ptxas -v, 4 warps, float32 and bfloat16): tiles up to 16 rows,
+# 16 units, 32 inputs (185-255 registers a thread, no spill); 32 rows spilled 48-416 bytes
+# on 3.6, 32 units 124-424 bytes and 64 units 12-80 KB on 3.9. Wider cells need several
+# programs (and the weight gradients as GEMMs): the step road. Unmeasured on a GPU.
 FUSED_CELL_BACKWARD_MAX_BATCH = 16
 FUSED_CELL_BACKWARD_MAX_HIDDEN = 16
 FUSED_CELL_BACKWARD_MAX_INPUT = 32

@@ -277,11 +277,18 @@ def test_stepwise_calls_replay_from_cuda_graphs(cell, monkeypatch):
     graphs.clear()
 
 
+def counted(monkeypatch, module, name):
+    """The calls of module.name from here to the test's end, one entry each."""
+    calls, original = [], getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a: (calls.append(1), original(*a))[1])
+    return calls
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16],
                          ids=["fp32", "fp16", "bf16"])
 @pytest.mark.parametrize("batch, hidden", [(1, 7), (5, 64), (32, 256)])
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_fused_cell_step_matches_torch_on_many_programs(cell, batch, hidden, dtype):
+def test_fused_cell_step_matches_torch_on_many_programs(cell, batch, hidden, dtype, monkeypatch):
     """kernels/cell_fused.py where the interpreter cannot go: H/16 programs, each with its
     own 16 units of every gate, native half-precision dots. A TritonLSTMCell / TritonGRUCell
     call (the fused road at these sizes) against torch's cell in float64, forward and every
@@ -309,14 +316,8 @@ def test_fused_cell_step_matches_torch_on_many_programs(cell, batch, hidden, dty
         loss.backward()
         return outs, [x.grad for x in inputs] + [p.grad for p in module.parameters()]
 
-    launched = []
-    name = f"{cell}_cell_fused"
-    original = getattr(cell_step, name)
-    setattr(cell_step, name, lambda *a: (launched.append(1), original(*a)))
-    try:
-        got = run(ours, dtype)
-    finally:
-        setattr(cell_step, name, original)
+    launched = counted(monkeypatch, cell_step, f"{cell}_cell_fused")
+    got = run(ours, dtype)
     assert len(launched) == 3
     want = run(ref, torch.float64)
     for g, w in zip(got[0] + got[1], want[0] + want[1]):
@@ -328,7 +329,8 @@ def test_fused_cell_step_matches_torch_on_many_programs(cell, batch, hidden, dty
 @pytest.mark.parametrize("batch, hidden, lengths", [(1, 7, None), (17, 200, None),
                                                     (32, 256, "packed")])
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_fused_layer_loop_matches_torch_on_many_programs(cell, batch, hidden, lengths, dtype):
+def test_fused_layer_loop_matches_torch_on_many_programs(cell, batch, hidden, lengths, dtype,
+                                                        monkeypatch):
     """kernels/fused_steps.py where the interpreter cannot go: H/16 programs a step, each
     finishing its units' share of the recurrent GEMM (backward: the step undone before's
     gate gradients, written by the launch before, through W_hh). A bidirectional stepwise
@@ -357,14 +359,8 @@ def test_fused_layer_loop_matches_torch_on_many_programs(cell, batch, hidden, le
         loss.backward()
         return [out.data, *finals, inp.grad] + [p.grad for p in module.parameters()]
 
-    launched = []
-    name = f"{cell}_forward_steps"
-    original = getattr(fused_steps, name)
-    setattr(fused_steps, name, lambda *a: (launched.append(1), original(*a)))
-    try:
-        got = run(ours, dtype)
-    finally:
-        setattr(fused_steps, name, original)
+    launched = counted(monkeypatch, fused_steps, f"{cell}_forward_steps")
+    got = run(ours, dtype)
     assert len(launched) == (2 if not lengths or min(sizes) == T else 1)
     for g, w in zip(got, run(ref, torch.float64)):
         assert_close(g, w.to(g.dtype), dtype, f"fused {cell} layer loop")

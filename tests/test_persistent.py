@@ -659,14 +659,14 @@ for kernel, layer in ((cell_fused.lstm_cell_fused_kernel, False),
             triton.compile(ASTSource(kernel, sig, constexprs=cx),
                            target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
 # an LSTM cell step's backward in one program (kernels/cell_fused_backward.py), in every
-# dtype, at its largest tiles: (rows, units, inputs) (16, 16, 32) and (32, 16, 16), whose
-# float32 / bfloat16 builds must not spill (config.fused_cell_backward_launch's limits)
+# dtype, at its largest tile, (rows, units, inputs) (16, 16, 32), whose float32 / bfloat16
+# builds must not spill (config.fused_cell_backward_launch's limits)
 from bench.compiled import ptxas_usage
 from lstm_triton.kernels import cell_fused_backward
 kernel = cell_fused_backward.lstm_cell_fused_bwd_kernel
 for dt in ("fp16", "bf16", "fp32", "fp64"):
     dot, compute = DTYPES[dt]
-    for block_b, block_i in ((16, 32), (32, 16)):
+    for block_b, block_i in ((16, 32),):
         cx = dict(HAS_BIAS=True, DOT=dot, COMPUTE=compute, BLOCK_B=block_b, BLOCK_H=16,
                   BLOCK_I=block_i)
         state = "*fp64" if dt == "fp64" else "*fp32"
