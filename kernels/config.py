@@ -56,11 +56,18 @@ def fused_cell_launch(batch: int, n_in: int, hidden: int, dtype, on_gpu: bool = 
     return _fused_cell_launch(batch, n_in, hidden, dtype, on_gpu, interpreting())
 
 
+def _dot_and_compute(dtype, on_gpu):
+    """(DOT, COMPUTE) of a fused kernel's matmuls and math for this dtype and device."""
+    import torch
+
+    from .persistent_config import dot_mode
+    return dot_mode(dtype, torch.device("cuda" if on_gpu else "cpu")), compute_dtype(dtype)
+
+
 @functools.lru_cache(maxsize=4096)
 def _fused_cell_launch(batch, n_in, hidden, dtype, on_gpu, interpret):
     import torch
 
-    from .persistent_config import dot_mode
     if not (0 < batch <= FUSED_CELL_MAX_BATCH and 0 < hidden <= FUSED_CELL_MAX_HIDDEN
             and n_in <= FUSED_CELL_MAX_INPUT):
         return None
@@ -73,9 +80,8 @@ def _fused_cell_launch(batch, n_in, hidden, dtype, on_gpu, interpret):
             block_k = max(16, min(block_k, (1 << 20) // (block_b * 4 * block_h)))
     else:  # 4 gates x 16 units = a 64-wide tile; float64 (no tensor cores) in short chunks
         block_h, block_k = 16, (16 if fp64 else 32)
-    device = torch.device("cuda" if on_gpu else "cpu")
     return ((triton.cdiv(hidden, block_h),), block_b, block_h, block_k,
-            dot_mode(dtype, device), compute_dtype(dtype))
+            *_dot_and_compute(dtype, on_gpu))
 
 
 # An LSTM cell step's whole backward in one program (kernels/cell_fused_backward.py) runs
@@ -99,16 +105,12 @@ def fused_cell_backward_launch(batch: int, n_in: int, hidden: int, dtype, on_gpu
 
 @functools.lru_cache(maxsize=4096)
 def _fused_cell_backward_launch(batch, n_in, hidden, dtype, on_gpu):
-    import torch
-
-    from .persistent_config import dot_mode
     if not (0 < batch <= FUSED_CELL_BACKWARD_MAX_BATCH
             and 0 < hidden <= FUSED_CELL_BACKWARD_MAX_HIDDEN
             and 0 < n_in <= FUSED_CELL_BACKWARD_MAX_INPUT):
         return None
     tile = lambda n: max(16, triton.next_power_of_2(n))  # noqa: E731  tl.dot: >= 16
-    device = torch.device("cuda" if on_gpu else "cpu")
-    return tile(batch), tile(hidden), tile(n_in), dot_mode(dtype, device), compute_dtype(dtype)
+    return tile(batch), tile(hidden), tile(n_in), *_dot_and_compute(dtype, on_gpu)
 
 
 def state_dtype(dtype):

@@ -132,23 +132,23 @@ def gru_step_fused_bwd_kernel(
     store_gate(direct_ptr, rows, units, stride_direct, 0, H, dh_direct, mask)
 
 
-def runs(sched, variant_active, projected):
-    """Whether a layer-direction's loop can run here (the rest of the test is the size:
-    config.fused_cell_launch)."""
-    return not (variant_active or projected) and (sched.padded or not sched.reverse)
+def runs(sched, projected):
+    """Whether a layer-direction's loop without per-call options (stepwise_variants.py runs
+    those) can run here; the rest of the test is the size (config.fused_cell_launch)."""
+    return sched.steps > 0 and not projected and (sched.padded or not sched.reverse)
 
 
-def _forward_steps(kernel, grid, args, flags, sched, h0_at, y):
+def _forward_steps(kernel, grid, args, flags, sched, y):
     """Launch the forward loop: step one reads h0 (args as given), later steps h_{t-1} from
-    y (args[h0_at], its stride three places on), one compiled kernel for all of them."""
+    y (in h0_ptr's place, with its stride), one compiled kernel for all of them."""
     B_AT = kernel.arg_names.index("B")  # then I, H, row0, prev0
     order = sched.order()
     args[B_AT], args[B_AT + 3] = sched.batch_sizes[order[0]], sched.offsets[order[0]]
     prepared(kernel).launch(grid, *args, **flags)
     if len(order) == 1:
         return
-    stride_h0 = kernel.arg_names.index("stride_h0")
-    args[h0_at], args[stride_h0] = y, y.stride(0)
+    names = kernel.arg_names
+    args[names.index("h0_ptr")], args[names.index("stride_h0")] = y, y.stride(0)
     step = prepared(kernel).stepper(grid, args, flags, (B_AT, B_AT + 3, B_AT + 4), y.shape[0])
     for prev, t in zip(order, order[1:]):
         step(sched.batch_sizes[t], sched.offsets[t], sched.offsets[prev])
@@ -187,7 +187,7 @@ def lstm_forward_steps(gx, sched, h0, c, w_hh, y, h_n, gates, c_save, launch):
             0, 0, H, 0, 0, 4 * H, H, H, 0, H, H, H, 4 * H if save else 0, H if save else 0, H]
     _forward_steps(lstm_cell_fused_kernel, grid, args,
                    dict(flags, HAS_BIAS=False, SAVE=save, PROJECTED=True, STATE=True), sched,
-                   1, y)
+                   y)
 
 
 def gru_forward_steps(gx, sched, h0, w_hh, b_hh, y, h_n, gates, launch):
@@ -200,7 +200,7 @@ def gru_forward_steps(gx, sched, h0, w_hh, b_hh, y, h_n, gates, launch):
             0, 0, H, 0, 0, 3 * H, H, 0, H, H, 4 * H if save else 0, H]
     _forward_steps(gru_cell_fused_kernel, grid, args,
                    dict(flags, HAS_BIAS=b_hh is not None, SAVE=save, PROJECTED=True,
-                        STATE=True), sched, 1, y)
+                        STATE=True), sched, y)
 
 
 def lstm_backward_steps(dy, dh_n, dc, sched, c0, w_hh, gates, c_save, dgates, launch):

@@ -105,25 +105,31 @@ class PreparedKernel:
                 and not _hooked(knobs.runtime.launch_exit_hook))
 
     def _launch(self, grid, args, kwargs):
-        if not self._shortcut(grid, args):
+        found = self._lookup(grid, args, kwargs)
+        if found is None:
             return self.fn[grid](*args, **kwargs)
-        try:
-            specs = _key(args)
-        except TypeError:
-            return self.fn[grid](*args, **kwargs)
-        device = driver.active.get_current_device()
-        key = (device, tuple(kwargs.items()), specs)
-        entry = self.cache.get(key)
+        device, key, entry = found
         if entry is None:
             compiled = self.fn[grid](*args, **kwargs)  # Triton's path: compile, cache, launch
             self._remember(key, compiled, kwargs)
             return compiled
         run, function, metadata, consts = entry
-        stream = driver.active.get_current_stream(device)
-        size = len(grid)
-        run(grid[0], grid[1] if size > 1 else 1, grid[2] if size > 2 else 1, stream, function,
-            metadata, None, None, None, *args, *consts)
+        run(*_grid3(grid), driver.active.get_current_stream(device), function, metadata, None,
+            None, None, *args, *consts)
         return None
+
+    def _lookup(self, grid, args, kwargs):
+        """(device, cache key, cached entry or None) of a launch the shortcut may take, or
+        None where Triton's runtime must serve it."""
+        if not self._shortcut(grid, args):
+            return None
+        try:
+            specs = _key(args)
+        except TypeError:
+            return None
+        device = driver.active.get_current_device()
+        key = (device, tuple(kwargs.items()), specs)
+        return device, key, self.cache.get(key)
 
     def _remember(self, key, compiled, kwargs):
         """Cache what launching `compiled` takes; returns the entry (None if it cannot)."""
@@ -164,30 +170,31 @@ class PreparedKernel:
                 full[i] = value
             self.launch(grid, *full, **kwargs)
 
-        if (largest >= 2**31 or not self._shortcut(grid, full)
-                or _device_guard(full[0]) is not _NO_GUARD):
+        found = None
+        if largest < 2**31 and _device_guard(full[0]) is _NO_GUARD:
+            found = self._lookup(grid, full, kwargs)
+        if found is None:
             return plain
-        try:
-            specs = _key(full)
-        except TypeError:
-            return plain
-        device = driver.active.get_current_device()
-        key = (device, tuple(kwargs.items()), specs)
-        entry = self.cache.get(key)
+        device, key, entry = found
         if entry is None:
             entry = self._remember(key, self.fn.warmup(*full, grid=grid, **kwargs), kwargs)
             if entry is None:
                 return plain
         run, function, metadata, consts = entry
-        size = len(grid)
-        head = (grid[0], grid[1] if size > 1 else 1, grid[2] if size > 2 else 1,
-                driver.active.get_current_stream(device), function, metadata, None, None, None)
+        head = (*_grid3(grid), driver.active.get_current_stream(device), function, metadata,
+                None, None, None)
 
         def step(*values):
             for i, value in zip(varying, values):
                 full[i] = value
             run(*head, *full, *consts)
         return step
+
+
+def _grid3(grid):
+    """A grid tuple of one to three sizes as the launcher takes it: three."""
+    size = len(grid)
+    return grid[0], grid[1] if size > 1 else 1, grid[2] if size > 2 else 1
 
 
 def _unspecialised(fn):

@@ -105,11 +105,12 @@ def _head(tensor, rows):
 
 
 # ---------------------------------------------------------------------------- LSTM
-def fused_launch(x, sched, hidden, projected, variant=NONE):
+def fused_launch(x, sched, hidden, projected):
     """The blocks of kernels/fused_steps.py's loop (one launch a step: the recurrent GEMM
-    inside the step kernel) where it runs this layer-direction, else None. Its sizes are a
-    cell step's without the input GEMM (config.fused_cell_launch)."""
-    if not (sched.steps and fused_steps.runs(sched, variant.active, projected)):
+    inside the step kernel) where it runs this layer-direction, else None (callers with
+    per-call options have gone to stepwise_variants.py already). Its sizes are a cell
+    step's without the input GEMM (config.fused_cell_launch)."""
+    if not fused_steps.runs(sched, projected):
         return None
     return fused_cell_launch(sched.batch_sizes[0], hidden, hidden, x.dtype, x.is_cuda)
 
