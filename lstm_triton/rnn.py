@@ -239,9 +239,17 @@ class _TritonRNNDriver(BackendOption):
     def _layer_weights(self, layer, direction):
         # by name, each call: torch.func.functional_call swaps parameters in place of these
         # names and WeightDrop-style wrappers set plain tensors there, neither of which
-        # nn.RNNBase's _flat_weights follows until torch's own forward refreshes it
+        # nn.RNNBase's _flat_weights follows until torch's own forward refreshes it.
+        # `_parameters` first: what getattr finds for a registered name (functional_call
+        # swaps the entry there), without nn.Module.__getattr__'s ~1.2 µs a name (issue 17);
+        # a name not registered (a wrapper's plain tensor) is read as an attribute.
         suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
-        get = lambda name: getattr(self, name + suffix, None)  # noqa: E731
+        params = self._parameters
+
+        def get(name):
+            name += suffix
+            found = params.get(name)
+            return found if found is not None else getattr(self, name, None)
         return (get("weight_ih"), get("weight_hh"), get("bias_ih") if self.bias else None,
                 get("bias_hh") if self.bias else None,
                 get("weight_hr") if getattr(self, "proj_size", 0) > 0 else None)
@@ -276,7 +284,7 @@ class _TritonRNNDriver(BackendOption):
         else:
             batch = self._packed_batch(batch_sizes, hx)
 
-        cast = autocast_dtype(self.cell, x.device.type, x.dtype, packed)
+        cast = autocast_dtype(self.cell, x.device.type, x.dtype, packed) if autocasting else None
         # With no cast rule, autocast still lets the input's dtype differ from the weights':
         # torch then mostly answers in the input's dtype, so the layers run in it.
         dtype = cast or x.dtype
@@ -301,14 +309,16 @@ class _TritonRNNDriver(BackendOption):
         out_size = proj if proj > 0 else self.hidden_size
         h_shape = (self.num_layers * n_dir, batch, out_size)
         c_shape = (self.num_layers * n_dir, batch, self.hidden_size)
-        states = self._initial_states(hx, batched, packed, x, h_shape, c_shape, lstm)
+        states = self._initial_states(hx, batched, packed, x, h_shape, c_shape, lstm,
+                                      autocasting)
         if packed and sorted_indices is not None:
             states = [s.index_select(1, sorted_indices) for s in states]
 
         weight_cast = dtype if dtype != weight.dtype else None
         rows = x.reshape(-1, x.shape[-1]) if not packed else x
-        rows = rows.to(dtype).contiguous()
-        states = [s.to(dtype) for s in states]
+        # .to of the same dtype costs ~1 µs a tensor even as a no-op (issue 17)
+        rows = (rows if rows.dtype == dtype else rows.to(dtype)).contiguous()
+        states = [s if s.dtype == dtype else s.to(dtype) for s in states]
 
         if not packed and batch == 0:  # a PackedSequence always holds a sequence
             # nothing to run, but as in torch the (empty) outputs are new tensors of the
@@ -337,7 +347,11 @@ class _TritonRNNDriver(BackendOption):
         if not torch.is_grad_enabled():
             return False
         states = [] if hx is None else (list(hx) if isinstance(hx, (tuple, list)) else [hx])
-        return x.requires_grad or any(t.requires_grad for t in [*states, *self.parameters()])
+        # the module's own parameters (it has no submodules): nn.Module.parameters()'s walk
+        # with its memo set cost ~3 µs more a call (issue 17)
+        params = self._parameters.values() if not self._modules else self.parameters()
+        return x.requires_grad or any(t.requires_grad for t in [*states, *params]
+                                      if t is not None)
 
     def _packed_batch(self, batch_sizes, hx):
         """Batch of a sorted PackedSequence (no sorted_indices). Given states fix it
@@ -353,7 +367,7 @@ class _TritonRNNDriver(BackendOption):
         torch._check(int(batch_sizes[0]) == batch, lambda: message)  # kept by torch.compile
         return batch
 
-    def _initial_states(self, hx, batched, packed, x, h_shape, c_shape, lstm):
+    def _initial_states(self, hx, batched, packed, x, h_shape, c_shape, lstm, autocasting):
         if hx is None:
             zeros = lambda shape: x.new_zeros(shape)  # noqa: E731
             return [zeros(h_shape), zeros(c_shape)] if lstm else [zeros(h_shape)]
@@ -368,8 +382,7 @@ class _TritonRNNDriver(BackendOption):
         labels = ("hidden[0]", "hidden[1]") if lstm else ("hidden",)
         for label, s, shape in zip(labels, states, (h_shape, c_shape)):
             # under autocast, states of another dtype are converted like the input
-            checks.check_state(label, s, shape,
-                               s.dtype if autocast_enabled(x.device.type) else x.dtype)
+            checks.check_state(label, s, shape, s.dtype if autocasting else x.dtype)
         checks.check_device(x, self.weight_ih_l0, *states)
         return states
 

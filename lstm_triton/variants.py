@@ -161,13 +161,16 @@ def dropout_mask(shape, p, like, dtype=None):
 def layer_variant(module, keep, w_hh, n_rows, batch, hidden, out_size, like):
     """(w_hh to run with, Variant) of one layer-direction for this call."""
     training = module.training
+    p_c, p_h = zoneout_pair(module.cell, module.zoneout)
+    if keep is None and p_c == 0 and p_h == 0 and not (
+            training and (module.weight_drop > 0 or module.recurrent_dropout > 0)):
+        return w_hh, NONE  # a plain layer draws nothing (~4 µs a layer less, issue 17)
     if training and module.weight_drop > 0:
         w_hh = w_hh * dropout_mask(w_hh.shape, module.weight_drop, w_hh)
     state = state_dtype(like.dtype)
     rec = None
     if training and module.recurrent_dropout > 0:
         rec = dropout_mask((batch, out_size), module.recurrent_dropout, like, state)
-    p_c, p_h = zoneout_pair(module.cell, module.zoneout)
 
     def zone(p, width):
         if p == 0:
