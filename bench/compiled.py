@@ -43,7 +43,6 @@ from pathlib import Path
 
 import torch
 import triton
-import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
@@ -98,7 +97,6 @@ def launch_arguments(cell, direction, dtype, batch, hidden, plan):
     strides and dtypes and its kernel is replaced by a stand-in that records the call."""
     module, name = LAUNCHERS[cell, direction]
     kernel_name = name + "_kernel"
-    n_gates = 4 if cell == "lstm" else 3
     rows = STEPS * batch
     sched = Schedule.build(None, rows, batch, reverse=False)
     t = lambda *shape, dt=dtype: torch.zeros(shape, dtype=dt)  # noqa: E731

@@ -390,13 +390,10 @@ def _with_option(p: PersistentPlan) -> PersistentPlan:
 
 
 def schedule_tensors(sched, device):
-    """(batch_sizes int32 (T,), offsets int64 (T,)) of a Schedule, for the kernels' masks.
-
-    A padded batch's are made on the device (no host copy, so a CUDA graph can capture
-    them); a packed batch's are copied (graph_capture.host_to_device)."""
+    """(batch_sizes int32 (T,), offsets int64 (T,)) of a packed Schedule, for the kernels'
+    masks, copied to the device (graph_capture.host_to_device); (None, None) for a padded
+    one, whose rows the kernels compute (PADDED: persistent_tiles.step_rows)."""
     if sched.padded:
-        batch = sched.batch_sizes[0] if sched.steps else 0
-        return (torch.full((sched.steps,), batch, dtype=torch.int32, device=device),
-                torch.arange(sched.steps, dtype=torch.int64, device=device) * batch)
+        return None, None
     return (host_to_device(torch.tensor(sched.batch_sizes, dtype=torch.int32), device),
             host_to_device(torch.tensor(sched.offsets, dtype=torch.int64), device))

@@ -15,7 +15,8 @@ the loop, and drec is the recurrence's exchange buffer.
 
 Issue 18's options are constexpr flags as in persistent_lstm.py: KEEP (resets), DROP
 (recurrent dropout; with KEEP the exchange is `xin` = h_t * keep_next * drop and `h0in`),
-ZONE_H (zoneout; ZONE_C is always off, the GRU has no cell state).
+ZONE_H (zoneout; ZONE_C is always off, the GRU has no cell state). Row strides come from
+the shapes, as in persistent_lstm.py (every tensor the launchers take is row-major).
 """
 import triton
 import triton.language as tl
@@ -56,6 +57,7 @@ def gru_persistent_fwd_kernel(
     DOT: tl.constexpr, COMPUTE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, KP: tl.constexpr,
     NP: tl.constexpr, PARTIALS: tl.constexpr, TAGS: tl.constexpr, TRANS: tl.constexpr,
+    PADDED: tl.constexpr,
 ):
     row, units, unit_ok, state_mask = program_tile(BLOCK_B, BLOCK_H, B, H)
     h = load_gate(h0_ptr, row, units, stride_h0, 0, H, state_mask, COMPUTE)  # (BLOCK_B, BLOCK_H)
@@ -74,7 +76,7 @@ def gru_persistent_fwd_kernel(
     n_prog, ok = exchange_start(sync_ptr, TAGS)
     s = 0
     while (s < T) & ok:
-        bs, off, bs_p, off_p = forward_step_rows(s, T, bs_ptr, off_ptr, REVERSE)
+        bs, off, bs_p, off_p = forward_step_rows(s, T, B, bs_ptr, off_ptr, REVERSE, PADDED)
         active, mask, rows = step_tile(row, off, bs, unit_ok)
         # no other program writes the input projection: its load overlaps the wait
         x_r = load_gate(gx_ptr, rows, units, stride_gx, 0, H, mask, COMPUTE)
@@ -102,7 +104,8 @@ def gru_persistent_fwd_kernel(
                             h_new)
         store_gate(y_ptr, rows, units, stride_y, 0, H, h_new, mask)
         if masked_in:  # the next step's GEMM input: h_t * keep of the next step * drop
-            bs_x, off_x = step_rows(bs_ptr, off_ptr, step_at(s + 1, T, REVERSE), T)
+            bs_x, off_x = step_rows(bs_ptr, off_ptr, step_at(s + 1, T, REVERSE), T, B,
+                                     PADDED)
             scale = recurrent_scale(keep_ptr + off_x, bs_x, drop_ptr, stride_drop, row, units,
                                     H, mask, KEEP, DROP, COMPUTE)
             store_gate(xin_ptr, rows, units, stride_xin, 0, H, h_new * scale, mask & (row < bs_x))
@@ -131,7 +134,7 @@ def gru_persistent_bwd_kernel(
     KEEP: tl.constexpr, DROP: tl.constexpr, ZONE_C: tl.constexpr, ZONE_H: tl.constexpr,
     REVERSE: tl.constexpr, RESIDENT: tl.constexpr, DOT: tl.constexpr, COMPUTE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr,
-    KP: tl.constexpr, NP: tl.constexpr, TAGS: tl.constexpr,
+    KP: tl.constexpr, NP: tl.constexpr, TAGS: tl.constexpr, PADDED: tl.constexpr,
 ):
     row, units, unit_ok, state_mask = program_tile(BLOCK_B, BLOCK_H, B, H)
     dh = load_gate(dh_n_ptr, row, units, stride_dhn, 0, H, state_mask, COMPUTE)  # carried dh
@@ -140,7 +143,8 @@ def gru_persistent_bwd_kernel(
     n_prog, ok = exchange_start(sync_ptr, TAGS)
     s = 0
     while (s < T + 1) & ok:  # iteration T only finishes dh0
-        bs, off, bs_p, off_p, bs_n, off_n = backward_step_rows(s, T, bs_ptr, off_ptr, REVERSE)
+        bs, off, bs_p, off_p, bs_n, off_n = backward_step_rows(s, T, B, bs_ptr, off_ptr, REVERSE,
+                                                                 PADDED)
         active, mask, rows = step_tile(row, off, bs, unit_ok)
         # what forward saved for this step (no other program writes it) overlaps the wait
         dy = load_gate(dy_ptr, rows, units, stride_dy, 0, H, mask, COMPUTE)
@@ -195,11 +199,11 @@ def gru_persistent_fwd(gx, sched, h0, w_hh, b_hh, save, plan: PersistentPlan, va
         gx, h0, w_hh, b_hh if b_hh is not None else w_hh, y, h_n, gates if save else gx,
         bs, off, sync, xin if xin is not None else y, h0in if h0in is not None else h0, *ptrs,
         sched.steps, batch, hidden,
-        gx.stride(0), h0.stride(0), w_hh.stride(0), y.stride(0), h_n.stride(0),
-        gates.stride(0) if save else 0, plan.spin_limit,
-        xin.stride(0) if xin is not None else 0, h0in.stride(0) if h0in is not None else 0,
+        # row strides from the shapes: every tensor here is row-major (module docstring)
+        3 * hidden, hidden, hidden, hidden, hidden, 4 * hidden if save else 0, plan.spin_limit,
+        hidden if xin is not None else 0, hidden if h0in is not None else 0,
         *strides, **flags,
-        REVERSE=sched.reverse, SAVE=save, HAS_BHH=b_hh is not None, RESIDENT=plan.resident,
+        REVERSE=sched.reverse, PADDED=sched.padded, SAVE=save, HAS_BHH=b_hh is not None, RESIDENT=plan.resident,
         DOT=plan.dot, COMPUTE=compute_dtype(gx.dtype), BLOCK_B=plan.block_b,
         BLOCK_H=plan.block_h, BLOCK_K=plan.block_k,
         **recurrent_dot(plan, 3, hidden, hidden, backward=False), TAGS=tag_lanes(plan),
@@ -226,10 +230,10 @@ def gru_persistent_bwd(dy, dh_n, sched, h0, w_hh, y, gates, plan: PersistentPlan
         dy, dh_n, gates, y, h0, w_hh, dgx, drec, dh0,
         bs, off, sync, *ptrs,
         sched.steps, batch, hidden,
-        dy.stride(0), dh_n.stride(0), gates.stride(0), y.stride(0), h0.stride(0),
-        w_hh.stride(0), dgx.stride(0), drec.stride(0), dh0.stride(0), plan.spin_limit,
-        *strides, **flags,
-        REVERSE=sched.reverse, RESIDENT=plan.resident, DOT=plan.dot,
+        # row strides from the shapes: every tensor here is row-major (module docstring)
+        hidden, hidden, 4 * hidden, hidden, hidden, hidden, 3 * hidden, 3 * hidden, hidden,
+        plan.spin_limit, *strides, **flags,
+        REVERSE=sched.reverse, PADDED=sched.padded, RESIDENT=plan.resident, DOT=plan.dot,
         COMPUTE=compute_dtype(dy.dtype), BLOCK_B=plan.block_b, BLOCK_H=plan.block_h,
         BLOCK_K=plan.block_k,
         **recurrent_dot(plan, 3, hidden, hidden, backward=True), TAGS=tag_lanes(plan),

@@ -38,7 +38,10 @@ drop for rows that start from h0). Backward carries the direct part of dL/dh_{t-
 (zoneout's, dh_n at first) in registers and scales the exchanged gradient by keep * drop.
 
 The launchers return None when the grid barrier failed (grid not co-resident);
-the caller then reruns the stepwise backend.
+the caller then reruns the stepwise backend. Every tensor they take is row-major (ops.py
+makes the states, weights and incoming gradients so; the rest are fresh buffers), so they
+pass row strides from the shapes: twelve stride() calls cost ~4 µs a launch (issue 17).
+The variant masks keep their own strides (a zoneout mask in eval has row stride 0).
 """
 import triton
 import triton.language as tl
@@ -81,7 +84,7 @@ def lstm_persistent_fwd_kernel(
     DOT: tl.constexpr, COMPUTE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_O: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, PROJ_SPLIT: tl.constexpr,
     KP: tl.constexpr, NP: tl.constexpr, PARTIALS: tl.constexpr, TAGS: tl.constexpr,
-    TRANS: tl.constexpr,
+    TRANS: tl.constexpr, PADDED: tl.constexpr,
 ):
     row, units, unit_ok, state_mask = program_tile(BLOCK_B, BLOCK_H, B, H)
     # this program's columns of the recurrent state h (R wide): its units, or with a
@@ -101,7 +104,7 @@ def lstm_persistent_fwd_kernel(
     n_prog, ok = exchange_start(sync_ptr, TAGS)
     s = 0
     while (s < T) & ok:
-        bs, off, bs_p, off_p = forward_step_rows(s, T, bs_ptr, off_ptr, REVERSE)
+        bs, off, bs_p, off_p = forward_step_rows(s, T, B, bs_ptr, off_ptr, REVERSE, PADDED)
         active, mask, rows = step_tile(row, off, bs, unit_ok)
         # no other program writes the input projection: its load overlaps the wait
         x_i, x_f, x_g, x_o = load_gates4(gx_ptr, rows, units, stride_gx, H, mask, COMPUTE)
@@ -145,7 +148,8 @@ def lstm_persistent_fwd_kernel(
                                     COMPUTE), h_in, h_t)
         store_gate(y_ptr, rows, cols, stride_y, 0, R, h_t, active & col_ok)
         if masked_in:  # the next step's GEMM input: h_t * keep of the next step * drop
-            bs_x, off_x = step_rows(bs_ptr, off_ptr, step_at(s + 1, T, REVERSE), T)
+            bs_x, off_x = step_rows(bs_ptr, off_ptr, step_at(s + 1, T, REVERSE), T, B,
+                                     PADDED)
             scale = recurrent_scale(keep_ptr + off_x, bs_x, drop_ptr, stride_drop, row, cols,
                                     R, active & col_ok, KEEP, DROP, COMPUTE)
             store_gate(xin_ptr, rows, cols, stride_xin, 0, R, h_t * scale,
@@ -180,7 +184,7 @@ def lstm_persistent_bwd_kernel(
     REVERSE: tl.constexpr, PROJ: tl.constexpr, RESIDENT: tl.constexpr, DOT: tl.constexpr,
     COMPUTE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_O: tl.constexpr,
     BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, PROJ_SPLIT: tl.constexpr, KP: tl.constexpr,
-    NP: tl.constexpr, TAGS: tl.constexpr,
+    NP: tl.constexpr, TAGS: tl.constexpr, PADDED: tl.constexpr,
 ):
     row, units, unit_ok, state_mask = program_tile(BLOCK_B, BLOCK_H, B, H)
     _, cols, col_ok, out_mask = program_tile(BLOCK_B, BLOCK_O, B, R)  # columns of h (forward)
@@ -194,7 +198,8 @@ def lstm_persistent_bwd_kernel(
     n_prog, ok = exchange_start(sync_ptr, TAGS)
     s = 0
     while (s < T + 1) & ok:  # iteration T only finishes dh0
-        bs, off, bs_p, off_p, bs_n, off_n = backward_step_rows(s, T, bs_ptr, off_ptr, REVERSE)
+        bs, off, bs_p, off_p, bs_n, off_n = backward_step_rows(s, T, B, bs_ptr, off_ptr, REVERSE,
+                                                                 PADDED)
         active, mask, rows = step_tile(row, off, bs, unit_ok)
         # what forward saved for this step (no other program writes it) overlaps the wait
         i, f, g, o = load_gates4(gates_ptr, rows, units, stride_gates, H, mask, COMPUTE)
@@ -280,12 +285,13 @@ def lstm_persistent_fwd(gx, sched, h0, c0, w_hh, w_hr, save, plan: PersistentPla
         gates if save else gx, c_all if save else y, bs, off, sync,
         xin if xin is not None else y, h0in if h0in is not None else h0, *ptrs,
         sched.steps, batch, hidden, width,
-        gx.stride(0), h0.stride(0), c0.stride(0), w_hh.stride(0), w_hr.stride(0) if proj else 0,
-        y.stride(0), m_all.stride(0), h_n.stride(0), c_n.stride(0),
-        gates.stride(0) if save else 0, c_all.stride(0) if save else 0, plan.spin_limit,
-        xin.stride(0) if xin is not None else 0, h0in.stride(0) if h0in is not None else 0,
+        # row strides from the shapes: every tensor here is row-major (module docstring)
+        4 * hidden, width, hidden, width, hidden if proj else 0,
+        width, hidden if proj else width, width, hidden,
+        4 * hidden if save else 0, hidden if save else 0, plan.spin_limit,
+        width if xin is not None else 0, width if h0in is not None else 0,
         *strides, **flags,
-        REVERSE=sched.reverse, SAVE=save, PROJ=proj, RESIDENT=plan.resident, DOT=plan.dot,
+        REVERSE=sched.reverse, PADDED=sched.padded, SAVE=save, PROJ=proj, RESIDENT=plan.resident, DOT=plan.dot,
         COMPUTE=compute, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_O=plan.block_o,
         BLOCK_K=plan.block_k,
         **recurrent_dot(plan, 4, hidden, width, backward=False),
@@ -319,11 +325,11 @@ def lstm_persistent_bwd(dy, dh_n, dc_n, sched, c0, w_hh, w_hr, gates, c_all,
         dy, dh_n, dc_n, gates, c_all, c0, w_hh, w_hr if proj else w_hh,
         dr if proj else dgates, dgates, dh0, dc0, bs, off, sync, *ptrs,
         sched.steps, batch, hidden, width,
-        dy.stride(0), dh_n.stride(0), dc_n.stride(0), gates.stride(0), c_all.stride(0),
-        c0.stride(0), w_hh.stride(0), w_hr.stride(0) if proj else 0,
-        dr.stride(0) if proj else 0, dgates.stride(0), dh0.stride(0), dc0.stride(0),
+        # row strides from the shapes: every tensor here is row-major (module docstring)
+        width, width, hidden, 4 * hidden, hidden, hidden, width, hidden if proj else 0,
+        width if proj else 0, 4 * hidden, width, hidden,
         plan.spin_limit, *strides, **flags,
-        REVERSE=sched.reverse, PROJ=proj, RESIDENT=plan.resident, DOT=plan.dot,
+        REVERSE=sched.reverse, PADDED=sched.padded, PROJ=proj, RESIDENT=plan.resident, DOT=plan.dot,
         COMPUTE=compute_dtype(dy.dtype), BLOCK_B=plan.block_b, BLOCK_H=plan.block_h,
         BLOCK_O=plan.block_o, BLOCK_K=plan.block_k,
         **recurrent_dot(plan, 4, hidden, width, backward=True),

@@ -103,11 +103,18 @@ def recurrent_source(y_ptr, stride_y, h0_ptr, stride_h0, xin_ptr, stride_xin, h0
 
 
 @triton.jit
-def step_rows(bs_ptr, off_ptr, t, T):
-    """(batch size, first packed row) of step t; (0, 0) when t is outside [0, T)."""
+def step_rows(bs_ptr, off_ptr, t, T, B, PADDED: tl.constexpr):
+    """(batch size, first packed row) of step t; (0, 0) when t is outside [0, T).
+    A padded batch (PADDED) has B rows at every step, from row t * B: nothing to read, so
+    its launch makes no schedule tensors (two allocations and three torch calls of host
+    time, ~7 µs a launch, issue 17). A packed batch reads its (T,) batch sizes and offsets."""
     valid = (t >= 0) & (t < T)
-    bs = tl.load(bs_ptr + t, mask=valid, other=0)
-    off = tl.load(off_ptr + t, mask=valid, other=0)
+    if PADDED:
+        bs = tl.where(valid, B, 0)
+        off = tl.where(valid, t.to(tl.int64) * B, 0)
+    else:
+        bs = tl.load(bs_ptr + t, mask=valid, other=0)
+        off = tl.load(off_ptr + t, mask=valid, other=0)
     return bs, off
 
 
@@ -272,19 +279,19 @@ def step_tile(row, off, bs, unit_ok):
 
 
 @triton.jit
-def forward_step_rows(s, T, bs_ptr, off_ptr, REVERSE: tl.constexpr):
+def forward_step_rows(s, T, B, bs_ptr, off_ptr, REVERSE: tl.constexpr, PADDED: tl.constexpr):
     """(bs, off) of the s-th step processed and (bs_p, off_p) of the one processed before it."""
-    bs, off = step_rows(bs_ptr, off_ptr, step_at(s, T, REVERSE), T)
-    bs_p, off_p = step_rows(bs_ptr, off_ptr, step_at(s - 1, T, REVERSE), T)
+    bs, off = step_rows(bs_ptr, off_ptr, step_at(s, T, REVERSE), T, B, PADDED)
+    bs_p, off_p = step_rows(bs_ptr, off_ptr, step_at(s - 1, T, REVERSE), T, B, PADDED)
     return bs, off, bs_p, off_p
 
 
 @triton.jit
-def backward_step_rows(s, T, bs_ptr, off_ptr, REVERSE: tl.constexpr):
+def backward_step_rows(s, T, B, bs_ptr, off_ptr, REVERSE: tl.constexpr, PADDED: tl.constexpr):
     """Backward's s-th iteration undoes forward step j = T-1-s: its rows, those of the step
     before it (c_{t-1} / h_{t-1}) and those of the step undone just before (the gradient
     exchange); steps outside [0, T) have no rows."""
     j = T - 1 - s
-    bs, off, bs_p, off_p = forward_step_rows(j, T, bs_ptr, off_ptr, REVERSE)
-    bs_n, off_n = step_rows(bs_ptr, off_ptr, step_at(j + 1, T, REVERSE), T)
+    bs, off, bs_p, off_p = forward_step_rows(j, T, B, bs_ptr, off_ptr, REVERSE, PADDED)
+    bs_n, off_n = step_rows(bs_ptr, off_ptr, step_at(j + 1, T, REVERSE), T, B, PADDED)
     return bs, off, bs_p, off_p, bs_n, off_n
