@@ -73,3 +73,25 @@ def test_allocations_are_poisoned_in_tests():
     """The harness itself: an element a kernel never writes reads as NaN."""
     assert math.isnan(torch.empty(3)[1].item())
     assert math.isnan(torch.zeros(2).new_empty(4)[0].item())
+
+
+@interpreter_only
+@pytest.mark.parametrize("backend", ["stepwise", "persistent"])
+@pytest.mark.parametrize("ours, theirs, extra", PAIRS)
+def test_a_weight_set_as_a_plain_tensor_is_the_one_used(ours, theirs, extra, backend):
+    """What a WeightDrop-style wrapper does: it removes a registered weight and sets a plain
+    tensor of that name in its place. Each call reads the weights by name, so the module
+    runs the tensor set, as getattr would find it (torch's own module needs its flat
+    weights refreshed first)."""
+    torch.manual_seed(0)
+    a, b = ours(5, 6, num_layers=2, **extra, backend=backend), theirs(5, 6, num_layers=2, **extra)
+    b.load_state_dict(a.state_dict())
+    for module in (a, b):
+        weight = module._parameters.pop("weight_hh_l1")
+        setattr(module, "weight_hh_l1", weight.detach() * 0.5)  # lands in the __dict__
+    b._init_flat_weights()
+    x = torch.randn(4, 3, 5)
+    out, _ = a(x)
+    torch.testing.assert_close(out, b(x)[0], rtol=1e-5, atol=1e-5)
+    a.weight_hh_l1 = a.weight_hh_l1 * 2  # the plain tensor changed: the call sees it
+    assert not torch.allclose(a(x)[0], out)
