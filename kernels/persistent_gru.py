@@ -196,8 +196,8 @@ def gru_persistent_fwd(gx, sched, h0, w_hh, b_hh, save, plan: PersistentPlan, va
     xin = gx.new_empty(n_rows, hidden) if h0in is not None else None
     ptrs, strides, flags = variant_args(variant, h0)
     prepared(gru_persistent_fwd_kernel)[(plan.grid,)](
-        gx, h0, w_hh, b_hh if b_hh is not None else w_hh, y, h_n, gates if save else gx,
-        bs, off, sync, xin if xin is not None else y, h0in if h0in is not None else h0, *ptrs,
+        # None for a pointer the flags leave unread, as in persistent_lstm.py
+        gx, h0, w_hh, b_hh, y, h_n, gates, bs, off, sync, xin, h0in, *ptrs,
         sched.steps, batch, hidden,
         # row strides from the shapes: every tensor here is row-major (module docstring)
         3 * hidden, hidden, hidden, hidden, hidden, 4 * hidden if save else 0, plan.spin_limit,

@@ -41,7 +41,10 @@ The launchers return None when the grid barrier failed (grid not co-resident);
 the caller then reruns the stepwise backend. Every tensor they take is row-major (ops.py
 makes the states, weights and incoming gradients so; the rest are fresh buffers), so they
 pass row strides from the shapes: twelve stride() calls cost ~4 µs a launch (issue 17).
-The variant masks keep their own strides (a zoneout mask in eval has row stride 0).
+The variant masks keep their own strides (a zoneout mask in eval has row stride 0). A
+pointer that the launch's flags leave unread (W_hr without PROJ, the saved gates without
+SAVE, the masks of options that are off) is passed as None, which Triton makes a constexpr:
+a plain layer's launch then keys and passes ten tensors fewer.
 """
 import triton
 import triton.language as tl
@@ -281,9 +284,9 @@ def lstm_persistent_fwd(gx, sched, h0, c0, w_hh, w_hr, save, plan: PersistentPla
     xin = gx.new_empty(n_rows, width) if h0in is not None else None
     ptrs, strides, flags = variant_args(variant, c0)
     prepared(lstm_persistent_fwd_kernel)[(plan.grid,)](
-        gx, h0, c0, w_hh, w_hr if proj else w_hh, y, m_all, h_n, c_n,
-        gates if save else gx, c_all if save else y, bs, off, sync,
-        xin if xin is not None else y, h0in if h0in is not None else h0, *ptrs,
+        # None for a pointer the flags leave unread: no tensor to key or pass (module docstring)
+        gx, h0, c0, w_hh, w_hr, y, m_all if proj else None, h_n, c_n, gates, c_all, bs, off,
+        sync, xin, h0in, *ptrs,
         sched.steps, batch, hidden, width,
         # row strides from the shapes: every tensor here is row-major (module docstring)
         4 * hidden, width, hidden, width, hidden if proj else 0,
@@ -322,8 +325,8 @@ def lstm_persistent_bwd(dy, dh_n, dc_n, sched, c0, w_hh, w_hr, gates, c_all,
     dh0, dc0 = dh_n.new_empty(batch, width), dy.new_empty(batch, hidden)
     ptrs, strides, flags = variant_args(variant, c0)
     prepared(lstm_persistent_bwd_kernel)[(plan.grid,)](
-        dy, dh_n, dc_n, gates, c_all, c0, w_hh, w_hr if proj else w_hh,
-        dr if proj else dgates, dgates, dh0, dc0, bs, off, sync, *ptrs,
+        dy, dh_n, dc_n, gates, c_all, c0, w_hh, w_hr, dr, dgates, dh0, dc0, bs, off, sync,
+        *ptrs,
         sched.steps, batch, hidden, width,
         # row strides from the shapes: every tensor here is row-major (module docstring)
         width, width, hidden, 4 * hidden, hidden, hidden, width, hidden if proj else 0,

@@ -46,10 +46,19 @@ def kernel_args(step: Optional[StepVariant]):
     return pointers, integers, flags
 
 
+_PERSISTENT_OFF = ([None] * 4, [0] * 3, dict(KEEP=False, DROP=False, ZONE_C=False,
+                                             ZONE_H=False))
+
+
 def variant_args(variant, dummy: Tensor):
     """The persistent kernels' block: (pointers keep, drop, zone_c, zone_h; the row strides
-    of the last three; flags) of a variants.Variant, or the all-off block for None."""
-    keep, drop, zone_c, zone_h = variant if variant is not None else (None,) * 4
+    of the last three; flags) of a variants.Variant, or the all-off block for None or an
+    inactive one (None pointers: nothing to key or pass). With an option on, the pointers of
+    the others are `dummy`, never read: the kernels add offsets to keep_ptr under KEEP or
+    DROP alike, which a None would refuse."""
+    if variant is None or all(t is None for t in variant):
+        return _PERSISTENT_OFF
+    keep, drop, zone_c, zone_h = variant
     pointers = [t if t is not None else dummy for t in (keep, drop, zone_c, zone_h)]
     strides = [t.stride(0) if t is not None else 0 for t in (drop, zone_c, zone_h)]
     flags = dict(KEEP=keep is not None, DROP=drop is not None, ZONE_C=zone_c is not None,
