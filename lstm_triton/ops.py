@@ -315,11 +315,16 @@ def rnn_layer_fast(cell, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh
     if not plain_eager(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, *variant):
         return rnn_layer(cell, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
                          reverse, save, *variant)
+    return eager_layer((cell, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+                        reverse, save, *variant), save)
+
+
+def eager_layer(args, save):
+    """rnn_layer(*args) in plain eager, which the caller has checked (plain_eager): its
+    implementation, under the autograd Function only when a backward will follow."""
     if save:
-        return _EagerLayer.apply(cell, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh,
-                                 w_hr, reverse, save, *variant)
-    return _run_impl(_rnn_layer_impl, (cell, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih,
-                                       b_hh, w_hr, reverse, save, *variant), x, batch_sizes)
+        return _EagerLayer.apply(*args)
+    return _run_impl(_rnn_layer_impl, args, args[2], args[3])
 
 
 def _run_impl(fn, args, x, batch_sizes):

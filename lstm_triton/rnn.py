@@ -17,6 +17,7 @@ from . import checks, layer_norm, reference, scripting, variants
 from .dispatch import Workload, choose_backend, triton_can_run, validate_backend, warn_fallback
 from .export import export_backend, onnx_layers
 from .ops import backward_follows, rnn_layer_fast
+from .plain_call import plain_call
 from .quantize import QuantizationGuard
 from .schedule import Schedule
 
@@ -234,6 +235,10 @@ class _TritonRNNDriver(BackendOption):
         if backend == "torch":
             lowered = onnx_layers(self, input, hx)
             return lowered if lowered is not None else super(BackendOption, self).forward(input, hx)
+        if backend is None and resets is None:
+            out = plain_call(self, input, hx)  # the common call's shortest road (issue 17)
+            if out is not None:
+                return out
         return self._run(input, hx, resets, backend)
 
     def _layer_weights(self, layer, direction):

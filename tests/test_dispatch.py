@@ -20,7 +20,8 @@ from rnn_testing import DEVICE, TORCH_MODULES
 from torch import nn
 from torch.nn.utils.rnn import pack_sequence
 
-from lstm_triton import TritonGRU, TritonGRUCell, TritonLSTM, TritonLSTMCell, dispatch, rnn
+from lstm_triton import (TritonGRU, TritonGRUCell, TritonLSTM, TritonLSTMCell, dispatch,
+                         plain_call, rnn)
 from lstm_triton.dispatch import Workload, auto_cuda_backend
 
 OURS = {"lstm": TritonLSTM, "gru": TritonGRU}
@@ -127,13 +128,15 @@ def seen(monkeypatch):
         calls.append(workload)
         return "reference"
     monkeypatch.setattr(rnn, "choose_backend", record)
+    monkeypatch.setattr(plain_call, "choose_backend", record)  # the common call's road
     return calls
 
 
 def test_modules_describe_padded_batch_first_and_packed_calls(seen):
     gru = TritonGRU(3, 6, batch_first=True, dtype=torch.float64)
     gru(torch.randn(4, 7, 3, dtype=torch.float64))  # (B, T, I)
-    assert seen[-1] == Workload("gru", torch.float64, 4, 6, 7, training=True)
+    # both roads ask (the plain one first, then the general one, as "reference" was chosen)
+    assert seen == [Workload("gru", torch.float64, 4, 6, 7, training=True)] * 2
     lstm = TritonLSTM(3, 6)
     with torch.no_grad():
         lstm(pack_sequence([torch.randn(n, 3) for n in (5, 2)]))
