@@ -29,6 +29,19 @@ _PLAIN = (torch.Tensor, torch.nn.Parameter)
 MAX_ENTRIES = 4096  # per kernel; a process that sees more shapes starts the cache afresh
 
 
+class Constants(dict):
+    """Keyword arguments (constexprs and launch options) that a launcher passes unchanged call
+    after call, built once with the tuple that keys them: a persistent launch rebuilt ~25 of
+    them from its plan and hashed them into its cache key on every call (issue 17). Never
+    changed after it is made (launchers memoise one per plan and flags)."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.key = tuple(self.items())
+
+
 def _key(args):
     """A hashable key at least as fine as what Triton specialises on: a tensor by its dtype
     and 16-byte alignment, an integer by its value (finer than Triton, which keys on == 1,
@@ -92,11 +105,16 @@ class PreparedKernel:
 
     def launch(self, grid, *args, **kwargs):
         """kernel[grid](*args, **kwargs), skipping Triton's runtime where it may."""
+        return self.launch_with(grid, args, kwargs)
+
+    def launch_with(self, grid, args, constants):
+        """kernel[grid](*args, **constants); `constants` a dict, or a Constants made once
+        (its cache key is then not rebuilt: see Constants)."""
         guard = _device_guard(args[0]) if args else _NO_GUARD
         if guard is _NO_GUARD:
-            return self._launch(grid, args, kwargs)
+            return self._launch(grid, args, constants)
         with guard:
-            return self._launch(grid, args, kwargs)
+            return self._launch(grid, args, constants)
 
     def _shortcut(self, grid, args):
         """Whether a launch may skip Triton's runtime (the module docstring's conditions)."""
@@ -128,7 +146,8 @@ class PreparedKernel:
         except TypeError:
             return None
         device = driver.active.get_current_device()
-        key = (device, tuple(kwargs.items()), specs)
+        named = kwargs.key if kwargs.__class__ is Constants else tuple(kwargs.items())
+        key = (device, named, specs)
         return device, key, self.cache.get(key)
 
     def _remember(self, key, compiled, kwargs):

@@ -36,8 +36,9 @@ from functools import lru_cache
 import torch
 import triton
 
-from .config import interpreting
+from .config import compute_dtype, interpreting
 from .graph_capture import host_to_device
+from .launch import Constants
 
 # Matmul modes (persistent_tiles.split_dot). DOT_TF32X3 is a plan option only (`tf32x3`):
 # float32 on tensor cores as three tf32 products, never chosen by dot_mode until a GPU
@@ -153,6 +154,22 @@ def recurrent_dot(plan, n_gates: int, hidden: int, width: int, backward: bool) -
     n_dot = plan.block_b if plan.narrow else n_cols
     return dict(KP=kp, NP=n_pieces, SPLIT=split_k(kp, n_dot, plan.num_warps), PARTIALS=partials,
                 TRANS=plan.narrow)
+
+
+@lru_cache(maxsize=1024)
+def launch_constants(plan, n_gates: int, hidden: int, width: int, backward: bool, dtype,
+                     options: tuple) -> Constants:
+    """Every keyword argument of one persistent launch but `options` (the launcher's own
+    (name, value) pairs: its flags, BLOCK_O, the projection's split): the plan's blocks and
+    matmul mode, the recurrent dot's constexprs (recurrent_dot), the compute dtype, the step
+    tags' lanes and the launch options (launch_options). Made once per key as a
+    launch.Constants: each launch rebuilt these ~25 arguments and hashed them into its
+    cache key (issue 17)."""
+    return Constants(
+        **dict(options), RESIDENT=plan.resident, DOT=plan.dot, COMPUTE=compute_dtype(dtype),
+        BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k,
+        **recurrent_dot(plan, n_gates, hidden, width, backward), TAGS=tag_lanes(plan),
+        **launch_options(plan))
 
 
 def launch_options(plan) -> dict:

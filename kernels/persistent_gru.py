@@ -24,11 +24,9 @@ import triton.language as tl
 from .cell_math import (gru_cell_backward, gru_cell_forward, load_gates4, recurrent_scale,
                         row_keep, store_gates3, store_gates4, zoneout,
                         zoneout_backward)
-from .config import compute_dtype
 from .grid_sync import launch_failed, new_sync_state
 from .launch import prepared
-from .persistent_config import (PersistentPlan, forward_plan, launch_options, recurrent_dot,
-                                schedule_tensors, tag_lanes)
+from .persistent_config import PersistentPlan, forward_plan, launch_constants, schedule_tensors
 from .persistent_tiles import (backward_step_rows, forward_step_rows, gate_columns, load_rows,
                                program_tile, recurrent_matmul, recurrent_matmul_partials,
                                recurrent_source, resident_weights, split_gates, step_at,
@@ -188,27 +186,24 @@ def gru_persistent_fwd(gx, sched, h0, w_hh, b_hh, save, plan: PersistentPlan, va
     """
     n_rows, (batch, hidden) = gx.shape[0], h0.shape
     plan = forward_plan(plan, hidden, hidden)  # the narrow option's own grid (issue 16)
+    ptrs, strides, flags = variant_args(variant, h0)
+    constants = launch_constants(plan, 3, hidden, hidden, False, gx.dtype, flags + (
+        ("REVERSE", sched.reverse), ("PADDED", sched.padded), ("SAVE", save),
+        ("HAS_BHH", b_hh is not None)))
     bs, off = schedule_tensors(sched, gx.device)
-    sync = new_sync_state(gx.device, tag_lanes(plan))
+    sync = new_sync_state(gx.device, constants["TAGS"])
     y = gx.new_empty(n_rows, hidden)
     h_n = h0.new_empty(batch, hidden)
     gates = gx.new_empty(n_rows, 4 * hidden) if save else None
     xin = gx.new_empty(n_rows, hidden) if h0in is not None else None
-    ptrs, strides, flags = variant_args(variant, h0)
-    prepared(gru_persistent_fwd_kernel)[(plan.grid,)](
+    prepared(gru_persistent_fwd_kernel).launch_with((plan.grid,), (
         # None for a pointer the flags leave unread, as in persistent_lstm.py
         gx, h0, w_hh, b_hh, y, h_n, gates, bs, off, sync, xin, h0in, *ptrs,
         sched.steps, batch, hidden,
         # row strides from the shapes: every tensor here is row-major (module docstring)
         3 * hidden, hidden, hidden, hidden, hidden, 4 * hidden if save else 0, plan.spin_limit,
-        hidden if xin is not None else 0, hidden if h0in is not None else 0,
-        *strides, **flags,
-        REVERSE=sched.reverse, PADDED=sched.padded, SAVE=save, HAS_BHH=b_hh is not None, RESIDENT=plan.resident,
-        DOT=plan.dot, COMPUTE=compute_dtype(gx.dtype), BLOCK_B=plan.block_b,
-        BLOCK_H=plan.block_h, BLOCK_K=plan.block_k,
-        **recurrent_dot(plan, 3, hidden, hidden, backward=False), TAGS=tag_lanes(plan),
-        **launch_options(plan),
-    )
+        hidden if xin is not None else 0, hidden if h0in is not None else 0, *strides),
+        constants)
     if launch_failed(sync, (y, h_n, gates)):
         return None
     return y, h_n, gates
@@ -221,24 +216,20 @@ def gru_persistent_bwd(dy, dh_n, sched, h0, w_hh, y, gates, plan: PersistentPlan
     Returns (dgx (N, 3H), drec (N, 3H), dh0 (B, H)), or None when the barrier failed.
     """
     n_rows, (batch, hidden) = dy.shape[0], h0.shape
+    ptrs, strides, flags = variant_args(variant, h0)
+    constants = launch_constants(plan, 3, hidden, hidden, True, dy.dtype, flags + (
+        ("REVERSE", sched.reverse), ("PADDED", sched.padded)))
     bs, off = schedule_tensors(sched, dy.device)
-    sync = new_sync_state(dy.device, tag_lanes(plan))
+    sync = new_sync_state(dy.device, constants["TAGS"])
     dgx, drec = dy.new_empty(n_rows, 3 * hidden), dy.new_empty(n_rows, 3 * hidden)
     dh0 = dh_n.new_empty(batch, hidden)
-    ptrs, strides, flags = variant_args(variant, h0)
-    prepared(gru_persistent_bwd_kernel)[(plan.grid,)](
-        dy, dh_n, gates, y, h0, w_hh, dgx, drec, dh0,
-        bs, off, sync, *ptrs,
+    prepared(gru_persistent_bwd_kernel).launch_with((plan.grid,), (
+        dy, dh_n, gates, y, h0, w_hh, dgx, drec, dh0, bs, off, sync, *ptrs,
         sched.steps, batch, hidden,
         # row strides from the shapes: every tensor here is row-major (module docstring)
         hidden, hidden, 4 * hidden, hidden, hidden, hidden, 3 * hidden, 3 * hidden, hidden,
-        plan.spin_limit, *strides, **flags,
-        REVERSE=sched.reverse, PADDED=sched.padded, RESIDENT=plan.resident, DOT=plan.dot,
-        COMPUTE=compute_dtype(dy.dtype), BLOCK_B=plan.block_b, BLOCK_H=plan.block_h,
-        BLOCK_K=plan.block_k,
-        **recurrent_dot(plan, 3, hidden, hidden, backward=True), TAGS=tag_lanes(plan),
-        **launch_options(plan),
-    )
+        plan.spin_limit, *strides),
+        constants)
     if launch_failed(sync, (dgx, drec, dh0)):
         return None
     return dgx, drec, dh0

@@ -51,11 +51,11 @@ import triton.language as tl
 
 from .cell_math import (load_gates4, lstm_cell_backward, lstm_cell_forward, recurrent_scale,
                         row_keep, store_gates4, zoneout, zoneout_backward)
-from .config import compute_dtype, state_dtype
+from .config import state_dtype
 from .grid_sync import launch_failed, new_sync_state
 from .launch import prepared
-from .persistent_config import (PersistentPlan, launch_options, pad_dot, recurrent_dot,
-                                forward_plan, schedule_tensors, split_k, tag_lanes)
+from .persistent_config import (PersistentPlan, forward_plan, launch_constants, pad_dot,
+                                schedule_tensors, split_k)
 from .persistent_tiles import (backward_step_rows, forward_step_rows, gate_columns, load_rows,
                                program_tile, recurrent_matmul, recurrent_matmul_partials,
                                recurrent_source, resident_weights, split_gates, step_at,
@@ -273,17 +273,21 @@ def lstm_persistent_fwd(gx, sched, h0, c0, w_hh, w_hr, save, plan: PersistentPla
     n_rows, (batch, width), hidden = gx.shape[0], h0.shape, c0.shape[1]
     proj = w_hr is not None
     plan = forward_plan(plan, hidden, width)  # the narrow option's own grid (issue 16)
+    ptrs, strides, flags = variant_args(variant, c0)
+    constants = launch_constants(plan, 4, hidden, width, False, gx.dtype, flags + (
+        ("REVERSE", sched.reverse), ("PADDED", sched.padded), ("SAVE", save), ("PROJ", proj),
+        ("BLOCK_O", plan.block_o),
+        # the projection's dot is BLOCK_O (often 16) wide, with K = H
+        ("PROJ_SPLIT", split_k(pad_dot(hidden), plan.block_o, plan.num_warps))))
     bs, off = schedule_tensors(sched, gx.device)
-    sync = new_sync_state(gx.device, tag_lanes(plan))
-    compute = compute_dtype(gx.dtype)
+    sync = new_sync_state(gx.device, constants["TAGS"])
     y = gx.new_empty(n_rows, width)
     m_all = gx.new_empty(n_rows, hidden) if proj else y
     h_n, c_n = h0.new_empty(batch, width), c0.new_empty(batch, hidden)
     gates = gx.new_empty(n_rows, 4 * hidden) if save else None
     c_all = gx.new_empty(n_rows, hidden, dtype=state_dtype(gx.dtype)) if save else None
     xin = gx.new_empty(n_rows, width) if h0in is not None else None
-    ptrs, strides, flags = variant_args(variant, c0)
-    prepared(lstm_persistent_fwd_kernel)[(plan.grid,)](
+    prepared(lstm_persistent_fwd_kernel).launch_with((plan.grid,), (
         # None for a pointer the flags leave unread: no tensor to key or pass (module docstring)
         gx, h0, c0, w_hh, w_hr, y, m_all if proj else None, h_n, c_n, gates, c_all, bs, off,
         sync, xin, h0in, *ptrs,
@@ -292,16 +296,8 @@ def lstm_persistent_fwd(gx, sched, h0, c0, w_hh, w_hr, save, plan: PersistentPla
         4 * hidden, width, hidden, width, hidden if proj else 0,
         width, hidden if proj else width, width, hidden,
         4 * hidden if save else 0, hidden if save else 0, plan.spin_limit,
-        width if xin is not None else 0, width if h0in is not None else 0,
-        *strides, **flags,
-        REVERSE=sched.reverse, PADDED=sched.padded, SAVE=save, PROJ=proj, RESIDENT=plan.resident, DOT=plan.dot,
-        COMPUTE=compute, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_O=plan.block_o,
-        BLOCK_K=plan.block_k,
-        **recurrent_dot(plan, 4, hidden, width, backward=False),
-        # the projection's dot is BLOCK_O (often 16) wide, with K = H
-        PROJ_SPLIT=split_k(pad_dot(hidden), plan.block_o, plan.num_warps), TAGS=tag_lanes(plan),
-        **launch_options(plan),
-    )
+        width if xin is not None else 0, width if h0in is not None else 0, *strides),
+        constants)
     if launch_failed(sync, (y, m_all, h_n, c_n, gates, c_all)):
         return None
     return y, h_n, c_n, gates, c_all, (m_all if proj and save else None)
@@ -318,28 +314,25 @@ def lstm_persistent_bwd(dy, dh_n, dc_n, sched, c0, w_hh, w_hr, gates, c_all,
     """
     n_rows, (batch, hidden), width = dy.shape[0], dc_n.shape, dh_n.shape[1]
     proj = w_hr is not None
+    ptrs, strides, flags = variant_args(variant, c0)
+    constants = launch_constants(plan, 4, hidden, width, True, dy.dtype, flags + (
+        ("REVERSE", sched.reverse), ("PADDED", sched.padded), ("PROJ", proj),
+        ("BLOCK_O", plan.block_o),
+        # dm = dr W_hr: BLOCK_H wide, with K = P
+        ("PROJ_SPLIT", split_k(pad_dot(width), plan.block_h, plan.num_warps))))
     bs, off = schedule_tensors(sched, dy.device)
-    sync = new_sync_state(dy.device, tag_lanes(plan))
+    sync = new_sync_state(dy.device, constants["TAGS"])
     dgates = dy.new_empty(n_rows, 4 * hidden)
     dr = dy.new_empty(n_rows, width) if proj else None
     dh0, dc0 = dh_n.new_empty(batch, width), dy.new_empty(batch, hidden)
-    ptrs, strides, flags = variant_args(variant, c0)
-    prepared(lstm_persistent_bwd_kernel)[(plan.grid,)](
+    prepared(lstm_persistent_bwd_kernel).launch_with((plan.grid,), (
         dy, dh_n, dc_n, gates, c_all, c0, w_hh, w_hr, dr, dgates, dh0, dc0, bs, off, sync,
         *ptrs,
         sched.steps, batch, hidden, width,
         # row strides from the shapes: every tensor here is row-major (module docstring)
         width, width, hidden, 4 * hidden, hidden, hidden, width, hidden if proj else 0,
-        width if proj else 0, 4 * hidden, width, hidden,
-        plan.spin_limit, *strides, **flags,
-        REVERSE=sched.reverse, PADDED=sched.padded, PROJ=proj, RESIDENT=plan.resident, DOT=plan.dot,
-        COMPUTE=compute_dtype(dy.dtype), BLOCK_B=plan.block_b, BLOCK_H=plan.block_h,
-        BLOCK_O=plan.block_o, BLOCK_K=plan.block_k,
-        **recurrent_dot(plan, 4, hidden, width, backward=True),
-        # dm = dr W_hr: BLOCK_H wide, with K = P
-        PROJ_SPLIT=split_k(pad_dot(width), plan.block_h, plan.num_warps), TAGS=tag_lanes(plan),
-        **launch_options(plan),
-    )
+        width if proj else 0, 4 * hidden, width, hidden, plan.spin_limit, *strides),
+        constants)
     if launch_failed(sync, (dgates, dh0, dc0, dr)):
         return None
     return dgates, dh0, dc0, dr

@@ -46,13 +46,14 @@ def kernel_args(step: Optional[StepVariant]):
     return pointers, integers, flags
 
 
-_PERSISTENT_OFF = ([None] * 4, [0] * 3, dict(KEEP=False, DROP=False, ZONE_C=False,
-                                             ZONE_H=False))
+_PERSISTENT_OFF = ([None] * 4, [0] * 3, (("KEEP", False), ("DROP", False),
+                                          ("ZONE_C", False), ("ZONE_H", False)))
 
 
 def variant_args(variant, dummy: Tensor):
     """The persistent kernels' block: (pointers keep, drop, zone_c, zone_h; the row strides
-    of the last three; flags) of a variants.Variant, or the all-off block for None or an
+    of the last three; flags as (name, value) pairs, persistent_config.launch_constants'
+    options) of a variants.Variant, or the all-off block for None or an
     inactive one (None pointers: nothing to key or pass). With an option on, the pointers of
     the others are `dummy`, never read: the kernels add offsets to keep_ptr under KEEP or
     DROP alike, which a None would refuse."""
@@ -61,6 +62,6 @@ def variant_args(variant, dummy: Tensor):
     keep, drop, zone_c, zone_h = variant
     pointers = [t if t is not None else dummy for t in (keep, drop, zone_c, zone_h)]
     strides = [t.stride(0) if t is not None else 0 for t in (drop, zone_c, zone_h)]
-    flags = dict(KEEP=keep is not None, DROP=drop is not None, ZONE_C=zone_c is not None,
-                 ZONE_H=zone_h is not None)
+    flags = (("KEEP", keep is not None), ("DROP", drop is not None),
+             ("ZONE_C", zone_c is not None), ("ZONE_H", zone_h is not None))
     return pointers, strides, flags
