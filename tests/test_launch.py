@@ -41,7 +41,15 @@ def same(a, b):
     return type(a) is type(b) and a == b
 
 
-def check(run):
+def alike(a, b):
+    # a tensor the launcher allocates afresh on each call: the same dtype, shape, alignment
+    if isinstance(a, torch.Tensor):
+        return (isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape
+                and a.data_ptr() % 16 == b.data_ptr() % 16 == 0)
+    return same(a, b)
+
+
+def check(run, compare=same):
     n_shortcut = 0
     # run(kernels) launches through `kernels`: {"real name": kernel or prepared kernel}
     for prepared in (False, True, True):  # Triton's path, then prepared: first and cached
@@ -53,11 +61,11 @@ def check(run):
         assert len(calls) == len(expected) > 0, (len(calls), len(expected))
         n_shortcut += sum(c[6] is None for c in calls)
         for got, want in zip(calls, expected):
-            same_call(got, want)
+            same_call(got, want, compare)
     assert n_shortcut == len(expected), "the cached launches must take the shortcut"
 
 
-def same_call(got, want):
+def same_call(got, want, compare=same):
     assert len(got) == len(want), (len(got), len(want))
     # grid, stream, function, packed metadata, arguments: the same; launch metadata and
     # hooks: Triton passes empty hook chains (which call nothing, so nothing reads the
@@ -68,7 +76,7 @@ def same_call(got, want):
         elif k in (7, 8):
             assert a in (None, b) and (b is None or b.calls == []), (k, a, b)
         else:
-            assert same(a, b), (k, a, b)
+            assert compare(a, b), (k, a, b)
 
 
 def check_stepper(kernel, grid, args, flags, varying, steps):
@@ -92,10 +100,25 @@ def check_stepper(kernel, grid, args, flags, varying, steps):
         same_call(got, want)
 
 
+class TritonPath:
+    # prepared(kernel) as Triton's own path: every launch through kernel[grid]
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __getitem__(self, grid):
+        return self.fn[grid]
+
+    def launch(self, grid, *args, **kwargs):
+        return self.fn[grid](*args, **kwargs)
+
+    def launch_with(self, grid, args, constants):
+        return self.fn[grid](*args, **constants)
+
+
 def patched(module, prepared):
-    # the module's launch functions call prepared(kernel)[grid]: Triton's own path is the
-    # same call with `prepared` replaced by the identity
-    module.prepared = launch.prepared if prepared else (lambda fn: fn)
+    # the module's launch functions call prepared(kernel): Triton's own path is the same
+    # call through kernel[grid]
+    module.prepared = launch.prepared if prepared else TritonPath
 
 
 for dtype, offset in ((torch.float32, 0), (torch.float16, 0), (torch.float32, 1)):
@@ -124,6 +147,41 @@ for dtype, offset in ((torch.float32, 0), (torch.float16, 0), (torch.float32, 1)
     check(gru)
 
 n_entries = sum(len(k.cache) for k in launch._PREPARED.values())
+
+# persistent launches (their constexprs one launch.Constants, unread pointers None, a padded
+# batch's rows computed in the kernel), LSTM padded and GRU packed, forward and backward:
+# the launcher allocates its outputs on each call, so those compare by dtype, shape and
+# alignment
+from bench.compiled import H100
+from lstm_triton.kernels import persistent_config, persistent_gru, persistent_lstm
+from lstm_triton.schedule import Schedule
+
+
+def rand(*shape):
+    return torch.randn(*shape)
+
+
+for cell, module, sizes in (("lstm", persistent_lstm, None),
+                            ("gru", persistent_gru, torch.tensor([3, 2, 2, 1]))):
+    n_gates = 4 if cell == "lstm" else 3
+    n_rows = 4 * B if sizes is None else int(sizes.sum())
+    sched = Schedule.build(sizes, n_rows, B, reverse=sizes is not None)
+    plan, _ = persistent_config.plan(n_gates, torch.device("cuda"), torch.float32, B, H, H,
+                                     budget=tuple(H100.values()))
+    gx, h0, c0, w_hh = rand(n_rows, n_gates * H), rand(B, H), rand(B, H), rand(n_gates * H, H)
+    y, dy, gates, c_all = rand(n_rows, H), rand(n_rows, H), rand(n_rows, 4 * H), rand(n_rows, H)
+
+    def persistent(prepared):
+        patched(module, prepared)
+        if cell == "lstm":
+            persistent_lstm.lstm_persistent_fwd(gx, sched, h0, c0, w_hh, None, True, plan)
+            persistent_lstm.lstm_persistent_bwd(dy, h0, c0, sched, c0, w_hh, None, gates, c_all,
+                                                plan)
+        else:
+            persistent_gru.gru_persistent_fwd(gx, sched, h0, w_hh, rand(3 * H), True, plan)
+            persistent_gru.gru_persistent_bwd(dy, h0, sched, h0, w_hh, y, gates, plan)
+
+    check(persistent, alike)
 
 # a small layer's loop (kernels/fused_steps.py): its steps differ in a few row offsets
 import triton.language as tl
@@ -167,7 +225,8 @@ print("PREPARED OK", n_entries)
 def test_prepared_launch_passes_what_tritons_runtime_passes():
     """LSTM and GRU step kernels, forward and backward, with and without the optional
     tensors, float32 and float16, 16-byte aligned and not: the launcher sees the same
-    grid, stream, compiled function, metadata and arguments either way. A small layer's
+    grid, stream, compiled function, metadata and arguments either way. So do the persistent
+    kernels' launches (their constants given once, launch.Constants). A small layer's
     loop (a stepper: kernels/fused_steps.py) too, step by step, and a stepper refuses to
     vary an argument Triton specialises on."""
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
