@@ -19,7 +19,7 @@ Every figure is HOST OVERHEAD, never GPU speed. Cases:
             inference (no_grad) and training (forward + backward of the outputs' sum)
   stepwise  one-layer TritonLSTM / TritonGRU backend="stepwise", T=16 and 64: per step
   persistent backend="persistent" call at T = 16, 64, 256: host cost vs T, and against
-            our stepwise call of the same T (the table's last column)
+            our stepwise call of the same T, timed in a pair of their own (last column)
 
 Must run without TRITON_INTERPRET (the interpreter replaces @triton.jit functions, which
 then cannot be compiled): bench/test_host.py runs it in a subprocess.
@@ -177,8 +177,13 @@ def make_call(module, x, hx, train):
     return step
 
 
+STEPWISE_LENGTHS = (16, 64)  # T of the stepwise cases; persistent ones there are timed
+#                              against our stepwise call too
+
+
 def cases(device, quick, kinds=("cell", "stepwise", "persistent")):
-    """(kind, cell, pass, T, our module, torch module, x, hx) for every measured call."""
+    """(kind, cell, pass, T, our module, torch module, x, hx, our stepwise twin or None) for
+    every measured call; a persistent module's twin is the same module on stepwise."""
     from lstm_triton import TritonGRU, TritonGRUCell, TritonLSTM, TritonLSTMCell
 
     B, I, H = 2, 16, 16
@@ -194,10 +199,9 @@ def cases(device, quick, kinds=("cell", "stepwise", "persistent")):
         hx = (h, torch.randn(B, H, device=device)) if cell == "lstm" else h
         for pass_ in ("fwd", "fwdbwd"):
             out.append(("cell", cell, pass_, 1, ours, theirs, torch.randn(B, I, device=device),
-                        hx))
+                        hx, None))
     module_cls = {"lstm": (TritonLSTM, torch.nn.LSTM), "gru": (TritonGRU, torch.nn.GRU)}
-    # stepwise at T=16 too: a persistent call is compared with a stepwise call of its T
-    for backend, lengths in (("stepwise", (16, 64)),
+    for backend, lengths in (("stepwise", STEPWISE_LENGTHS),
                              ("persistent", (16, 64) if quick else (16, 64, 256))):
         if backend not in kinds:
             continue
@@ -205,10 +209,15 @@ def cases(device, quick, kinds=("cell", "stepwise", "persistent")):
             theirs = theirs_cls(I, H).to(device)
             ours = ours_cls(I, H, backend=backend).to(device)
             ours.load_state_dict(theirs.state_dict())
+            twin = None
+            if backend == "persistent":  # timed against our stepwise module too (run)
+                twin = ours_cls(I, H, backend="stepwise").to(device)
+                twin.load_state_dict(theirs.state_dict())
             for T in lengths:
                 x = torch.randn(T, B, I, device=device)
                 for pass_ in ("fwd", "fwdbwd"):
-                    out.append((backend, cell, pass_, T, ours, theirs, x, None))
+                    out.append((backend, cell, pass_, T, ours, theirs, x, None,
+                                twin if T in STEPWISE_LENGTHS else None))
     return out
 
 
@@ -249,24 +258,32 @@ def run(device="cpu", quick=False, out_dir=None, label="", kinds=("cell", "stepw
     # Every case runs a few calls before any is timed: the run's first calls (compiles,
     # caches, the allocator's first blocks) otherwise landed on its first case, whose both
     # columns (LSTMCell inference) read ~55 µs in full runs against ~30 µs in later ones.
-    for kind, cell, pass_, T, ours, theirs, x, hx in measured:
-        for fn in (make_call(ours, x, hx, pass_ == "fwdbwd"),
-                   make_call(theirs, x, hx, pass_ == "fwdbwd")):
+    for kind, cell, pass_, T, ours, theirs, x, hx, twin in measured:
+        for module in (ours, theirs) + ((twin,) if twin is not None else ()):
+            fn = make_call(module, x, hx, pass_ == "fwdbwd")
             for _ in range(3):
                 fn()
     rows = []
-    for kind, cell, pass_, T, ours, theirs, x, hx in measured:
+    for kind, cell, pass_, T, ours, theirs, x, hx, twin in measured:
         n = max(20, calls // max(1, T // 16)) if kind != "cell" else calls
         (mine, q1, q3), (ref, rq1, rq3) = time_pair(
             make_call(ours, x, hx, pass_ == "fwdbwd"), make_call(theirs, x, hx, pass_ == "fwdbwd"),
             n, warmup if kind == "cell" else 3, sync)
+        # a persistent call against our stepwise call of the same T, in a pair of its own:
+        # the machine's speed moves between cases, so only calls timed together compare
+        vs_stepwise = None
+        if twin is not None:
+            (p, *_), (s, *_) = time_pair(make_call(ours, x, hx, pass_ == "fwdbwd"),
+                                         make_call(twin, x, hx, pass_ == "fwdbwd"), n, 3, sync)
+            vs_stepwise = p / s
         steps = T if kind != "cell" else 1
         row = dict(common, kind=kind, cell=cell, **{"pass": pass_}, batch=x.shape[-2]
                    if x.dim() > 1 else 1, input_size=x.shape[-1], hidden_size=ours.hidden_size,
                    seq_len=T, ours_us=mine * 1e6, ours_q1_us=q1 * 1e6, ours_q3_us=q3 * 1e6,
                    torch_us=ref * 1e6, torch_q1_us=rq1 * 1e6, torch_q3_us=rq3 * 1e6,
                    ours_per_step_us=mine * 1e6 / steps, torch_per_step_us=ref * 1e6 / steps,
-                   ratio=mine / ref, goal=GOALS.get(kind, ""), calls=n)
+                   ratio=mine / ref, goal=GOALS.get(kind, ""), calls=n,
+                   persistent_over_stepwise=vs_stepwise)
         rows.append(row)
         print(f"{kind:10s} {cell:4s} {pass_:6s} T={T:<4d} ours {mine * 1e6:8.1f} us "
               f"torch {ref * 1e6:8.1f} us  ratio {mine / ref:5.2f}", flush=True)
@@ -300,14 +317,11 @@ def write(rows, out_dir, device):
              "tensors, its real math included.", "",
              "| kind | cell | pass | T | ours µs/call | ours µs/step | torch µs/call | "
              "torch µs/step | ratio | goal |", "|---|---|---|---|---|---|---|---|---|---|"]
-    stepwise = {(r["cell"], r["pass"], r["seq_len"]): r["ours_us"] for r in rows
-                if r["kind"] == "stepwise"}
     for r in rows:
         goal = f"≤ {r['goal']:.1f}× ({'holds' if r['ratio'] <= r['goal'] else 'misses'})" \
             if r["goal"] else "T-independent"
-        twin = stepwise.get((r["cell"], r["pass"], r["seq_len"]))
-        if r["kind"] == "persistent" and twin:
-            goal += f"; {r['ours_us'] / twin:.2f}× our stepwise call of this T"
+        if r["persistent_over_stepwise"] is not None:
+            goal += f"; {r['persistent_over_stepwise']:.2f}× our stepwise call of this T"
         lines.append(f"| {r['kind']} | {r['cell']} | {r['pass']} | {r['seq_len']} | "
                      f"{r['ours_us']:.1f} | {r['ours_per_step_us']:.2f} | {r['torch_us']:.1f} | "
                      f"{r['torch_per_step_us']:.2f} | {r['ratio']:.2f} | {goal} |")
