@@ -16,11 +16,13 @@ config.fused_cell_launch decides where this runs (small B and H), and the block 
 A small layer's time loop runs the same kernels once a step on its input projection
 (PROJECTED, row offsets; kernels/fused_steps.py).
 """
+import functools
+
 import triton
 import triton.language as tl
 
 from .cell_math import gru_cell_forward, lstm_cell_forward, store_gates4
-from .launch import prepared
+from .launch import Constants, prepared
 from .persistent_tiles import gate_columns, load_w_tile, split_dot, split_gates
 from .tiles import load_gate, store_gate
 
@@ -143,25 +145,28 @@ def lstm_cell_fused(x, h0, c0, w_ih, w_hh, b_ih, b_hh, h1, c1, gates, c_save, la
     launch: config.fused_cell_launch's (grid, BLOCK_B, BLOCK_H, BLOCK_K, DOT, COMPUTE).
     Every tensor row-major and contiguous (cell_step's callers make them so): the row
     strides are the shapes' widths, not asked for (~0.25 µs a stride() call, ten a call)."""
-    grid, block_b, block_h, block_k, dot, compute = launch
     save = gates is not None
     (B, I), H = x.shape, h0.shape[1]
-    prepared(lstm_cell_fused_kernel).launch(  # .launch: no partial per call
-        grid, x, h0, c0, w_ih, w_hh, b_ih, b_hh, h1, c1, gates, c_save, None,
-        B, I, H, 0, 0, I, H, H, I, H, H, H, 4 * H if save else 0, H if save else 0, 0,
-        HAS_BIAS=b_ih is not None, SAVE=save, PROJECTED=False, STATE=False, DOT=dot,
-        COMPUTE=compute, BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_K=block_k,
-    )
+    prepared(lstm_cell_fused_kernel).launch_with(launch[0], (
+        x, h0, c0, w_ih, w_hh, b_ih, b_hh, h1, c1, gates, c_save, None,
+        B, I, H, 0, 0, I, H, H, I, H, H, H, 4 * H if save else 0, H if save else 0, 0),
+        _cell_constants(launch, b_ih is not None, save))
 
 
 def gru_cell_fused(x, h0, w_ih, w_hh, b_ih, b_hh, h1, gates, launch):
     """One GRU cell step into h1 (and gates when not None: training); tensors as above."""
-    grid, block_b, block_h, block_k, dot, compute = launch
     save = gates is not None
     (B, I), H = x.shape, h0.shape[1]
-    prepared(gru_cell_fused_kernel).launch(
-        grid, x, h0, w_ih, w_hh, b_ih, b_hh, h1, gates, None,
-        B, I, H, 0, 0, I, H, I, H, H, 4 * H if save else 0, 0,
-        HAS_BIAS=b_ih is not None, SAVE=save, PROJECTED=False, STATE=False, DOT=dot,
-        COMPUTE=compute, BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_K=block_k,
-    )
+    prepared(gru_cell_fused_kernel).launch_with(launch[0], (
+        x, h0, w_ih, w_hh, b_ih, b_hh, h1, gates, None,
+        B, I, H, 0, 0, I, H, I, H, H, 4 * H if save else 0, 0),
+        _cell_constants(launch, b_ih is not None, save))
+
+
+@functools.lru_cache(maxsize=1024)
+def _cell_constants(launch, has_bias: bool, save: bool) -> Constants:
+    """A cell call's constexprs, made once per (launch config, bias, save): a cell call is
+    ~30 µs of host time, of which building and keying these was ~1 (issue 17)."""
+    _, block_b, block_h, block_k, dot, compute = launch
+    return Constants(HAS_BIAS=has_bias, SAVE=save, PROJECTED=False, STATE=False, DOT=dot,
+                     COMPUTE=compute, BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_K=block_k)
