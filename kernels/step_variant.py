@@ -57,7 +57,7 @@ def variant_args(variant, dummy: Tensor):
     inactive one (None pointers: nothing to key or pass). With an option on, the pointers of
     the others are `dummy`, never read: the kernels add offsets to keep_ptr under KEEP or
     DROP alike, which a None would refuse."""
-    if variant is None or all(t is None for t in variant):
+    if variant is None or not variant.active:
         return _PERSISTENT_OFF
     keep, drop, zone_c, zone_h = variant
     pointers = [t if t is not None else dummy for t in (keep, drop, zone_c, zone_h)]

@@ -21,12 +21,14 @@ from torch.autograd import forward_ad
 
 from . import ops
 from .dispatch import Workload, choose_backend, triton_can_run
-from .variants import zoneout_pair
 
 _NAMES = {}  # (layers, directions, bias, proj) -> each layer-direction's weight names
 
 
-def _weight_names(layers, directions, bias, proj):
+def weight_names(layers, directions, bias, proj):
+    """torch's parameter names (weight_ih, weight_hh, bias_ih, bias_hh, weight_hr; None for
+    an absent one) of each layer-direction, in order k = layer * directions + direction.
+    Made once per shape of module: both roads read the weights by these names each call."""
     key = (layers, directions, bias, proj)
     names = _NAMES.get(key)
     if names is None:
@@ -41,13 +43,11 @@ def _weight_names(layers, directions, bias, proj):
 
 def _plain_options(module) -> bool:
     """No option torch's module lacks acts in this call, and no dropout between layers."""
-    if module.layer_norm or zoneout_pair(module.cell, module.zoneout) != (0, 0):
-        return False
-    return not module.training or not (module.weight_drop > 0 or module.recurrent_dropout > 0
-                                       or (module.dropout > 0 and module.num_layers > 1))
+    return module.torch_twin_runs() and not (module.training and module.dropout > 0
+                                             and module.num_layers > 1)
 
 
-def _states(module, hx, x, shape_h, shape_c, lstm):
+def _states(hx, x, shape_h, shape_c, lstm):
     """(h0, c0) or (h0,) as the layers take them, or None when hx is not a plain match."""
     if hx is None:
         h0 = x.new_zeros(shape_h)
@@ -69,21 +69,23 @@ def plain_call(module, x, hx):
     """module(x, hx) by the shortest road, or None for the general one (module docstring)."""
     if x.__class__ is not Tensor or x.dim() != 3 or not _plain_options(module):
         return None
-    params = module._parameters
-    w_ih0 = params.get("weight_ih_l0")
     device, dtype = x.device, x.dtype
-    if (w_ih0 is None or w_ih0.dtype != dtype or w_ih0.device != device
-            or x.shape[-1] != module.input_size or not triton_can_run(device)
+    if (x.shape[-1] != module.input_size or not triton_can_run(device)
             or torch.is_autocast_enabled(device.type)):
         return None
+    params = module._parameters
     directions = 2 if module.bidirectional else 1
     proj = getattr(module, "proj_size", 0)
     weights = []
-    for names in _weight_names(module.num_layers, directions, module.bias, proj > 0):
-        found = tuple(None if name is None else params.get(name) for name in names)
-        if any((w is None) != (name is None) or (w is not None and (
-                w.dtype != dtype or w.device != device)) for w, name in zip(found, names)):
-            return None  # a weight set another way (a wrapper's plain tensor): general road
+    for names in weight_names(module.num_layers, directions, module.bias, proj > 0):
+        found = []
+        for name in names:
+            w = None if name is None else params.get(name)
+            # a weight set another way (a wrapper's plain tensor) or of another dtype or
+            # device: the general road
+            if name is not None and (w is None or w.dtype != dtype or w.device != device):
+                return None
+            found.append(w)
         weights.append(found)
     if module.batch_first:
         x = x.transpose(0, 1)
@@ -92,8 +94,7 @@ def plain_call(module, x, hx):
         return None
     lstm = module.cell == "lstm"
     n_states = module.num_layers * directions
-    states = _states(module, hx, x, (n_states, batch, proj or hidden),
-                     (n_states, batch, hidden), lstm)
+    states = _states(hx, x, (n_states, batch, proj or hidden), (n_states, batch, hidden), lstm)
     flat = [w for found in weights for w in found]
     if (states is None or not ops.plain_eager(x, *states, *flat)
             or forward_ad._current_level >= 0):

@@ -17,7 +17,7 @@ from . import checks, layer_norm, reference, scripting, variants
 from .dispatch import Workload, choose_backend, triton_can_run, validate_backend, warn_fallback
 from .export import export_backend, onnx_layers
 from .ops import backward_follows, rnn_layer_fast
-from .plain_call import plain_call
+from .plain_call import plain_call, weight_names
 from .quantize import QuantizationGuard
 from .schedule import Schedule
 
@@ -248,16 +248,15 @@ class _TritonRNNDriver(BackendOption):
         # `_parameters` first: what getattr finds for a registered name (functional_call
         # swaps the entry there), without nn.Module.__getattr__'s ~1.2 µs a name (issue 17);
         # a name not registered (a wrapper's plain tensor) is read as an attribute.
-        suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+        n_dir = 2 if self.bidirectional else 1
+        names = weight_names(self.num_layers, n_dir, self.bias,
+                             getattr(self, "proj_size", 0) > 0)[layer * n_dir + direction]
         params = self._parameters
 
         def get(name):
-            name += suffix
             found = params.get(name)
             return found if found is not None else getattr(self, name, None)
-        return (get("weight_ih"), get("weight_hh"), get("bias_ih") if self.bias else None,
-                get("bias_hh") if self.bias else None,
-                get("weight_hr") if getattr(self, "proj_size", 0) > 0 else None)
+        return tuple(None if name is None else get(name) for name in names)
 
     def _run(self, input, hx, resets=None, backend=None):
         name = type(self).__name__
