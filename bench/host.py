@@ -17,9 +17,13 @@ together (at these sizes the GPU's share is a few microseconds per kernel).
 Every figure is HOST OVERHEAD, never GPU speed. Cases:
   cell      TritonLSTMCell / TritonGRUCell call vs nn.LSTMCell / nn.GRUCell, B=2, I=H=16,
             inference (no_grad) and training (forward + backward of the outputs' sum)
-  stepwise  one-layer TritonLSTM / TritonGRU backend="stepwise", T=16 and 64: per step
-  persistent backend="persistent" call at T = 16, 64, 256: host cost vs T, and against
-            our stepwise call of the same T, timed in a pair of their own (last column)
+  stepwise  one-layer TritonLSTM / TritonGRU backend="stepwise", T=1 (a step called on its
+            own, as a decoder calls it), 16 and 64: per step
+  persistent backend="persistent" call at T = 16, 64, 256: host cost vs T, each timed in
+            pairs of its own against our stepwise call of the same T, against our
+            stepwise call of one step (T=1), and against the layer's GEMMs alone (their
+            CPU math, which a GPU runs asynchronously: the call's cost net of it is the
+            host's own, which must not grow with T)
 
 Must run without TRITON_INTERPRET (the interpreter replaces @triton.jit functions, which
 then cannot be compiled): bench/test_host.py runs it in a subprocess.
@@ -177,13 +181,44 @@ def make_call(module, x, hx, train):
     return step
 
 
-STEPWISE_LENGTHS = (16, 64)  # T of the stepwise cases; persistent ones there are timed
-#                              against our stepwise call too
+STEPWISE_LENGTHS = (1, 16, 64)  # T of the stepwise cases; persistent ones there are timed
+#                                 against our stepwise call too, and every one against T=1's
+
+
+def gemm_math(module, x, train):
+    """A call of the layer's GEMMs alone, on tensors of the module call's shapes, through
+    the functions our layers call (stepwise.input_projection; in training also
+    lstm_weight_grads / gru_weight_grads, which the persistent backward shares): the CPU
+    math in a persistent call's time here. On a GPU they are asynchronous launches, so what
+    is left of the call is the host's own cost."""
+    from lstm_triton import stepwise
+    from lstm_triton.schedule import Schedule
+
+    steps, batch, n_in = x.shape
+    rows = x.reshape(steps * batch, n_in)
+    lstm = module.cell == "lstm"
+    w_ih = module.weight_ih_l0.detach()
+    bias = (module.bias_ih_l0 + module.bias_hh_l0 if lstm else module.bias_ih_l0).detach()
+    sched = Schedule.build(None, rows.shape[0], batch, False)
+    d_gates = torch.randn(rows.shape[0], w_ih.shape[0], device=x.device)
+    y = torch.randn(rows.shape[0], module.hidden_size, device=x.device)
+    h0 = torch.randn(batch, module.hidden_size, device=x.device)
+
+    def call():
+        stepwise.input_projection(rows, w_ih, bias)
+        if not train:
+            return
+        if lstm:  # need_dx False: the benchmark's inputs do not require grad
+            stepwise.lstm_weight_grads(d_gates, rows, y, h0, sched, w_ih, True, False)
+        else:
+            stepwise.gru_weight_grads(d_gates, d_gates, rows, y, h0, sched, w_ih, True, False)
+    return call
 
 
 def cases(device, quick, kinds=("cell", "stepwise", "persistent")):
     """(kind, cell, pass, T, our module, torch module, x, hx, our stepwise twin or None) for
-    every measured call; a persistent module's twin is the same module on stepwise."""
+    every measured call; a persistent module's twin is the same module on stepwise (timed
+    at the same T, and at T=1 on the first step of x)."""
     from lstm_triton import TritonGRU, TritonGRUCell, TritonLSTM, TritonLSTMCell
 
     B, I, H = 2, 16, 16
@@ -216,8 +251,7 @@ def cases(device, quick, kinds=("cell", "stepwise", "persistent")):
             for T in lengths:
                 x = torch.randn(T, B, I, device=device)
                 for pass_ in ("fwd", "fwdbwd"):
-                    out.append((backend, cell, pass_, T, ours, theirs, x, None,
-                                twin if T in STEPWISE_LENGTHS else None))
+                    out.append((backend, cell, pass_, T, ours, theirs, x, None, twin))
     return out
 
 
@@ -271,11 +305,21 @@ def run(device="cpu", quick=False, out_dir=None, label="", kinds=("cell", "stepw
             n, warmup if kind == "cell" else 3, sync)
         # a persistent call against our stepwise call of the same T, in a pair of its own:
         # the machine's speed moves between cases, so only calls timed together compare
-        vs_stepwise = None
+        vs_stepwise = vs_one_step = net = None
         if twin is not None:
-            (p, *_), (s, *_) = time_pair(make_call(ours, x, hx, pass_ == "fwdbwd"),
-                                         make_call(twin, x, hx, pass_ == "fwdbwd"), n, 3, sync)
-            vs_stepwise = p / s
+            train = pass_ == "fwdbwd"
+            if T in STEPWISE_LENGTHS:
+                (p, *_), (s, *_) = time_pair(make_call(ours, x, hx, train),
+                                             make_call(twin, x, hx, train), n, 3, sync)
+                vs_stepwise = p / s
+            # "as small as the stepwise step's": against one step called on its own
+            (p, *_), (s, *_) = time_pair(make_call(ours, x, hx, train),
+                                         make_call(twin, x[:1], hx, train), n, 3, sync)
+            vs_one_step = p / s
+            if device.type == "cpu":  # net of the GEMMs' CPU math (gemm_math)
+                (p, *_), (g, *_) = time_pair(make_call(ours, x, hx, train),
+                                             gemm_math(ours, x, train), n, 3)
+                net = (p - g) * 1e6
         steps = T if kind != "cell" else 1
         row = dict(common, kind=kind, cell=cell, **{"pass": pass_}, batch=x.shape[-2]
                    if x.dim() > 1 else 1, input_size=x.shape[-1], hidden_size=ours.hidden_size,
@@ -283,7 +327,8 @@ def run(device="cpu", quick=False, out_dir=None, label="", kinds=("cell", "stepw
                    torch_us=ref * 1e6, torch_q1_us=rq1 * 1e6, torch_q3_us=rq3 * 1e6,
                    ours_per_step_us=mine * 1e6 / steps, torch_per_step_us=ref * 1e6 / steps,
                    ratio=mine / ref, goal=GOALS.get(kind, ""), calls=n,
-                   persistent_over_stepwise=vs_stepwise)
+                   persistent_over_stepwise=vs_stepwise,
+                   persistent_over_one_step=vs_one_step, ours_net_of_gemm_us=net)
         rows.append(row)
         print(f"{kind:10s} {cell:4s} {pass_:6s} T={T:<4d} ours {mine * 1e6:8.1f} us "
               f"torch {ref * 1e6:8.1f} us  ratio {mine / ref:5.2f}", flush=True)
@@ -314,14 +359,22 @@ def write(rows, out_dir, device):
              "(`python -m bench.host`). B=2, I=H=16, float32. Cells: one call (fwdbwd: "
              "forward + backward of the outputs' sum). Modules: one layer; per step = call / T. "
              "torch's column is nn.LSTMCell / nn.GRUCell / nn.LSTM / nn.GRU on the same "
-             "tensors, its real math included.", "",
+             "tensors, its real math included. Persistent rows: each call also timed in "
+             "pairs of its own against our stepwise call of the same T, against our stepwise "
+             "call of one step (T=1, a step called on its own), and against the layer's "
+             "GEMMs alone (their CPU math, asynchronous on a GPU; the call net of it is the "
+             "host's own cost).", "",
              "| kind | cell | pass | T | ours µs/call | ours µs/step | torch µs/call | "
              "torch µs/step | ratio | goal |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         goal = f"≤ {r['goal']:.1f}× ({'holds' if r['ratio'] <= r['goal'] else 'misses'})" \
             if r["goal"] else "T-independent"
+        if r["ours_net_of_gemm_us"] is not None:
+            goal += f" ({r['ours_net_of_gemm_us']:.0f} µs net of the GEMMs' CPU math)"
         if r["persistent_over_stepwise"] is not None:
             goal += f"; {r['persistent_over_stepwise']:.2f}× our stepwise call of this T"
+        if r["persistent_over_one_step"] is not None:
+            goal += f"; {r['persistent_over_one_step']:.2f}× our stepwise call of one step"
         lines.append(f"| {r['kind']} | {r['cell']} | {r['pass']} | {r['seq_len']} | "
                      f"{r['ours_us']:.1f} | {r['ours_per_step_us']:.2f} | {r['torch_us']:.1f} | "
                      f"{r['torch_per_step_us']:.2f} | {r['ratio']:.2f} | {goal} |")

@@ -38,4 +38,11 @@ def test_host_overhead(lab, benchmark):
     kinds = {(r["kind"], r["cell"], r["pass"]) for r in rows}
     assert {("cell", c, p) for c in ("lstm", "gru") for p in ("fwd", "fwdbwd")} <= kinds
     assert all(float(r["ours_us"]) > 0 and float(r["torch_us"]) > 0 for r in rows)
+    # a stepwise step called on its own (T=1), and every persistent call against it
+    assert {("stepwise", c, p, "1") for c in ("lstm", "gru") for p in ("fwd", "fwdbwd")} <= \
+        {(r["kind"], r["cell"], r["pass"], r["seq_len"]) for r in rows}
+    persistent = [r for r in rows if r["kind"] == "persistent"]
+    assert persistent and all(float(r["persistent_over_one_step"]) > 0 for r in persistent)
+    if lab.device.type == "cpu":  # the call net of its GEMMs' CPU math
+        assert all(r["ours_net_of_gemm_us"] != "" for r in persistent)
     print(written.with_suffix(".md").read_text())
