@@ -65,7 +65,10 @@ def failed_sync_state(device, tags: int = 0) -> torch.Tensor:
 
 def barrier_failed(sync_state: torch.Tensor) -> bool:
     """True when some program of the launch gave up waiting (reads back: synchronises)."""
-    return bool(int(sync_state[0].item()) & FAILED.value)
+    # the word alone when there are no tag words: .item() of a one-element tensor, without
+    # a select (~1.5 µs of a call's host time, issue 17)
+    word = sync_state if sync_state.numel() == 1 else sync_state[0]
+    return bool(int(word.item()) & FAILED.value)
 
 
 def launch_failed(sync_state: torch.Tensor, outputs) -> bool:

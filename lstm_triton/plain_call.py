@@ -48,10 +48,11 @@ def _plain_options(module) -> bool:
 
 
 def _states(hx, x, shape_h, shape_c, lstm):
-    """(h0, c0) or (h0,) as the layers take them, or None when hx is not a plain match."""
-    if hx is None:
-        h0 = x.new_zeros(shape_h)
-        return (h0, x.new_zeros(shape_c)) if lstm else (h0,)
+    """(h0, c0) or (h0,) as the layers take them (indexed by layer-direction), or None when
+    hx is not a plain match."""
+    if hx is None:  # each layer-direction's (B, .) zeros made as such: no select of a stack
+        h0 = [x.new_zeros(shape_h[1:]) for _ in range(shape_h[0])]
+        return (h0, [x.new_zeros(shape_c[1:]) for _ in range(shape_c[0])]) if lstm else (h0,)
     if lstm:
         if hx.__class__ not in (tuple, list) or len(hx) != 2:
             return None
@@ -95,13 +96,16 @@ def plain_call(module, x, hx):
     lstm = module.cell == "lstm"
     n_states = module.num_layers * directions
     states = _states(hx, x, (n_states, batch, proj or hidden), (n_states, batch, hidden), lstm)
-    flat = [w for found in weights for w in found]
-    if (states is None or not ops.plain_eager(x, *states, *flat)
-            or forward_ad._current_level >= 0):
+    if states is None:
+        return None
+    # the zero states made above are plain tensors, which ask nothing of these tests: only
+    # a caller's hx needs them
+    given = (x, *(states if hx is not None else ()), *(w for found in weights for w in found))
+    if not ops.plain_eager(*given) or forward_ad._current_level >= 0:
         return None
     backend = module.backend
     if backend == "auto":
-        training = ops.backward_follows((x, *states, *flat))
+        training = ops.backward_follows(given)
         backend = choose_backend("auto", device, Workload(module.cell, dtype, batch, hidden,
                                                           steps, training))
     if backend not in ("stepwise", "persistent"):
@@ -134,5 +138,13 @@ def _layers(module, rows, states, weights, backend, directions, steps, batch, ls
     output = layer_input.view(steps, batch, layer_input.shape[-1])
     if module.batch_first:
         output = output.transpose(0, 1)
-    h_n = torch.stack(h_all)
-    return output, ((h_n, torch.stack(c_all)) if lstm else h_n)
+    h_n = _stacked(h_all)
+    return output, ((h_n, _stacked(c_all)) if lstm else h_n)
+
+
+def _stacked(states):
+    """The layer-directions' final states as torch returns them, (layers * directions, B, .);
+    one layer-direction's as a view, which costs less than a stack (~1.6 against ~4.3 µs)."""
+    if len(states) == 1:
+        return states[0].view(1, *states[0].shape)
+    return torch.stack(states)

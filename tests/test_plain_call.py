@@ -69,15 +69,17 @@ def test_the_plain_road_gives_the_general_roads_bits(cls, options, backend, road
     assert roads == {"plain": 1, "general": 1}
     for a, b in zip(plain[0] + list(plain[1]), general[0] + list(general[1])):
         assert torch.equal(a, b)
-    with torch.no_grad():  # inference, with the states the call makes
-        monkeypatch.setattr(rnn, "plain_call", counted)
-        first = module(x)
-        monkeypatch.setattr(rnn, "plain_call", lambda *args: None)
-        second = module(x)
-    assert roads == {"plain": 2, "general": 2}
-    for a, b in zip(torch.utils._pytree.tree_leaves(first),
-                    torch.utils._pytree.tree_leaves(second)):
-        assert torch.equal(a, b)
+    # with the states the call makes: inference, and training through the weights alone
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            monkeypatch.setattr(rnn, "plain_call", counted)
+            first = module(x.detach())
+            monkeypatch.setattr(rnn, "plain_call", lambda *args: None)
+            second = module(x.detach())
+        assert roads == {"plain": 2 + grad, "general": 2 + grad}
+        for a, b in zip(torch.utils._pytree.tree_leaves(first),
+                        torch.utils._pytree.tree_leaves(second)):
+            assert torch.equal(a, b)
 
 
 def _calls():
