@@ -7,6 +7,7 @@ the sequences still running, longest first. A padded (T, B) batch is the case
 sequence past its end, and the final state of each sequence is the state at
 its own last step (rows that stopped are never written again).
 """
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -22,9 +23,8 @@ class Schedule:
 
     @staticmethod
     def build(batch_sizes, n_rows: int, batch: int, reverse: bool) -> "Schedule":
-        if batch_sizes is None:  # padded: built without a Python loop over the T steps
-            steps = n_rows // batch if batch else 0
-            return Schedule((batch,) * steps, tuple(range(0, steps * batch, batch or 1)), reverse)
+        if batch_sizes is None:  # padded: made once per (T, B, direction), see _padded
+            return _padded(n_rows // batch if batch else 0, batch, reverse)
         else:
             sizes = tuple(int(b) for b in batch_sizes.tolist())
         offsets, total = [], 0
@@ -39,7 +39,7 @@ class Schedule:
     def steps(self) -> int:
         return len(self.batch_sizes)
 
-    @property
+    @functools.cached_property  # counted once per schedule, not at each use (O(T))
     def padded(self) -> bool:
         """Every step runs the whole batch (a padded (T, B) input, or equal lengths)."""
         return self.batch_sizes.count(self.batch_sizes[0] if self.steps else 0) == self.steps
@@ -88,3 +88,13 @@ class Schedule:
         j = torch.arange(n_rows) - offsets[step]  # each row's place within its step
         index = torch.where(j < n_prev[step], prev_offsets[step] + j, n_rows + j)
         return host_to_device(index, device)  # also inside a CUDA graph capture
+
+
+@functools.lru_cache(maxsize=32)
+def _padded(steps: int, batch: int, reverse: bool) -> Schedule:
+    """A padded batch's schedule, shared by every call of its (T, B, direction): a schedule
+    is immutable, and its two T-long tuples were the one part of a persistent call's Python
+    that grew with T (~12 µs at T=256, ~50 at T=1024 a training call; issue 17). 32 of them
+    hold at most a few MB even at T in the tens of thousands."""
+    return Schedule((batch,) * steps, tuple(range(0, steps * batch, batch or 1)), reverse)
+
