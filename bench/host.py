@@ -24,6 +24,10 @@ Every figure is HOST OVERHEAD, never GPU speed. Cases:
             stepwise call of one step (T=1), and against the layer's GEMMs alone (their
             CPU math, which a GPU runs asynchronously: the call's cost net of it is the
             host's own, which must not grow with T)
+  readback  (CUDA only) a 2-layer TritonLSTM / TritonGRU on persistent, B=16, I=H=256, T=128:
+            each launch's barrier flag read back at once (the default) against deferred
+            (persistent_config.DEFERRED_BARRIER_CHECK), in a pair of their own: what the
+            read's wait for the kernel costs a call (last column)
 
 Must run without TRITON_INTERPRET (the interpreter replaces @triton.jit functions, which
 then cannot be compiled): bench/test_host.py runs it in a subprocess.
@@ -255,6 +259,34 @@ def cases(device, quick, kinds=("cell", "stepwise", "persistent")):
     return out
 
 
+def readback_cases(device):
+    """The readback kind's calls (as cases()): a model whose next layer's host work could
+    overlap the kernel before it, were the barrier flag not read back at once."""
+    from lstm_triton import TritonGRU, TritonLSTM
+
+    B, I, H, T = 16, 256, 256, 128
+    out = []
+    for cell, ours_cls, theirs_cls in (("lstm", TritonLSTM, torch.nn.LSTM),
+                                       ("gru", TritonGRU, torch.nn.GRU)):
+        theirs = theirs_cls(I, H, num_layers=2).to(device)
+        ours = ours_cls(I, H, num_layers=2, backend="persistent").to(device)
+        ours.load_state_dict(theirs.state_dict())
+        x = torch.randn(T, B, I, device=device)
+        for pass_ in ("fwd", "fwdbwd"):
+            out.append(("readback", cell, pass_, T, ours, theirs, x, None, None))
+    return out
+
+
+def deferred(call, on):
+    """`call` with persistent launches' barrier flags read later (on) or at once."""
+    from lstm_triton.kernels import persistent_config
+
+    def run():
+        persistent_config.DEFERRED_BARRIER_CHECK = on
+        call()
+    return run
+
+
 def machine():
     try:
         for line in open("/proc/cpuinfo"):
@@ -289,6 +321,8 @@ def run(device="cpu", quick=False, out_dir=None, label="", kinds=("cell", "stepw
         launch="no-op (FakeH100, sm_90)" if device.type == "cpu" else "real",
         graphs=graphs)
     measured = cases(device, quick, kinds)
+    if "readback" in kinds:  # by default on CUDA only: a no-op launch leaves nothing to wait
+        measured += readback_cases(device)  # for, so on the CPU it only checks the code path
     # Every case runs a few calls before any is timed: the run's first calls (compiles,
     # caches, the allocator's first blocks) otherwise landed on its first case, whose both
     # columns (LSTMCell inference) read ~55 µs in full runs against ~30 µs in later ones.
@@ -305,7 +339,13 @@ def run(device="cpu", quick=False, out_dir=None, label="", kinds=("cell", "stepw
             n, warmup if kind == "cell" else 3, sync)
         # a persistent call against our stepwise call of the same T, in a pair of its own:
         # the machine's speed moves between cases, so only calls timed together compare
-        vs_stepwise = vs_one_step = net = None
+        vs_stepwise = vs_one_step = net = deferred_ratio = None
+        if kind == "readback":
+            call = make_call(ours, x, hx, pass_ == "fwdbwd")
+            (d, *_), (a, *_) = time_pair(deferred(call, True), deferred(call, False), n, 3,
+                                         sync)
+            deferred_ratio = d / a
+            deferred(lambda: None, False)()  # the default again for the rows after
         if twin is not None:
             train = pass_ == "fwdbwd"
             if T in STEPWISE_LENGTHS:
@@ -328,7 +368,8 @@ def run(device="cpu", quick=False, out_dir=None, label="", kinds=("cell", "stepw
                    ours_per_step_us=mine * 1e6 / steps, torch_per_step_us=ref * 1e6 / steps,
                    ratio=mine / ref, goal=GOALS.get(kind, ""), calls=n,
                    persistent_over_stepwise=vs_stepwise,
-                   persistent_over_one_step=vs_one_step, ours_net_of_gemm_us=net)
+                   persistent_over_one_step=vs_one_step, ours_net_of_gemm_us=net,
+                   deferred_over_at_once=deferred_ratio)
         rows.append(row)
         print(f"{kind:10s} {cell:4s} {pass_:6s} T={T:<4d} ours {mine * 1e6:8.1f} us "
               f"torch {ref * 1e6:8.1f} us  ratio {mine / ref:5.2f}", flush=True)
@@ -373,6 +414,9 @@ def write(rows, out_dir, device):
             goal += f" ({r['ours_net_of_gemm_us']:.0f} µs net of the GEMMs' CPU math)"
         if r["persistent_over_stepwise"] is not None:
             goal += f"; {r['persistent_over_stepwise']:.2f}× our stepwise call of this T"
+        if r["deferred_over_at_once"] is not None:
+            goal = (f"flag read later: {r['deferred_over_at_once']:.2f}× the call with it read "
+                    "at once")
         if r["persistent_over_one_step"] is not None:
             goal += f"; {r['persistent_over_one_step']:.2f}× our stepwise call of one step"
         lines.append(f"| {r['kind']} | {r['cell']} | {r['pass']} | {r['seq_len']} | "
@@ -389,13 +433,15 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="fewer rounds and lengths")
     parser.add_argument("--out", default=None, help="directory (default reports/host)")
     parser.add_argument("--label", default="", help="suffix of the files' names")
-    parser.add_argument("--kinds", default="cell,stepwise,persistent",
-                        help="which calls (comma-separated: cell, stepwise, persistent)")
+    parser.add_argument("--kinds", default=None,
+                        help="which calls (comma-separated: cell, stepwise, persistent, "
+                        "readback; default all, readback only on CUDA)")
     parser.add_argument("--graphs", action="store_true",
                         help="stepwise calls replay CUDA graphs (lstm_triton/graphs.py)")
     args = parser.parse_args(argv)
-    run(args.device, args.quick, args.out, args.label, tuple(args.kinds.split(",")),
-        args.graphs)
+    kinds = args.kinds or "cell,stepwise,persistent" + (",readback" if args.device == "cuda"
+                                                         else "")
+    run(args.device, args.quick, args.out, args.label, tuple(kinds.split(",")), args.graphs)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,9 @@ more programs were launched than fit) sets the flag and returns 0; every other
 program sees the flag in its own wait and returns 0 too, so the whole grid
 drains in bounded time. The launcher reads the flag after the launch and reruns
 the step loop on the stepwise backend (with a warning); under CUDA graph capture,
-where the host cannot read it, the outputs become NaN instead (launch_failed). The
+where the host cannot read it, the outputs become NaN instead (launch_failed), and so do a
+cooperative launch's under persistent_config.DEFERRED_BARRIER_CHECK, whose flag the host
+reads later without waiting for the kernel (deferred_failures). The
 persistent kernels are launched cooperatively (persistent_config.COOPERATIVE), so the
 driver starts a grid only once all of it is resident; the bounded wait is the guard
 behind that.
@@ -38,6 +40,8 @@ kernels/step_tags.py meets without the shared counter (a tag word per program, a
 option of issue 16); it keeps this word for its failure flag, so the launcher's side
 (launch_failed) is the same for both.
 """
+import collections
+
 import torch
 import triton
 import triton.language as tl
@@ -71,19 +75,56 @@ def barrier_failed(sync_state: torch.Tensor) -> bool:
     return bool(int(word.item()) & FAILED.value)
 
 
-def launch_failed(sync_state: torch.Tensor, outputs) -> bool:
+def launch_failed(sync_state: torch.Tensor, outputs, deferred: bool = False) -> bool:
     """True when the launch's barrier failed and the caller must rerun it on stepwise.
 
     Reading the flag is a host sync, which a CUDA graph capture forbids. Under capture the
     flag stays on the device: the launch's `outputs` (None entries skipped) are filled
-    with NaN there when it is set, and False is returned (graph_capture.py says why)."""
-    if not graph_capture.capturing(sync_state.device):
+    with NaN there when it is set, and False is returned (graph_capture.py says why).
+    deferred (a cooperative launch under persistent_config.DEFERRED_BARRIER_CHECK): the
+    same outside a capture, and the flag is copied to the host without waiting, for
+    `deferred_failures` to read once the copy has landed."""
+    if not (deferred or graph_capture.capturing(sync_state.device)):
         return barrier_failed(sync_state)
     failed = (sync_state[:1] & FAILED.value) != 0  # (1,) bool, broadcast over each output
     for out in outputs:
         if out is not None:
             out.masked_fill_(failed, float("nan"))
+    if deferred and not graph_capture.capturing(sync_state.device):
+        _PENDING.append(_flag_on_host(sync_state))
     return False
+
+
+# Deferred launches' flags not yet read: (a host tensor holding the flag word, the CUDA event
+# after its copy or None). Read in launch order; at most MAX_PENDING wait unread, beyond
+# which the oldest copy is waited for (a host far ahead of its GPU).
+_PENDING = collections.deque()
+MAX_PENDING = 256
+
+
+def _flag_on_host(sync_state):
+    if sync_state.device.type != "cuda":  # the interpreter's launch has run: nothing to wait
+        return sync_state[:1], None
+    host = torch.empty(1, dtype=torch.int64, pin_memory=True)
+    host.copy_(sync_state[:1], non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record()
+    return host, copied
+
+
+def deferred_failures() -> int:
+    """How many deferred launches, of those whose flag has reached the host since the last
+    call, had a failed barrier (their outputs are NaN). Waits for no kernel."""
+    failed = 0
+    while _PENDING:
+        host, copied = _PENDING[0]
+        if copied is not None and not copied.query():
+            if len(_PENDING) <= MAX_PENDING:
+                break
+            copied.synchronize()
+        _PENDING.popleft()
+        failed += bool(int(host.item()) & FAILED.value)
+    return failed
 
 
 def arrivals(sync_state: torch.Tensor) -> int:

@@ -80,6 +80,17 @@ MAX_REGS = 255  # registers a thread can address
 # barrier stays as the guard; a launch the driver refuses is retried plain (persistent.py).
 # Not yet run on a GPU: tests/test_gpu.py runs two full-grid launches at once both ways.
 COOPERATIVE = True
+# Outside a CUDA graph each persistent launch's barrier flag is read back right after it, so
+# that a failed launch can be rerun on stepwise. That read waits for the kernel: the host
+# cannot queue the next layer's or step's work meanwhile, and a call's host time grows with
+# T (issue 17). With this on, a cooperative launch (which the driver starts only with its
+# whole grid resident, so its barrier meets) is checked later without waiting, as under a
+# capture: its outputs are NaN-filled on the device if the flag is set, and the next launch
+# warns and reads every flag at once from then on (grid_sync.launch_failed, persistent.py).
+# Off until a GPU run times it (bench/host.py's readback case: a 2-layer training step
+# with the flag read at once and deferred) and tests/test_gpu.py shows cooperative
+# launches meet beside other work.
+DEFERRED_BARRIER_CHECK = False
 
 # The largest batch a persistent launch takes; beyond it the layer runs on stepwise (with a
 # FallbackWarning), whose cuBLAS GEMMs suit a large batch. Compiled for sm_90 as the runtime
@@ -199,6 +210,9 @@ class PersistentPlan:
     max_regs: int = None
     # a cooperative launch (COOPERATIVE below); False once the driver refused one
     cooperative: bool = False
+    # the barrier flag checked later, without waiting (DEFERRED_BARRIER_CHECK; cooperative
+    # launches only)
+    deferred_check: bool = False
     spin_limit: int = SPIN_LIMIT
     # forward split K (issue 16, with_chain): at most `chain` dependent mma per partial sum;
     # 0 = one accumulator for the whole K, the default until a GPU times both
@@ -250,10 +264,11 @@ def plan(n_gates: int, device, dtype, batch: int, hidden: int, width: int = 0, b
 
     Memoised: every call plans each of its layers, which cost ~40 µs of host time (issue 17).
     The key holds the arguments and every module setting the plan reads (PLAN_OPTION,
-    MAX_BATCH, COOPERATIVE, the interpreter, the device budget's source), so a changed setting
-    plans afresh."""
+    MAX_BATCH, COOPERATIVE, DEFERRED_BARRIER_CHECK, the interpreter, the device budget's source),
+    so a changed setting plans afresh."""
     key = (n_gates, device, dtype, batch, hidden, width, budget, PLAN_OPTION, MAX_BATCH,
-           COOPERATIVE, interpreting(), _gpu_budget, fp32_resident_compiles)
+           COOPERATIVE, DEFERRED_BARRIER_CHECK, interpreting(), _gpu_budget,
+           fp32_resident_compiles)
     found = _PLANS.get(key)
     if found is None:
         if len(_PLANS) >= 4096:
@@ -317,12 +332,14 @@ def _plan(n_gates, device, dtype, batch, hidden, width, budget):
         grid=grid, block_b=block_b, block_h=block_h, block_o=block_o, block_k=block_k,
         resident=resident, dot=dot, num_warps=NUM_WARPS,
         max_regs=min(MAX_REGS, reg_bytes // 4 // (32 * NUM_WARPS)),
-        cooperative=COOPERATIVE, sms=n_sm)), None
+        cooperative=COOPERATIVE, deferred_check=COOPERATIVE and DEFERRED_BARRIER_CHECK,
+        sms=n_sm)), None
 
 
 def not_cooperative(p: PersistentPlan) -> PersistentPlan:
-    """The same plan launched plainly (a driver that refuses a cooperative launch; tests)."""
-    return replace(p, cooperative=False)
+    """The same plan launched plainly (a driver that refuses a cooperative launch; tests),
+    its barrier flag read at once: only a cooperative grid is sure to be resident."""
+    return replace(p, cooperative=False, deferred_check=False)
 
 
 def streamed(p: PersistentPlan, block_k: int = MIN_DOT) -> PersistentPlan:

@@ -204,7 +204,7 @@ def gru_persistent_fwd(gx, sched, h0, w_hh, b_hh, save, plan: PersistentPlan, va
         3 * hidden, hidden, hidden, hidden, hidden, 4 * hidden if save else 0, plan.spin_limit,
         hidden if xin is not None else 0, hidden if h0in is not None else 0, *strides),
         constants)
-    if launch_failed(sync, (y, h_n, gates)):
+    if launch_failed(sync, (y, h_n, gates), plan.deferred_check):
         return None
     return y, h_n, gates
 
@@ -230,6 +230,6 @@ def gru_persistent_bwd(dy, dh_n, sched, h0, w_hh, y, gates, plan: PersistentPlan
         hidden, hidden, 4 * hidden, hidden, hidden, hidden, 3 * hidden, 3 * hidden, hidden,
         plan.spin_limit, *strides),
         constants)
-    if launch_failed(sync, (dgx, drec, dh0)):
+    if launch_failed(sync, (dgx, drec, dh0), plan.deferred_check):
         return None
     return dgx, drec, dh0

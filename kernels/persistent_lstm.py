@@ -298,7 +298,7 @@ def lstm_persistent_fwd(gx, sched, h0, c0, w_hh, w_hr, save, plan: PersistentPla
         4 * hidden if save else 0, hidden if save else 0, plan.spin_limit,
         width if xin is not None else 0, width if h0in is not None else 0, *strides),
         constants)
-    if launch_failed(sync, (y, m_all, h_n, c_n, gates, c_all)):
+    if launch_failed(sync, (y, m_all, h_n, c_n, gates, c_all), plan.deferred_check):
         return None
     return y, h_n, c_n, gates, c_all, (m_all if proj and save else None)
 
@@ -333,6 +333,6 @@ def lstm_persistent_bwd(dy, dh_n, dc_n, sched, c0, w_hh, w_hr, gates, c_all,
         width, width, hidden, 4 * hidden, hidden, hidden, width, hidden if proj else 0,
         width if proj else 0, 4 * hidden, width, hidden, plan.spin_limit, *strides),
         constants)
-    if launch_failed(sync, (dgates, dh0, dc0, dr)):
+    if launch_failed(sync, (dgates, dh0, dc0, dr), plan.deferred_check):
         return None
     return dgates, dh0, dc0, dr

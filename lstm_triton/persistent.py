@@ -21,7 +21,10 @@ launches stay plain (warned once): the bounded barrier still guards them.
 Fallbacks to stepwise (see dispatch.persistent_plan): layers the persistent
 kernel does not serve (very large batches, devices without Triton), warned once
 per reason; and a launch whose grid barrier failed (the
-grid was not co-resident, e.g. a GPU shared with other work), warned each time.
+grid was not co-resident, e.g. a GPU shared with other work), warned each time. Under
+persistent_config.DEFERRED_BARRIER_CHECK (off by default) a cooperative launch's flag is
+read later, without waiting for the kernel: a failed one's outputs are NaN instead, and the
+next launch warns and reads every flag at once from then on.
 
 Issue 18's per-call options that change the step itself (segment resets, recurrent
 dropout, zoneout: a variants.Variant) are fused in the persistent kernels too (constexpr
@@ -29,13 +32,14 @@ flags of kernels/persistent_lstm.py / persistent_gru.py, stepwise's math from ce
 weight_drop and variational_dropout need nothing here (a masked W_hh, a masked input).
 """
 import functools
-
+from dataclasses import replace
 
 from triton.runtime.errors import OutOfResources
 
 from . import stepwise, stepwise_variants
 from .dispatch import persistent_plan, warn_fallback
 from .variants import NONE
+from .kernels import grid_sync
 from .kernels.persistent_config import not_cooperative, streamed
 from .kernels.persistent_gru import gru_persistent_bwd, gru_persistent_fwd
 from .kernels.persistent_lstm import lstm_persistent_bwd, lstm_persistent_fwd
@@ -56,15 +60,26 @@ def _plan(cell, x, h0, hidden):
 
 COOPERATIVE_REFUSED = "the CUDA driver refused a cooperative launch"
 _cooperative_refused = False  # once refused, every later launch is plain
+DEFERRED_FAILED = ("the grid barrier of an earlier persistent launch failed; its flag was read "
+                   "later (persistent_config.DEFERRED_BARRIER_CHECK), so its outputs were "
+                   "filled with NaN, not rerun. From now on each launch's flag is read at once "
+                   "and a failed launch reruns on stepwise")
+_deferred_refused = False  # once a deferred check found a failure, every flag is read at once
 
 
 def _launch(launcher, plan, *args):
     """Run a persistent launcher; a resident W_hh slice that does not compile (out of
     registers / shared memory) is retried streamed, which needs only a K-chunk on chip, and
-    a cooperative launch that the driver refuses is retried plain."""
-    global _cooperative_refused
+    a cooperative launch that the driver refuses is retried plain. Earlier launches' deferred
+    barrier flags that have reached the host are read first (grid_sync.deferred_failures)."""
+    global _cooperative_refused, _deferred_refused
+    if grid_sync.deferred_failures():
+        _deferred_refused = True
+        warn_fallback(DEFERRED_FAILED)
     if _cooperative_refused:
         plan = not_cooperative(plan)
+    elif _deferred_refused and plan.deferred_check:
+        plan = replace(plan, deferred_check=False)
     try:
         return launcher(*args, plan)
     except OutOfResources:

@@ -386,3 +386,30 @@ def test_a_layer_on_the_second_gpu_runs_there(backend):
     assert_close(got, want, torch.float32, "second GPU")
     for p, q in zip(ours.parameters(), ref.parameters()):
         assert_close(p.grad, q.grad, torch.float32, "second GPU grad")
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_deferred_flag_checks_wait_for_no_kernel_and_give_the_same_bits(cell, monkeypatch):
+    """persistent_config.DEFERRED_BARRIER_CHECK (issue 17): a 2-layer training step reads no
+    barrier flag back while it runs (torch's sync debug mode raises at any host sync) and
+    gives the bits of the step that reads each flag at once; every deferred flag reaches
+    the host and none failed (cooperative launches meet)."""
+    from lstm_triton.kernels import grid_sync, persistent_config
+    module, _ = twin_modules(cell, 64, 512, num_layers=2, backend="persistent")
+    x = torch.randn(64, 8, 64, requires_grad=True)
+    weights = [torch.randn(64, 8, 512)] + [torch.randn(2, 8, 512)] * 2
+    at_once = outputs_and_grads(module, x, None, weights, [x])
+    monkeypatch.setattr(persistent_config, "DEFERRED_BARRIER_CHECK", True)
+    outputs_and_grads(module, x, None, weights, [x])  # first call: compiles, plans
+    torch.cuda.synchronize()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FallbackWarning)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            out, finals, grads = outputs_and_grads(module, x, None, weights, [x])
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    for a, b in zip([at_once[0], *at_once[1], *at_once[2]], [out, *finals, *grads]):
+        assert torch.equal(a, b)
+    torch.cuda.synchronize()
+    assert grid_sync.deferred_failures() == 0 and not grid_sync._PENDING
