@@ -41,6 +41,7 @@ option of issue 16); it keeps this word for its failure flag, so the launcher's 
 (launch_failed) is the same for both.
 """
 import collections
+import threading
 
 import torch
 import triton
@@ -100,6 +101,9 @@ def launch_failed(sync_state: torch.Tensor, outputs, deferred: bool = False) -> 
 # which the oldest copy is waited for (a host far ahead of its GPU).
 _PENDING = collections.deque()
 MAX_PENDING = 256
+# threads that launch at once (one stream each) share the queue: a check takes its head
+# only under the lock, so no flag is popped unread
+_PENDING_LOCK = threading.Lock()
 
 
 def _flag_on_host(sync_state):
@@ -116,14 +120,17 @@ def deferred_failures() -> int:
     """How many deferred launches, of those whose flag has reached the host since the last
     call, had a failed barrier (their outputs are NaN). Waits for no kernel."""
     failed = 0
-    while _PENDING:
-        host, copied = _PENDING[0]
-        if copied is not None and not copied.query():
-            if len(_PENDING) <= MAX_PENDING:
-                break
-            copied.synchronize()
-        _PENDING.popleft()
-        failed += bool(int(host.item()) & FAILED.value)
+    if not _PENDING:  # the common case, without the lock
+        return failed
+    with _PENDING_LOCK:
+        while _PENDING:
+            host, copied = _PENDING[0]
+            if copied is not None and not copied.query():
+                if len(_PENDING) <= MAX_PENDING:
+                    break
+                copied.synchronize()
+            _PENDING.popleft()
+            failed += bool(int(host.item()) & FAILED.value)
     return failed
 
 
