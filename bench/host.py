@@ -332,6 +332,7 @@ def run(device="cpu", quick=False, out_dir=None, label="", kinds=("cell", "stepw
             for _ in range(3):
                 fn()
     rows = []
+    csv_path = csv_path_of(common, device, Path(out_dir) if out_dir else REPO / "reports" / "host")
     for kind, cell, pass_, T, ours, theirs, x, hx, twin in measured:
         n = max(20, calls // max(1, T // 16)) if kind != "cell" else calls
         (mine, q1, q3), (ref, rq1, rq3) = time_pair(
@@ -371,23 +372,37 @@ def run(device="cpu", quick=False, out_dir=None, label="", kinds=("cell", "stepw
                    persistent_over_one_step=vs_one_step, ours_net_of_gemm_us=net,
                    deferred_over_at_once=deferred_ratio)
         rows.append(row)
+        # each row on disk the moment it is measured: a run cut short (the first-contact
+        # command's host phase has a time budget) keeps every row finished before the cut
+        append(row, csv_path, first=len(rows) == 1)
         print(f"{kind:10s} {cell:4s} {pass_:6s} T={T:<4d} ours {mine * 1e6:8.1f} us "
               f"torch {ref * 1e6:8.1f} us  ratio {mine / ref:5.2f}", flush=True)
-    write(rows, Path(out_dir) if out_dir else REPO / "reports" / "host", device)
+    write(rows, csv_path, device)
     return rows
 
 
-def write(rows, out_dir, device):
-    """<date>-<device>-triton<v>[-label].csv (raw) and .md (the table) under out_dir."""
+def csv_path_of(common, device, out_dir):
+    """<out_dir>/<date>-<device>-triton<v>[-label].csv (the .md table goes beside it)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    stem = (f"{common['date'][:10]}-{device.type}-triton{common['triton']}"
+            + (f"-{common['label']}" if common["label"] else ""))
+    return out_dir / f"{stem}.csv"
+
+
+def append(row, csv_path, first):
+    """One raw row onto the CSV (a new file with its header for the first)."""
+    with open(csv_path, "w" if first else "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if first:
+            writer.writeheader()
+        writer.writerow(row)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write(rows, csv_path, device):
+    """The markdown table of `rows` beside their raw CSV."""
     first = rows[0]
-    stem = (f"{first['date'][:10]}-{device.type}-triton{first['triton']}"
-            + (f"-{first['label']}" if first["label"] else ""))
-    csv_path = out_dir / f"{stem}.csv"
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(first))
-        writer.writeheader()
-        writer.writerows(rows)
     title = LABEL if device.type == "cpu" else "LATENCY with real launches on " + \
         first["machine"] + ": wall time per call, synchronised before and after (host and " \
         "GPU together)"
@@ -422,7 +437,7 @@ def write(rows, out_dir, device):
         lines.append(f"| {r['kind']} | {r['cell']} | {r['pass']} | {r['seq_len']} | "
                      f"{r['ours_us']:.1f} | {r['ours_per_step_us']:.2f} | {r['torch_us']:.1f} | "
                      f"{r['torch_per_step_us']:.2f} | {r['ratio']:.2f} | {goal} |")
-    (out_dir / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    csv_path.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"wrote {csv_path} and {csv_path.with_suffix('.md').name}")
     return csv_path
 
