@@ -277,12 +277,16 @@ def readback_cases(device):
     return out
 
 
-def deferred(call, on):
-    """`call` with persistent launches' barrier flags read later (on) or at once."""
+def set_deferred(on):
+    """Persistent launches' barrier flags read later (on) or at once (the default)."""
     from lstm_triton.kernels import persistent_config
+    persistent_config.DEFERRED_BARRIER_CHECK = on
 
+
+def deferred(call, on):
+    """`call` under set_deferred(on)."""
     def run():
-        persistent_config.DEFERRED_BARRIER_CHECK = on
+        set_deferred(on)
         call()
     return run
 
@@ -346,7 +350,7 @@ def run(device="cpu", quick=False, out_dir=None, label="", kinds=("cell", "stepw
             (d, *_), (a, *_) = time_pair(deferred(call, True), deferred(call, False), n, 3,
                                          sync)
             deferred_ratio = d / a
-            deferred(lambda: None, False)()  # the default again for the rows after
+            set_deferred(False)  # the default again for the rows after
         if twin is not None:
             train = pass_ == "fwdbwd"
             if T in STEPWISE_LENGTHS:

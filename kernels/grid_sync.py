@@ -109,10 +109,12 @@ _PENDING_LOCK = threading.Lock()
 def _flag_on_host(sync_state):
     if sync_state.device.type != "cuda":  # the interpreter's launch has run: nothing to wait
         return sync_state[:1], None
+    # The copy runs on the current stream of the flag's device, the launch's; the event is
+    # recorded there too, whatever device is current (a layer on a second GPU).
     host = torch.empty(1, dtype=torch.int64, pin_memory=True)
-    host.copy_(sync_state[:1], non_blocking=True)  # on the flag's device's current stream,
-    copied = torch.cuda.Event()  # which the launch ran on: the event after it is there too,
-    copied.record(torch.cuda.current_stream(sync_state.device))  # whatever device is current
+    host.copy_(sync_state[:1], non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record(torch.cuda.current_stream(sync_state.device))
     return host, copied
 
 

@@ -298,7 +298,9 @@ def lstm_persistent_fwd(gx, sched, h0, c0, w_hh, w_hr, save, plan: PersistentPla
         4 * hidden if save else 0, hidden if save else 0, plan.spin_limit,
         width if xin is not None else 0, width if h0in is not None else 0, *strides),
         constants)
-    if launch_failed(sync, (y, m_all, h_n, c_n, gates, c_all), plan.deferred_check):
+    # m_all is y itself without a projection: NaN-filled once (under capture or deferred)
+    if launch_failed(sync, (y, m_all if proj else None, h_n, c_n, gates, c_all),
+                     plan.deferred_check):
         return None
     return y, h_n, c_n, gates, c_all, (m_all if proj and save else None)
 
